@@ -1,0 +1,229 @@
+"""Inbound benchmark: the durable gateway against a bare aiosmtpd server, in one run.
+
+Sends N messages of ~20 KB (a PDF attachment) from C concurrent connections to
+  1. a bare aiosmtpd server whose handler only answers 250 (keeps nothing), and
+  2. `gateway serve` on its embedded default (SQLite + local spool, filing worker running),
+each in its own process, on the same event loop implementation (uvloop when installed),
+and prints msgs/s, p50/p99 acknowledgement latency and the ratio gateway/bare.
+Target: ratio >= 0.8.
+
+    .venv/bin/python benchmarks/inbound.py [--messages 3000] [--connections 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+import aiosmtplib
+
+ROOT = Path(__file__).resolve().parent.parent
+RCPT = "compta+dupont-maconnerie@welyb.fr"
+
+
+def install_loop() -> str:
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+def sample_message(i: int) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "fournisseur@example.org"
+    msg["To"] = RCPT
+    msg["Subject"] = f"Facture {i}"
+    msg["Message-ID"] = f"<bench-{i}-{os.getpid()}@example.org>"
+    msg.set_content("Bonjour,\nveuillez trouver la facture ci-jointe.\n")
+    pdf = b"%PDF-1.4\n%bench " + str(i).encode() + b"\n" + os.urandom(14_000) + b"\n%%EOF\n"
+    msg.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"facture-{i}.pdf")
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+async def load(port: int, messages: list[bytes], connections: int) -> tuple[float, list[float]]:
+    """Send every message; returns (elapsed seconds, acknowledgement latencies in s)."""
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for m in messages:
+        queue.put_nowait(m)
+    latencies: list[float] = []
+
+    async def client() -> None:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=60)
+        await smtp.connect()
+        try:
+            while True:
+                try:
+                    data = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                started = time.perf_counter()
+                # aiosmtplib raises on any refusal; a refused recipient shows in `errors`.
+                errors, _ = await smtp.sendmail("fournisseur@example.org", [RCPT], data)
+                if errors:
+                    raise RuntimeError(f"not accepted: {errors}")
+                latencies.append(time.perf_counter() - started)
+        finally:
+            with contextlib.suppress(Exception):
+                await smtp.quit()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(connections)))
+    return time.perf_counter() - started, latencies
+
+
+def run_load(port: int, messages: list[bytes], connections: int) -> tuple[float, list[float]]:
+    install_loop()
+    return asyncio.run(load(port, messages, connections))
+
+
+def bare_server(port: int) -> None:
+    """A bare aiosmtpd server: answers 250 to everything, keeps nothing."""
+    loop_name = install_loop()
+    import logging
+
+    from aiosmtpd.smtp import SMTP
+
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+    class Handler:
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            return "250 OK"
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: SMTP(Handler(), hostname="bare", data_size_limit=25 * 1024 * 1024),
+            "127.0.0.1",
+            port,
+        )
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        print(f"bare aiosmtpd on {port} ({loop_name})", file=sys.stderr, flush=True)
+        await stop.wait()
+        server.close()
+
+    asyncio.run(main())
+
+
+def report(name: str, n: int, elapsed: float, latencies: list[float]) -> float:
+    rate = n / elapsed
+    q = statistics.quantiles(latencies, n=100)
+    print(
+        f"{name:<22} {n:>6} {elapsed:>7.2f} {rate:>8.0f} {q[49] * 1000:>8.1f} {q[98] * 1000:>8.1f}"
+    )
+    return rate
+
+
+def gateway(*args: str, config: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "gateway", *args, "-c", str(config)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--connections", type=int, default=20)
+    parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare_server:
+        bare_server(args.bare_server)
+        return
+
+    messages = [sample_message(i) for i in range(args.messages)]
+    size = statistics.mean(len(m) for m in messages)
+    print(
+        f"{args.messages} messages of {size / 1024:.1f} KB, {args.connections} connections, "
+        f"event loop {install_loop()}, {os.cpu_count()} CPUs"
+    )
+    warmup = messages[: min(200, len(messages))]
+
+    bare_port = free_port()
+    bare = subprocess.Popen([sys.executable, __file__, "--bare-server", str(bare_port)])
+    try:
+        wait_port(bare_port)
+        run_load(bare_port, warmup, args.connections)
+        bare_result = run_load(bare_port, messages, args.connections)
+    finally:
+        bare.terminate()
+        bare.wait(10)
+
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        home = Path(tmp)
+        subprocess.run(
+            [sys.executable, "-m", "gateway", "init", str(home)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        config = home / "gateway.toml"
+        port = free_port()
+        text = config.read_text().replace("port = 2525", f"port = {port}")
+        config.write_text(text.replace('level = "info"', 'level = "warning"'))
+        gateway("cabinet", "add", "aecconseil", config=config)
+        gateway("company", "add", "dupont-maconnerie", "--cabinet", "aecconseil", config=config)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "-c", str(config)], stderr=subprocess.DEVNULL
+        )
+        try:
+            wait_port(port)
+            run_load(
+                port, [sample_message(10**6 + i) for i in range(len(warmup))], args.connections
+            )
+            gateway_result = run_load(port, messages, args.connections)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(60)
+        stored = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute("
+                "'select count(*) from inbound_messages').fetchone()[0])",
+                str(home / "gateway.db"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    print(f"{'':<22} {'msgs':>6} {'secs':>7} {'msgs/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    bare_rate = report("bare aiosmtpd (250)", args.messages, *bare_result)
+    gw_rate = report("gateway (durable)", args.messages, *gateway_result)
+    print(f"gateway stored {stored} messages (warm-up included)")
+    ratio = gw_rate / bare_rate
+    verdict = "meets" if ratio >= 0.8 else "BELOW"
+    print(f"ratio gateway/bare = {ratio:.2f} ({verdict} the 0.80 target)")
+
+
+if __name__ == "__main__":
+    main()

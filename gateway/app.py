@@ -1,0 +1,87 @@
+"""Wiring: builds the gateway's parts from a configuration. No globals: each process builds
+one `Gateway` and passes its parts down."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+
+from gateway.clock import Clock, SystemClock
+from gateway.config import GatewayConfig
+from gateway.inbound.extract import ExtractionLimits
+from gateway.inbound.filing import Filer
+from gateway.inbound.smtp import InboundHandler, InboundServer
+from gateway.inbound.spool import Spool, SpoolWriter
+from gateway.routing.addresses import AddressGrammar
+from gateway.routing.partners import PartnerRegistry, load_registry
+from gateway.storage.blobs import BlobStore
+from gateway.storage.db import Database
+from gateway.storage.directory import CachedDirectory, Directory
+
+
+@dataclass
+class Gateway:
+    config: GatewayConfig
+    clock: Clock
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig, clock: Clock | None = None) -> Gateway:
+        return cls(config, clock or SystemClock())
+
+    @cached_property
+    def db(self) -> Database:
+        return Database(self.config.database_url)
+
+    @cached_property
+    def registry(self) -> PartnerRegistry:
+        return load_registry(self.config.partner_registry)
+
+    @cached_property
+    def grammar(self) -> AddressGrammar:
+        return AddressGrammar(self.config.domains, self.config.filing.journals, self.registry)
+
+    @cached_property
+    def blobs(self) -> BlobStore:
+        return BlobStore(self.config.blobs_path)
+
+    def prepare_storage(self) -> None:
+        """Create what the gateway needs: folders and the schema (idempotent)."""
+        self.config.storage_path.mkdir(parents=True, exist_ok=True)
+        self.config.spool_path.mkdir(parents=True, exist_ok=True)
+        self.config.blobs_path.mkdir(parents=True, exist_ok=True)
+        self.db.migrate()
+
+    def extraction_limits(self) -> ExtractionLimits:
+        e = self.config.extraction
+        return ExtractionLimits(
+            max_documents=e.max_documents,
+            max_zip_members=e.max_zip_members,
+            max_zip_total_bytes=e.max_zip_total_bytes,
+            max_zip_ratio=e.max_zip_ratio,
+            max_nesting_depth=e.max_nesting_depth,
+        )
+
+    def filer(self, worker_name: str | None = None) -> Filer:
+        return Filer(
+            db=self.db,
+            config=self.config.filing,
+            limits=self.extraction_limits(),
+            grammar=self.grammar,
+            blobs=self.blobs,
+            spool_directory=self.config.spool_path,
+            clock=self.clock,
+            worker_name=worker_name or f"{self.config.node_name}:{os.getpid()}",
+        )
+
+    def inbound_server(self) -> tuple[InboundServer, Spool]:
+        """The SMTP server and its spool; call inside the event loop that will run them."""
+        spool = Spool(SpoolWriter(self.db, self.config.spool_path, self.config.node_name))
+        handler = InboundHandler(
+            grammar=self.grammar,
+            directory=CachedDirectory(Directory(self.db)),
+            spool=spool,
+            clock=self.clock,
+            config=self.config.smtp,
+        )
+        return InboundServer(handler, self.config.smtp), spool

@@ -1,0 +1,459 @@
+"""The `gateway` command: what a mail admin and a cabinet's staff type.
+
+Every verb but `init` takes -c/--config FILE (default: $GATEWAY_CONFIG, else ./gateway.toml);
+every listing takes --json. Errors are one line on stderr that says what to fix, exit 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy import select
+
+from gateway.app import Gateway
+from gateway.clock import as_utc
+from gateway.config import ConfigError, default_toml, load_config, resolve_config_path
+from gateway.logs import configure_logging
+from gateway.routing.partners import RegistryError
+from gateway.storage.accounts import AccountError, add_cabinet, add_company
+from gateway.storage.folders import FolderPathError, normalise_path
+from gateway.storage.models import (
+    BotMail,
+    Cabinet,
+    Company,
+    Document,
+    Folder,
+    InboundMessage,
+    MessageStatus,
+)
+
+
+class Context:
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = resolve_config_path(config_path)
+        self._gateway: Gateway | None = None
+
+    @property
+    def gateway(self) -> Gateway:
+        if self._gateway is None:
+            config = load_config(self.config_path)
+            configure_logging(config.logging.level, config.logging.format)
+            self._gateway = Gateway.from_config(config)
+            # Idempotent: a new PostgreSQL database, or a schema from an older release, is
+            # brought up to date by whichever command runs first.
+            self._gateway.prepare_storage()
+        return self._gateway
+
+
+def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Configuration file (default: $GATEWAY_CONFIG, else ./gateway.toml).",
+    )(func)
+
+
+def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (ConfigError, RegistryError, AccountError, FolderPathError) as exc:
+        click.echo(f"gateway: {exc}", err=True)
+        sys.exit(1)
+
+
+@click.group(help=__doc__)
+def cli() -> None:
+    pass
+
+
+# -- set-up and running ---------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite an existing gateway.toml.")
+def init(directory: Path, force: bool) -> None:
+    """Write DIR/gateway.toml (the embedded default), create the database and storage."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "gateway.toml"
+    if path.exists() and not force:
+        click.echo(f"gateway: {path} exists; keeping it (use --force to overwrite)", err=True)
+    else:
+        path.write_text(default_toml(directory), encoding="utf-8")
+    gw = Context(str(path)).gateway
+    gw.prepare_storage()
+    click.echo(f"configuration: {path}")
+    click.echo(f"database:      {gw.config.database_url}")
+    click.echo(f"storage:       {gw.config.storage_path}")
+    click.echo(f"next: gateway serve -c {path}")
+
+
+@cli.command()
+@config_option
+@click.option("--smtp-host", default=None, help="Listen address (default: smtp.host).")
+@click.option("--smtp-port", type=int, default=None, help="Listen port (default: smtp.port).")
+def serve(config_path: str | None, smtp_host: str | None, smtp_port: int | None) -> None:
+    """Run the SMTP server and filing workers until SIGTERM/SIGINT, then stop cleanly."""
+    from gateway.serve import install_fast_event_loop
+    from gateway.serve import serve as run
+
+    gw = Context(config_path).gateway
+    install_fast_event_loop()
+    asyncio.run(run(gw, smtp_host, smtp_port, lambda line: click.echo(line, err=True)))
+
+
+@cli.command()
+@config_option
+@click.option("--once", is_flag=True, help="File what is waiting now, then exit.")
+def worker(config_path: str | None, once: bool) -> None:
+    """Run a filing worker (started by `serve`; run more on other nodes if needed)."""
+    gw = Context(config_path).gateway
+    filer = gw.filer()
+    if once:
+        total = 0
+        while (n := filer.run_once()) > 0:
+            total += n
+        click.echo(f"processed {total} message(s)")
+        return
+    with contextlib.suppress(OSError):
+        os.nice(5)  # acknowledging mail comes before filing it
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    filer.run_forever(stop)
+
+
+# -- cabinets and companies ------------------------------------------------------------------
+
+
+@cli.group()
+def cabinet() -> None:
+    """Accounting firms."""
+
+
+@cabinet.command("add")
+@config_option
+@click.argument("slug")
+@click.option("--name", default=None)
+@click.option("--contact", default=None, help="Where the cabinet's bot mail may be forwarded.")
+def cabinet_add(config_path: str | None, slug: str, name: str | None, contact: str | None) -> None:
+    """Add a cabinet."""
+    gw = Context(config_path).gateway
+    add_cabinet(gw.db, slug, name, contact, gw.clock.now())
+    click.echo(f"cabinet {slug} added; its bots: " + ", ".join(_bot_examples(gw, slug)))
+
+
+def _bot_examples(gw: Gateway, cabinet_slug: str) -> list[str]:
+    domain = gw.config.domains[0]
+    return [
+        f"{p.bot_identity.render({'cabinet': cabinet_slug})}@{domain}"
+        for p in gw.registry.partners
+        if p.bot_identity is not None and p.bot_scope == "cabinet"
+    ]
+
+
+@cabinet.command("list")
+@config_option
+@json_option
+def cabinet_list(config_path: str | None, as_json: bool) -> None:
+    """List cabinets."""
+    gw = Context(config_path).gateway
+    with gw.db.read() as s:
+        rows = [
+            {"slug": c.slug, "name": c.name, "contact": c.contact_email, "created_at": c.created_at}
+            for c in s.execute(select(Cabinet).order_by(Cabinet.slug)).scalars()
+        ]
+    _emit(rows, as_json, ["slug", "name", "contact"])
+
+
+@cli.group()
+def company() -> None:
+    """A cabinet's client companies."""
+
+
+@company.command("add")
+@config_option
+@click.argument("slug")
+@click.option("--cabinet", "cabinet_slug", required=True, help="The cabinet's slug.")
+@click.option("--name", default=None)
+@click.option("--fiscal-year-end", default="12-31", show_default=True, help="MM-DD")
+def company_add(
+    config_path: str | None, slug: str, cabinet_slug: str, name: str | None, fiscal_year_end: str
+) -> None:
+    """Add a company; prints its collection addresses."""
+    gw = Context(config_path).gateway
+    add_company(gw.db, gw.grammar, slug, cabinet_slug, name, fiscal_year_end, gw.clock.now())
+    domain = gw.config.domains[0]
+    click.echo(f"company {slug} added to {cabinet_slug}; collection addresses:")
+    for journal, folder in gw.config.filing.journals.items():
+        click.echo(f"  {journal}+{slug}@{domain}  -> {folder}")
+    click.echo(f"  {slug}@{domain}  -> {gw.config.filing.unsorted_folder}")
+
+
+@company.command("list")
+@config_option
+@json_option
+def company_list(config_path: str | None, as_json: bool) -> None:
+    """List companies."""
+    gw = Context(config_path).gateway
+    with gw.db.read() as s:
+        rows = [
+            {
+                "slug": co.slug,
+                "name": co.name,
+                "cabinet": ca.slug,
+                "fiscal_year_end": co.fiscal_year_end,
+                "created_at": co.created_at,
+            }
+            for co, ca in s.execute(
+                select(Company, Cabinet)
+                .join(Cabinet, Company.cabinet_id == Cabinet.id)
+                .order_by(Company.slug)
+            )
+        ]
+    _emit(rows, as_json, ["slug", "cabinet", "name", "fiscal_year_end"])
+
+
+# -- the GED ---------------------------------------------------------------------------------
+
+
+@cli.group()
+def folder() -> None:
+    """A company's folders."""
+
+
+@folder.command("tree")
+@config_option
+@json_option
+@click.argument("company_slug")
+def folder_tree(config_path: str | None, as_json: bool, company_slug: str) -> None:
+    """Show a company's folder tree with document counts."""
+    gw = Context(config_path).gateway
+    with gw.db.read() as s:
+        company_id = _company_id(s, company_slug)
+        folders = (
+            s.execute(select(Folder).where(Folder.company_id == company_id).order_by(Folder.path))
+            .scalars()
+            .all()
+        )
+        counts: dict[int, int] = {}
+        for folder_id in s.execute(
+            select(Document.folder_id).where(Document.company_id == company_id)
+        ).scalars():
+            counts[folder_id] = counts.get(folder_id, 0) + 1
+    rows = [{"path": f.path, "documents": counts.get(f.id, 0)} for f in folders]
+    if as_json:
+        _print_json(rows)
+        return
+    click.echo(company_slug)
+    for row in rows:
+        depth = row["path"].count("/")
+        name = row["path"].rsplit("/", 1)[-1]
+        suffix = f"  ({row['documents']})" if row["documents"] else ""
+        click.echo(f"{'  ' * (depth + 1)}{name}/{suffix}")
+
+
+@cli.group()
+def documents() -> None:
+    """Documents in the GED."""
+
+
+@documents.command("list")
+@config_option
+@json_option
+@click.option("--company", "company_slug", default=None)
+@click.option("--folder", "folder_path", default=None, help="This folder and its sub-folders.")
+def documents_list(
+    config_path: str | None, as_json: bool, company_slug: str | None, folder_path: str | None
+) -> None:
+    """List documents, newest last."""
+    gw = Context(config_path).gateway
+    query = (
+        select(
+            Document,
+            Company.slug,
+            Folder.path,
+            InboundMessage.header_message_id,
+            InboundMessage.queue_id,
+        )
+        .join(Company, Document.company_id == Company.id)
+        .join(Folder, Document.folder_id == Folder.id)
+        .outerjoin(InboundMessage, Document.inbound_message_id == InboundMessage.id)
+        .order_by(Document.id)
+    )
+    if company_slug:
+        query = query.where(Company.slug == company_slug)
+    if folder_path:
+        path = normalise_path(folder_path)
+        query = query.where((Folder.path == path) | Folder.path.startswith(path + "/"))
+    with gw.db.read() as s:
+        if company_slug:
+            _company_id(s, company_slug)
+        rows = [
+            {
+                "id": d.id,
+                "company": slug,
+                "folder": path,
+                "filename": d.filename,
+                "media_type": d.media_type,
+                "size": d.size,
+                "sha256": d.sha256,
+                "source": d.source,
+                "source_mailbox": d.source_mailbox,
+                "origin": d.origin,
+                "placed_at": d.placed_at,
+                "message_id": message_id,
+                "queue_id": queue_id,
+            }
+            for d, slug, path, message_id, queue_id in s.execute(query)
+        ]
+    _emit(rows, as_json, ["id", "company", "folder", "filename", "media_type", "size", "source"])
+
+
+@cli.group()
+def messages() -> None:
+    """The inbound log."""
+
+
+@messages.command("list")
+@config_option
+@json_option
+@click.option("--status", type=click.Choice([s.value for s in MessageStatus]), default=None)
+@click.option("--limit", type=int, default=100, show_default=True)
+def messages_list(config_path: str | None, as_json: bool, status: str | None, limit: int) -> None:
+    """List received messages, newest first: envelope, status, reason."""
+    gw = Context(config_path).gateway
+    query = select(InboundMessage).order_by(InboundMessage.id.desc()).limit(limit)
+    if status:
+        query = query.where(InboundMessage.status == status)
+    with gw.db.read() as s:
+        rows = [
+            {
+                "queue_id": m.queue_id,
+                "received_at": m.received_at,
+                "source": m.source,
+                "source_mailbox": m.source_mailbox,
+                "peer": m.peer,
+                "mail_from": m.mail_from,
+                "rcpt_tos": m.rcpt_tos,
+                "size": m.size,
+                "message_id": m.header_message_id,
+                "subject": m.subject,
+                "status": m.status,
+                "reason": m.reason,
+                "attempts": m.attempts,
+            }
+            for m in s.execute(query).scalars()
+        ]
+    _emit(rows, as_json, ["queue_id", "received_at", "mail_from", "rcpt_tos", "status", "reason"])
+
+
+@cli.group("bot-mail")
+def bot_mail() -> None:
+    """The cabinets' bot mailboxes (mail to bot identities, R6)."""
+
+
+@bot_mail.command("list")
+@config_option
+@json_option
+@click.option("--cabinet", "cabinet_slug", default=None)
+def bot_mail_list(config_path: str | None, as_json: bool, cabinet_slug: str | None) -> None:
+    """List mail received by bot identities."""
+    gw = Context(config_path).gateway
+    query = (
+        select(BotMail, Cabinet.slug, InboundMessage.queue_id)
+        .outerjoin(Cabinet, BotMail.cabinet_id == Cabinet.id)
+        .join(InboundMessage, BotMail.inbound_message_id == InboundMessage.id)
+        .order_by(BotMail.id)
+    )
+    if cabinet_slug:
+        query = query.where(Cabinet.slug == cabinet_slug)
+    with gw.db.read() as s:
+        rows = [
+            {
+                "id": b.id,
+                "cabinet": slug,
+                "recipient": b.recipient,
+                "partner": b.partner,
+                "mail_from": b.mail_from,
+                "subject": b.subject,
+                "received_at": b.received_at,
+                "queue_id": queue_id,
+            }
+            for b, slug, queue_id in s.execute(query)
+        ]
+    _emit(rows, as_json, ["id", "cabinet", "recipient", "mail_from", "subject", "received_at"])
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def _company_id(session: Any, slug: str) -> int:
+    company_id = session.execute(
+        select(Company.id).where(Company.slug == slug)
+    ).scalar_one_or_none()
+    if company_id is None:
+        raise click.ClickException(f"no company {slug!r} (see `gateway company list`)")
+    return int(company_id)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return as_utc(value).isoformat()
+    return value
+
+
+def _print_json(rows: Sequence[dict[str, Any]]) -> None:
+    click.echo(
+        json.dumps(
+            [{k: _jsonable(v) for k, v in r.items()} for r in rows], ensure_ascii=False, indent=2
+        )
+    )
+
+
+def _emit(rows: Sequence[dict[str, Any]], as_json: bool, columns: Iterable[str]) -> None:
+    if as_json:
+        _print_json(rows)
+        return
+    columns = list(columns)
+    if not rows:
+        click.echo("(none)")
+        return
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [min(60, max(len(c), *(len(row[i]) for row in cells))) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in cells:
+        click.echo("  ".join(v[:w].ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return as_utc(value).strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)

@@ -1,0 +1,367 @@
+"""The filing stage: from a durably stored message to documents in a company's folders.
+
+It runs after the 250, in its own worker (`gateway worker`, started by `gateway serve`),
+over the `inbound_messages` rows — never called by the SMTP server. A message is claimed
+with a guarded UPDATE carrying a lease, so several workers (or nodes) can run at once and a
+worker that dies mid-way leaves a message that another worker re-claims when the lease
+expires. All of a message's rows are written in one transaction together with its final
+status, so filing is all-or-nothing and a re-run files a message exactly once. A message that
+keeps failing is moved aside (`held`) after `filing.max_attempts` tries instead of looping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import structlog
+from sqlalchemy import and_, or_, select, update
+
+from gateway.clock import Clock, as_utc
+from gateway.config import FilingConfig
+from gateway.inbound.extract import Extraction, ExtractionLimits, extract_documents
+from gateway.inbound.recipients import Destination, decide, lookup_needed
+from gateway.inbound.spool import read_spooled
+from gateway.routing.addresses import AddressGrammar
+from gateway.storage.blobs import BlobStore
+from gateway.storage.db import Database
+from gateway.storage.directory import CabinetRef, CompanyRef, Directory
+from gateway.storage.folders import ensure_folder
+from gateway.storage.models import (
+    BotMail,
+    Document,
+    DuplicateDocument,
+    InboundMessage,
+    MessageStatus,
+)
+
+log = structlog.get_logger("gateway.filing")
+
+LEASE = timedelta(minutes=5)
+RETRY_BASE = timedelta(seconds=30)
+
+
+class LeaseLost(Exception):
+    """Another worker took the message over (our lease expired): our work is discarded."""
+
+
+def fiscal_year(received: date, fiscal_year_end: str) -> int:
+    """The fiscal year a reception date falls in, named by the year it ends in.
+
+    With the default 31 December end this is the calendar year; with a 30 June end,
+    2026-07-01 … 2027-06-30 is fiscal year 2027. A 29 February end counts as the last day
+    of February in every year.
+    """
+    month, day = (int(x) for x in fiscal_year_end.split("-"))
+    if (month, day) == (2, 29):
+        end = date(received.year, 3, 1) - timedelta(days=1)
+    else:
+        end = date(received.year, month, day)
+    return received.year if received <= end else received.year + 1
+
+
+def folder_path(
+    config: FilingConfig, journal: str | None, fiscal_year_end: str, received_at: datetime
+) -> str:
+    """Where a collection address files a document (R2, R3)."""
+    if journal is None:
+        return config.unsorted_folder
+    local = received_at.astimezone(config.zone)
+    return config.folder_template.format(
+        fiscal_year=fiscal_year(local.date(), fiscal_year_end),
+        journal_folder=config.journals[journal],
+        journal=journal,
+        month=f"{local.month:02d}",
+    )
+
+
+@dataclass
+class Outcome:
+    filed: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    bot_mailboxes: list[str] = field(default_factory=list)
+    recipients_refused: list[str] = field(default_factory=list)
+
+    def status(self) -> MessageStatus:
+        ged_attempted = self.filed or self.duplicates or self.refused
+        if not ged_attempted:
+            if self.bot_mailboxes:
+                return MessageStatus.BOT_MAIL
+            return MessageStatus.REJECTED
+        if self.filed:
+            partial = self.duplicates or self.refused or self.recipients_refused
+            return MessageStatus.PARTLY_FILED if partial else MessageStatus.FILED
+        if self.duplicates and not self.refused:
+            return MessageStatus.DUPLICATE
+        return MessageStatus.REJECTED
+
+    def reason(self) -> str | None:
+        parts: list[str] = []
+        if self.filed:
+            parts.append(f"filed {len(self.filed)}: " + "; ".join(self.filed))
+        if self.duplicates:
+            parts.append(f"already filed {len(self.duplicates)}: " + "; ".join(self.duplicates))
+        if self.refused:
+            parts.append("refused: " + "; ".join(self.refused))
+        if self.bot_mailboxes:
+            parts.append("bot mailbox: " + ", ".join(self.bot_mailboxes))
+        if self.recipients_refused:
+            parts.append("recipients no longer valid: " + "; ".join(self.recipients_refused))
+        return " | ".join(parts) or None
+
+
+class Filer:
+    def __init__(
+        self,
+        db: Database,
+        config: FilingConfig,
+        limits: ExtractionLimits,
+        grammar: AddressGrammar,
+        blobs: BlobStore,
+        spool_directory: Path,
+        clock: Clock,
+        worker_name: str,
+    ) -> None:
+        self.db = db
+        self.config = config
+        self.limits = limits
+        self.grammar = grammar
+        self.directory = Directory(db)
+        self.blobs = blobs
+        self.spool_directory = spool_directory
+        self.clock = clock
+        self.worker_name = worker_name
+
+    # -- claiming -------------------------------------------------------------------------
+
+    def claim(self, limit: int = 20) -> list[int]:
+        """Take up to `limit` messages waiting for filing; one guarded UPDATE, safe to race."""
+        now = self.clock.now()
+        claimable = or_(
+            InboundMessage.status == MessageStatus.RECEIVED,
+            and_(InboundMessage.status == MessageStatus.FILING, InboundMessage.lease_until < now),
+        )
+        with self.db.write() as s:
+            candidates = (
+                select(InboundMessage.id).where(claimable).order_by(InboundMessage.id).limit(limit)
+            )
+            ids = [row[0] for row in s.execute(candidates)]
+            if not ids:
+                return []
+            result = s.execute(
+                update(InboundMessage)
+                .where(InboundMessage.id.in_(ids), claimable)
+                .values(
+                    status=MessageStatus.FILING,
+                    claimed_by=self.worker_name,
+                    lease_until=now + LEASE,
+                    attempts=InboundMessage.attempts + 1,
+                )
+                .returning(InboundMessage.id)
+            )
+            return sorted(row[0] for row in result)
+
+    # -- filing ---------------------------------------------------------------------------
+
+    def run_once(self, limit: int = 20) -> int:
+        """File what is waiting now; returns how many messages were processed."""
+        done = 0
+        for message_id in self.claim(limit):
+            self.file(message_id)
+            done += 1
+        return done
+
+    def run_forever(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:
+                log.exception("filing_loop_error")
+                busy = 0
+            if not busy:
+                stop.wait(self.config.poll_seconds)
+
+    def file(self, message_id: int) -> None:
+        with self.db.read() as s:
+            message = s.get(InboundMessage, message_id)
+            assert message is not None
+            s.expunge(message)
+        bound = log.bind(queue_id=message.queue_id)
+        try:
+            outcome, extraction = self._file(message)
+        except LeaseLost:
+            bound.warning("lease_lost")
+            return
+        except Exception as exc:
+            bound.exception("filing_failed", attempt=message.attempts)
+            self._release_after_failure(message, exc)
+            return
+        bound.info(
+            "filed",
+            status=outcome.status().value,
+            documents=len(outcome.filed),
+            duplicates=len(outcome.duplicates),
+            refused=len(outcome.refused),
+            message_id=extraction.message_id,
+        )
+
+    def _file(self, message: InboundMessage) -> tuple[Outcome, Extraction]:
+        raw = read_spooled(
+            self.spool_directory, message.spool_segment, message.spool_offset, message.size
+        )
+        destinations = [self._destination(r) for r in message.rcpt_tos]
+        extraction = extract_documents(raw, self.limits)
+        outcome = Outcome()
+        outcome.recipients_refused = [
+            f"{d.address.address}: {d.refusal}" for d in destinations if not d.accepted
+        ]
+        ged = [d for d in destinations if d.accepted and d.address.files_into_ged]
+        # Bytes first, fsync'd; rows after. A crash in between leaves unreferenced blobs,
+        # never a row pointing at nothing.
+        if ged:
+            for doc in extraction.documents:
+                self.blobs.put(doc.content)
+        now = self.clock.now()
+        received_at = as_utc(message.received_at)
+        with self.db.write() as s:
+            # Guarded first: if our lease was taken over, write nothing.
+            owned = s.execute(
+                update(InboundMessage)
+                .where(
+                    InboundMessage.id == message.id,
+                    InboundMessage.status == MessageStatus.FILING,
+                    InboundMessage.claimed_by == self.worker_name,
+                )
+                .values(lease_until=now + LEASE)
+            ).rowcount
+            if owned != 1:
+                raise LeaseLost(message.queue_id)
+            seen: set[tuple[int, str]] = set()  # one company filed twice in one message
+            for dest in ged:
+                company = dest.company
+                assert company is not None
+                path = folder_path(
+                    self.config, dest.address.journal, company.fiscal_year_end, received_at
+                )
+                folder_id = ensure_folder(s, company.id, path, now)
+                for doc in extraction.documents:
+                    sha = _sha(doc.content)
+                    if (company.id, sha) in seen:
+                        continue
+                    seen.add((company.id, sha))
+                    existing = s.execute(
+                        select(Document.id).where(
+                            Document.company_id == company.id, Document.sha256 == sha
+                        )
+                    ).scalar_one_or_none()
+                    if existing is not None:
+                        s.add(
+                            DuplicateDocument(
+                                inbound_message_id=message.id,
+                                company_id=company.id,
+                                document_id=existing,
+                                filename=doc.filename,
+                                sha256=sha,
+                                seen_at=now,
+                            )
+                        )
+                        outcome.duplicates.append(f"{doc.filename} ({company.slug}, #{existing})")
+                        continue
+                    s.add(
+                        Document(
+                            company_id=company.id,
+                            folder_id=folder_id,
+                            filename=doc.filename,
+                            media_type=doc.media_type,
+                            size=len(doc.content),
+                            sha256=sha,
+                            source=message.source,
+                            source_mailbox=message.source_mailbox,
+                            origin=doc.origin,
+                            placed_at=now,
+                            inbound_message_id=message.id,
+                        )
+                    )
+                    outcome.filed.append(f"{doc.filename} -> {company.slug}:{path}")
+                outcome.refused.extend(f"{r.filename}: {r.reason}" for r in extraction.refused)
+            for dest in destinations:
+                if dest.accepted and dest.address.goes_to_bot_mailbox:
+                    s.add(
+                        BotMail(
+                            inbound_message_id=message.id,
+                            cabinet_id=dest.cabinet_id,
+                            company_id=dest.company.id if dest.company else None,
+                            recipient=dest.address.address,
+                            partner=dest.address.partner,
+                            mail_from=message.mail_from,
+                            subject=extraction.subject,
+                            received_at=received_at,
+                        )
+                    )
+                    outcome.bot_mailboxes.append(dest.address.address)
+            status = outcome.status()
+            s.execute(
+                update(InboundMessage)
+                .where(InboundMessage.id == message.id)
+                .values(
+                    status=status,
+                    reason=outcome.reason(),
+                    processed_at=now,
+                    lease_until=None,
+                    header_message_id=_clip(extraction.message_id, 998),
+                    subject=extraction.subject,
+                )
+            )
+        return outcome, extraction
+
+    def _destination(self, recipient: str) -> Destination:
+        address = self.grammar.parse(recipient)
+        need = lookup_needed(address)
+        found: CompanyRef | CabinetRef | None = None
+        if need is not None:
+            found = (
+                self.directory.company(need.slug)
+                if need.kind == "company"
+                else self.directory.cabinet(need.slug)
+            )
+        return decide(address, found)
+
+    def _release_after_failure(self, message: InboundMessage, error: Exception) -> None:
+        """Retry later with back-off (the row stays claimable once `lease_until` passes)."""
+        reason = f"filing failed (attempt {message.attempts}): {error!r}"
+        values: dict[str, object]
+        if message.attempts >= self.config.max_attempts:
+            reason += "; held for an administrator after too many attempts"
+            values = {"status": MessageStatus.HELD, "lease_until": None}
+        else:
+            retry_at = self.clock.now() + RETRY_BASE * 2 ** (message.attempts - 1)
+            reason += f"; will retry after {retry_at:%Y-%m-%d %H:%M:%S}Z"
+            values = {"claimed_by": None, "lease_until": retry_at}
+        with self.db.write() as s:
+            s.execute(
+                update(InboundMessage)
+                .where(
+                    InboundMessage.id == message.id,
+                    InboundMessage.status == MessageStatus.FILING,
+                    InboundMessage.claimed_by == self.worker_name,
+                )
+                .values(reason=reason, **values)
+            )
+
+
+def _sha(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def _clip(value: str | None, limit: int) -> str | None:
+    return value[:limit] if value else value
+
+
+def status_counts(db: Database) -> Counter[str]:
+    with db.read() as s:
+        return Counter(row[0] for row in s.execute(select(InboundMessage.status)))

@@ -1,0 +1,77 @@
+"""Where a recipient address leads: a company's folders, a bot mailbox, or a refusal.
+
+Shared by the RCPT check (async, cached directory) and the filing stage (sync directory),
+so that what the server accepts and what the filer does with it cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.replies import Reply
+from gateway.routing.addresses import Address, AddressKind
+from gateway.storage.directory import CabinetRef, CompanyRef
+
+
+@dataclass(frozen=True)
+class Lookup:
+    kind: str  # "company" | "cabinet"
+    slug: str
+
+
+@dataclass(frozen=True)
+class Destination:
+    address: Address
+    company: CompanyRef | None = None  # filing target (GED), or the bot's company
+    cabinet_id: int | None = None  # bot mailbox owner
+    refusal: str | None = None  # the SMTP reply when the address is refused
+
+    @property
+    def accepted(self) -> bool:
+        return self.refusal is None
+
+
+def lookup_needed(address: Address) -> Lookup | None:
+    if address.company is not None and address.kind in (
+        AddressKind.COLLECTION,
+        AddressKind.COMPANY,
+        AddressKind.BOT,
+    ):
+        return Lookup("company", address.company)
+    if address.cabinet is not None and address.kind in (AddressKind.BOT, AddressKind.PARTNER_ALIAS):
+        return Lookup("cabinet", address.cabinet)
+    return None
+
+
+def decide(address: Address, found: CompanyRef | CabinetRef | None) -> Destination:
+    """The destination of `address`, given what the directory returned for `lookup_needed`."""
+    kind = address.kind
+    if kind is AddressKind.INVALID:
+        return Destination(
+            address, refusal=Reply.BAD_RECIPIENT_SYNTAX.format(address=address.address)
+        )
+    if kind is AddressKind.FOREIGN:
+        # R7: never an open relay.
+        return Destination(address, refusal=Reply.RELAY_DENIED.format(address=address.address))
+    if kind is AddressKind.POSTMASTER:
+        return Destination(address)
+    if kind is AddressKind.UNKNOWN:
+        return _unknown(address, address.problem or "no such address")
+    if kind in (AddressKind.COLLECTION, AddressKind.COMPANY):
+        if not isinstance(found, CompanyRef):
+            return _unknown(address, f"no company {address.company!r} here")
+        return Destination(address, company=found)
+    if isinstance(found, CompanyRef):  # a company-scoped bot identity (quickbooks+<company>)
+        return Destination(address, company=found, cabinet_id=found.cabinet_id)
+    if isinstance(found, CabinetRef):
+        return Destination(address, cabinet_id=found.id)
+    if address.cabinet or address.company:
+        what = "cabinet" if address.cabinet else "company"
+        return _unknown(address, f"no {what} {address.cabinet or address.company!r} here")
+    return _unknown(address, "no connection uses this partner alias")
+
+
+def _unknown(address: Address, why: str) -> Destination:
+    return Destination(
+        address, refusal=Reply.UNKNOWN_RECIPIENT.format(address=address.address, why=why)
+    )

@@ -1,0 +1,257 @@
+"""The SMTP server (aiosmtpd): RCPT checks, durable DATA, clean shutdown.
+
+`handle_DATA` does the least it can — hand the bytes to the spool, wait for the group commit,
+answer — because aiosmtpd does not reset its session timeout while the hook runs. Parsing and
+filing happen later, in the filing stage, from the durable row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway.clock import Clock
+from gateway.config import SmtpConfig
+from gateway.inbound.recipients import decide, lookup_needed
+from gateway.inbound.spool import Arrival, Spool, new_queue_id
+from gateway.replies import AIOSMTPD_REPLACEMENTS, Reply
+from gateway.routing.addresses import AddressGrammar, split_address
+from gateway.storage.directory import CachedDirectory
+
+log = structlog.get_logger("gateway.smtp")
+
+
+class InboundHandler:
+    """aiosmtpd handler hooks. Each returns the whole reply line, from `Reply`."""
+
+    def __init__(
+        self,
+        grammar: AddressGrammar,
+        directory: CachedDirectory,
+        spool: Spool,
+        clock: Clock,
+        config: SmtpConfig,
+    ) -> None:
+        self.grammar = grammar
+        self.directory = directory
+        self.spool = spool
+        self.clock = clock
+        self.config = config
+        self.draining = False
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        # "<>" is the null sender of bounces and must be accepted (RFC 5321 4.5.5).
+        if address not in ("", "<>") and split_address(address) is None:
+            return Reply.BAD_SENDER_SYNTAX.value
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        envelope.queue_id = new_queue_id()  # type: ignore[attr-defined]
+        return Reply.SENDER_OK.value
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        queue_id = getattr(envelope, "queue_id", None)
+        if len(envelope.rcpt_tos) >= self.config.max_recipients:
+            return Reply.TOO_MANY_RECIPIENTS.format(limit=self.config.max_recipients)
+        parsed = self.grammar.parse(address)
+        need = lookup_needed(parsed)
+        found = None
+        if need is not None:
+            try:
+                if need.kind == "company":
+                    found = await self.directory.company(need.slug)
+                else:
+                    found = await self.directory.cabinet(need.slug)
+            except Exception:
+                log.exception("directory_lookup_failed", queue_id=queue_id, rcpt=address)
+                return Reply.DIRECTORY_UNAVAILABLE.format(address=parsed.address)
+        destination = decide(parsed, found)
+        if destination.refusal is not None:
+            log.info(
+                "rcpt_refused",
+                queue_id=queue_id,
+                rcpt=address,
+                peer=_peer(session),
+                mail_from=envelope.mail_from,
+                reply=destination.refusal,
+            )
+            return destination.refusal
+        # A custom handle_RCPT must record the recipient itself.
+        envelope.rcpt_tos.append(parsed.address)
+        envelope.rcpt_options.extend(options)
+        return Reply.RECIPIENT_OK.value
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        queue_id: str = getattr(envelope, "queue_id", None) or new_queue_id()
+        content = envelope.original_content or b""
+        arrival = Arrival(
+            queue_id=queue_id,
+            source="smtp",
+            received_at=self.clock.now(),
+            mail_from=envelope.mail_from or "",
+            rcpt_tos=list(envelope.rcpt_tos),
+            content=_with_received_header(
+                content, session, queue_id, self.config.hostname, self.clock
+            ),
+            peer=_peer(session),
+            helo=session.host_name,
+        )
+        try:
+            await self.spool.store(arrival)
+        except Exception:
+            log.exception("store_failed", queue_id=queue_id)
+            return Reply.INTERNAL_ERROR.value
+        log.info(
+            "received",
+            queue_id=queue_id,
+            mail_from=arrival.mail_from,
+            rcpt=arrival.rcpt_tos,
+            size=len(arrival.content),
+            peer=arrival.peer,
+        )
+        return Reply.QUEUED.format(queue_id=queue_id)
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd's default is a 500: senders would bounce the mail for our own failure.
+        log.error("session_error", error=repr(error))
+        return Reply.INTERNAL_ERROR.value
+
+
+def _peer(session: Session) -> str | None:
+    peer = session.peer
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer) if peer else None
+
+
+def _with_received_header(
+    content: bytes, session: Session, queue_id: str, hostname: str, clock: Clock
+) -> bytes:
+    """Prepend a Received: trace header (RFC 5321 4.4), as every MTA on the path does."""
+    when = clock.now().strftime("%a, %d %b %Y %H:%M:%S +0000")
+    helo = (session.host_name or "unknown").replace("\r", "").replace("\n", "")[:255]
+    tls = " with ESMTPS" if session.ssl else " with ESMTP"
+    line = (
+        f"Received: from {helo} ([{_peer(session) or 'unknown'}])\r\n"
+        f"\tby {hostname}{tls} id {queue_id};\r\n\t{when}\r\n"
+    )
+    return line.encode("ascii", "replace") + content
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's protocol with our reply table, and shutdown behaviour."""
+
+    def __init__(self, handler: InboundHandler, sessions: set[GatewaySMTP], **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._gateway_handler = handler
+        self._sessions = sessions
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._sessions.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._sessions.discard(self)
+        super().connection_lost(error)
+
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str):
+            replacement = AIOSMTPD_REPLACEMENTS.get(status)
+            if replacement is not None:
+                status = replacement.format(limit=self.data_size_limit)
+        await super().push(status)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        # Draining: the transaction in progress has finished; start no new one.
+        if self._gateway_handler.draining:
+            await self.push(Reply.SHUTTING_DOWN.format(hostname=self.hostname))
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super().smtp_MAIL(arg)
+
+
+class _Refuse421(asyncio.Protocol):
+    """What a new connection gets while the server drains."""
+
+    def __init__(self, hostname: str) -> None:
+        self.hostname = hostname
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(Reply.SHUTTING_DOWN.format(hostname=self.hostname).encode() + b"\r\n")
+        transport.close()
+
+
+class InboundServer:
+    """Listens on the SMTP port; `drain()` stops it the way an MTA should."""
+
+    def __init__(self, handler: InboundHandler, config: SmtpConfig) -> None:
+        self.handler = handler
+        self.config = config
+        self.sessions: set[GatewaySMTP] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self.tls_context = _tls_context(config)
+
+    def _factory(self) -> asyncio.Protocol:
+        if self.handler.draining:
+            return _Refuse421(self.config.hostname)
+        return GatewaySMTP(
+            self.handler,
+            self.sessions,
+            hostname=self.config.hostname,
+            ident="ESMTP gateway",
+            data_size_limit=self.config.max_message_size,
+            tls_context=self.tls_context,
+            require_starttls=False,  # a public MX must accept plain-text senders
+            timeout=self.config.timeout_seconds,
+            command_call_limit=100,
+        )
+
+    async def start(self, host: str | None = None, port: int | None = None) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._factory,
+            host or self.config.host,
+            self.config.port if port is None else port,
+        )
+        sock = self._server.sockets[0].getsockname()
+        return str(sock[0]), int(sock[1])
+
+    async def drain(
+        self, grace_seconds: float = 30.0, sleep: Callable[[float], Any] = asyncio.sleep
+    ) -> None:
+        """Finish the sessions in flight; new connections get 421 meanwhile; then close."""
+        self.handler.draining = True
+        waited = 0.0
+        while self.sessions and waited < grace_seconds:
+            await sleep(0.05)
+            waited += 0.05
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+def _tls_context(config: SmtpConfig) -> ssl.SSLContext | None:
+    if config.tls_certificate is None or config.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(config.tls_certificate), str(config.tls_key))
+    return context
+
+
+# HELP reads the syntax text from the method; keep it on our override.
+for _attr in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
+    if hasattr(SMTP.smtp_MAIL, _attr):
+        setattr(GatewaySMTP.smtp_MAIL, _attr, getattr(SMTP.smtp_MAIL, _attr))

@@ -1,0 +1,215 @@
+"""The only way into the gateway: durable intake with group commit (R8).
+
+A message is acknowledged only once its bytes are fsync'd in a spool segment and its row in
+`inbound_messages` is committed. Doing that once per message caps a Python server at about
+half of what aiosmtpd can accept, so the writer commits in groups: while one batch is being
+written and fsync'd (in a dedicated thread, off the event loop), new arrivals queue up, and
+the next batch covers all of them with one fsync and one database commit.
+
+Segments are append-only files `spool/<YYYY-MM-DD>/<node>-<pid>-<n>.seg`. A row is inserted
+only after the bytes it points at are on disk, so a row never points at missing data; bytes
+written without a row (a crash between fsync and commit) were never acknowledged and the
+sender retries. Segments are kept: the raw message is always kept (R4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import secrets
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import insert
+
+from gateway.storage.db import Database
+from gateway.storage.models import InboundMessage, MessageStatus
+
+SEGMENT_MAX_BYTES = 64 * 1024 * 1024
+
+
+def new_queue_id() -> str:
+    """A short unique id, like Postfix's queue ids, shown to the sender in the 250 reply."""
+    return secrets.token_hex(8).upper()
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A message as it came in, before it is stored."""
+
+    queue_id: str
+    source: str  # smtp | imap
+    received_at: datetime
+    mail_from: str
+    rcpt_tos: Sequence[str]
+    content: bytes
+    peer: str | None = None
+    helo: str | None = None
+    source_mailbox: str | None = None
+
+
+class SpoolWriter:
+    """Synchronous part: appends a batch to the current segment, fsyncs, inserts, commits."""
+
+    def __init__(self, db: Database, directory: Path, node_name: str) -> None:
+        self.db = db
+        self.directory = directory
+        self.node_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in node_name)
+        self._lock = threading.Lock()
+        self._file: BinaryIO | None = None
+        self._segment: str = ""
+        self._segment_day: str = ""
+        self._counter = 0
+
+    def store_batch(self, arrivals: Sequence[Arrival]) -> list[int]:
+        """Durably store every arrival; returns their row ids in order."""
+        with self._lock:
+            placed = self._append(arrivals)
+            rows = [
+                {
+                    "queue_id": a.queue_id,
+                    "source": a.source,
+                    "source_mailbox": a.source_mailbox,
+                    "received_at": a.received_at,
+                    "peer": a.peer,
+                    "helo": a.helo,
+                    "mail_from": a.mail_from,
+                    "rcpt_tos": list(a.rcpt_tos),
+                    "size": len(a.content),
+                    "sha256": hashlib.sha256(a.content).hexdigest(),
+                    "spool_segment": segment,
+                    "spool_offset": offset,
+                    "status": MessageStatus.RECEIVED.value,
+                    "attempts": 0,
+                }
+                for a, (segment, offset) in zip(arrivals, placed, strict=True)
+            ]
+            with self.db.write() as session:
+                result = session.execute(
+                    insert(InboundMessage).returning(
+                        InboundMessage.id, sort_by_parameter_order=True
+                    ),
+                    rows,
+                )
+                return [row[0] for row in result]
+
+    def _append(self, arrivals: Sequence[Arrival]) -> list[tuple[str, int]]:
+        placed: list[tuple[str, int]] = []
+        day = arrivals[0].received_at.strftime("%Y-%m-%d")
+        f = self._current_file(day)
+        for a in arrivals:
+            if f.tell() > SEGMENT_MAX_BYTES:
+                f = self._rotate(day)
+            placed.append((self._segment, f.tell()))
+            f.write(a.content)
+        f.flush()
+        os.fsync(f.fileno())
+        return placed
+
+    def _current_file(self, day: str) -> BinaryIO:
+        if self._file is None or day != self._segment_day:
+            return self._rotate(day)
+        return self._file
+
+    def _rotate(self, day: str) -> BinaryIO:
+        if self._file is not None:
+            self._file.close()
+        folder = self.directory / day
+        new_folder = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        self._counter += 1
+        name = f"{self.node_name}-{os.getpid()}-{secrets.token_hex(4)}-{self._counter}.seg"
+        self._file = open(folder / name, "ab")  # noqa: SIM115 - kept open across batches
+        self._segment = f"{day}/{name}"
+        self._segment_day = day
+        # The new directory entries must be durable too, or a crash could lose the file.
+        _fsync_dir(folder)
+        if new_folder:
+            _fsync_dir(self.directory)
+        return self._file
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_spooled(directory: Path, segment: str, offset: int, size: int) -> bytes:
+    with open(directory / segment, "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    if len(data) != size:
+        raise OSError(f"spool segment {segment} is short: wanted {size} bytes at {offset}")
+    return data
+
+
+class Spool:
+    """Asynchronous front: `await spool.store(arrival)` returns once the message is durable."""
+
+    def __init__(self, writer: SpoolWriter) -> None:
+        self.writer = writer
+        self._pending: list[tuple[Arrival, asyncio.Future[int]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._busy = False
+        # One thread: batches are written one after another, which is what groups them.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+
+    async def store(self, arrival: Arrival) -> int:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self._pending.append((arrival, future))
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run(), name="spool-writer")
+        self._wake.set()
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending = self._pending, []
+                self._busy = True
+                try:
+                    ids = await loop.run_in_executor(
+                        self._executor, self.writer.store_batch, [a for a, _ in batch]
+                    )
+                except Exception as exc:  # every waiter answers 451; nothing was acknowledged
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                finally:
+                    self._busy = False
+                for (_, future), row_id in zip(batch, ids, strict=True):
+                    if not future.done():
+                        future.set_result(row_id)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            # Let the last batch finish: its senders are waiting for their 250.
+            while self._pending or self._busy:
+                await asyncio.sleep(0.01)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=True)
+        self.writer.close()

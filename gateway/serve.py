@@ -1,0 +1,102 @@
+"""`gateway serve`: the SMTP server in this process, filing workers beside it.
+
+Filing (MIME parsing, archive expansion) is CPU work; in the same process it would hold the
+GIL and slow acknowledgements down. So it runs in child processes (`gateway worker`), at a
+lower priority, that talk to the server only through the database rows. `filing.workers = 0`
+runs none (filing then happens on other nodes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+import structlog
+
+from gateway.app import Gateway
+
+log = structlog.get_logger("gateway.serve")
+
+
+def install_fast_event_loop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def serve(
+    gw: Gateway, host: str | None, port: int | None, announce: Callable[[str], None]
+) -> None:
+    gw.prepare_storage()
+    server, spool = gw.inbound_server()
+    bound_host, bound_port = await server.start(host, port)
+    config = gw.config
+    announce(
+        f"gateway: listening on smtp://{bound_host}:{bound_port} for "
+        f"{', '.join(config.domains)} (database {_safe_url(config.database_url)}, "
+        f"storage {config.storage_path}); stop with Ctrl-C or SIGTERM"
+    )
+    log.info("listening", host=bound_host, port=bound_port, domains=list(config.domains))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    workers = _Workers(gw, config.filing.workers)
+    supervisor = asyncio.create_task(workers.supervise(stop))
+    await stop.wait()
+    log.info("stopping", sessions=len(server.sessions))
+    await server.drain()
+    await spool.close()
+    await supervisor
+    workers.stop()
+    gw.db.dispose()
+    log.info("stopped")
+
+
+class _Workers:
+    """Filing worker processes, restarted if one dies."""
+
+    def __init__(self, gw: Gateway, count: int) -> None:
+        self.gw = gw
+        self.count = count
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        assert self.gw.config.path is not None
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway", "worker", "-c", str(self.gw.config.path)],
+        )
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        self.procs = [self._spawn() for _ in range(self.count)]
+        while not stop.is_set():
+            for i, proc in enumerate(self.procs):
+                if proc.poll() is not None:
+                    log.warning("worker_died", pid=proc.pid, code=proc.returncode)
+                    self.procs[i] = self._spawn()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password, for display."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
+    return url

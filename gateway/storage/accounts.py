@@ -1,0 +1,83 @@
+"""Cabinets and companies: creation with the checks a person typing them needs."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from gateway.routing.addresses import AddressGrammar, split_address
+from gateway.routing.slugs import slug_problem
+from gateway.storage.db import Database
+from gateway.storage.models import Cabinet, Company
+
+_MM_DD = re.compile(r"(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])")
+_DAYS = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31}
+
+
+class AccountError(ValueError):
+    """Input a person must correct; the message says how."""
+
+
+def check_fiscal_year_end(value: str) -> str:
+    m = _MM_DD.fullmatch(value)
+    if m is None or int(m.group(2)) > _DAYS[int(m.group(1))]:
+        raise AccountError(
+            f"fiscal year end {value!r} must be a day of the year as MM-DD, e.g. 12-31 or 06-30"
+        )
+    return value
+
+
+def add_cabinet(
+    db: Database, slug: str, name: str | None, contact: str | None, now: datetime
+) -> Cabinet:
+    problem = slug_problem(slug, "cabinet")
+    if problem:
+        raise AccountError(problem)
+    if contact is not None and split_address(contact) is None:
+        raise AccountError(f"contact {contact!r} is not an email address")
+    try:
+        with db.write() as s:
+            cabinet = Cabinet(slug=slug, name=name or slug, contact_email=contact, created_at=now)
+            s.add(cabinet)
+    except IntegrityError as exc:
+        raise AccountError(f"a cabinet {slug!r} already exists") from exc
+    return cabinet
+
+
+def add_company(
+    db: Database,
+    grammar: AddressGrammar,
+    slug: str,
+    cabinet_slug: str,
+    name: str | None,
+    fiscal_year_end: str,
+    now: datetime,
+) -> Company:
+    problem = slug_problem(slug, "company") or grammar.reserved_slug_problem(slug)
+    if problem:
+        raise AccountError(problem)
+    check_fiscal_year_end(fiscal_year_end)
+    try:
+        with db.write() as s:
+            cabinet_id = s.execute(
+                select(Cabinet.id).where(Cabinet.slug == cabinet_slug)
+            ).scalar_one_or_none()
+            if cabinet_id is None:
+                raise AccountError(
+                    f"no cabinet {cabinet_slug!r}; "
+                    f"create it with `gateway cabinet add {cabinet_slug}`"
+                )
+            company = Company(
+                slug=slug,
+                cabinet_id=cabinet_id,
+                name=name or slug,
+                fiscal_year_end=fiscal_year_end,
+                created_at=now,
+            )
+            s.add(company)
+    except IntegrityError as exc:
+        raise AccountError(f"a company {slug!r} already exists") from exc
+    return company

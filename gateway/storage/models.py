@@ -1,0 +1,148 @@
+"""Tables. The inbound stages talk through these durable rows, never through memory."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: DateTime(timezone=True)}
+
+
+class MessageStatus(StrEnum):
+    """Where an inbound message stands. Every message ends in a state the firm can see."""
+
+    RECEIVED = "received"  # durably stored, acknowledged with 250, not yet filed
+    FILING = "filing"  # claimed by a filing worker (lease in lease_until)
+    FILED = "filed"  # every document filed
+    PARTLY_FILED = "partly_filed"  # some documents filed, some refused or already there
+    DUPLICATE = "duplicate"  # every document was already in the company's folders
+    REJECTED = "rejected"  # nothing could be filed; `reason` says why
+    BOT_MAIL = "bot_mail"  # went to a cabinet's bot mailbox (R6)
+    HELD = "held"  # filing kept failing; moved aside for an admin (reason says why)
+
+
+FINAL_STATUSES = frozenset(MessageStatus) - {MessageStatus.RECEIVED, MessageStatus.FILING}
+
+
+class Cabinet(Base):
+    __tablename__ = "cabinets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(63), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    contact_email: Mapped[str | None] = mapped_column(String(254))
+    created_at: Mapped[datetime]
+
+
+class Company(Base):
+    __tablename__ = "companies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(63), unique=True)
+    cabinet_id: Mapped[int] = mapped_column(ForeignKey("cabinets.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    fiscal_year_end: Mapped[str] = mapped_column(String(5))  # "MM-DD"
+    created_at: Mapped[datetime]
+
+
+class Folder(Base):
+    __tablename__ = "folders"
+    __table_args__ = (UniqueConstraint("company_id", "path"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id"))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("folders.id"))
+    name: Mapped[str] = mapped_column(String(255))
+    path: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[datetime]
+
+
+class InboundMessage(Base):
+    """The inbound log: one row per message acknowledged (SMTP) or taken (IMAP)."""
+
+    __tablename__ = "inbound_messages"
+    __table_args__ = (Index("ix_inbound_messages_status_lease", "status", "lease_until"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    queue_id: Mapped[str] = mapped_column(String(32), unique=True)
+    source: Mapped[str] = mapped_column(String(16))  # smtp | imap
+    source_mailbox: Mapped[str | None] = mapped_column(String(512))
+    received_at: Mapped[datetime]
+    peer: Mapped[str | None] = mapped_column(String(128))
+    helo: Mapped[str | None] = mapped_column(String(255))
+    mail_from: Mapped[str] = mapped_column(String(512))
+    rcpt_tos: Mapped[list[str]] = mapped_column(JSON)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    spool_segment: Mapped[str] = mapped_column(String(255))
+    spool_offset: Mapped[int] = mapped_column(BigInteger)
+    header_message_id: Mapped[str | None] = mapped_column(String(998))
+    subject: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=MessageStatus.RECEIVED)
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None]
+    processed_at: Mapped[datetime | None]
+
+
+class Document(Base):
+    __tablename__ = "documents"
+    # The duplicate rule: the same bytes are filed once per company.
+    __table_args__ = (UniqueConstraint("company_id", "sha256"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id"))
+    folder_id: Mapped[int] = mapped_column(ForeignKey("folders.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    media_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(16))  # smtp | imap | upload
+    source_mailbox: Mapped[str | None] = mapped_column(String(512))
+    origin: Mapped[str] = mapped_column(String(255))  # attachment, inline, zip:<name>, ...
+    placed_at: Mapped[datetime]
+    inbound_message_id: Mapped[int | None] = mapped_column(
+        ForeignKey("inbound_messages.id"), index=True
+    )
+
+
+class DuplicateDocument(Base):
+    """A file that arrived again for a company that already has it: recorded, not refiled."""
+
+    __tablename__ = "duplicate_documents"
+    __table_args__ = (UniqueConstraint("inbound_message_id", "company_id", "sha256"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    inbound_message_id: Mapped[int] = mapped_column(ForeignKey("inbound_messages.id"))
+    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id"))
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id"))
+    filename: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64))
+    seen_at: Mapped[datetime]
+
+
+class BotMail(Base):
+    """A message for one of the gateway's bot identities, kept for the cabinet to read (R6)."""
+
+    __tablename__ = "bot_mail"
+    __table_args__ = (UniqueConstraint("inbound_message_id", "recipient"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    inbound_message_id: Mapped[int] = mapped_column(ForeignKey("inbound_messages.id"))
+    cabinet_id: Mapped[int | None] = mapped_column(ForeignKey("cabinets.id"), index=True)
+    company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id"))
+    recipient: Mapped[str] = mapped_column(String(320))
+    partner: Mapped[str | None] = mapped_column(String(63))
+    mail_from: Mapped[str] = mapped_column(String(512))
+    subject: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime]

@@ -1,0 +1,134 @@
+"""Fixtures. Database tests run on SQLite and on PostgreSQL (R8 and friends hold on both).
+
+PostgreSQL comes from $GATEWAY_TEST_POSTGRES_URL (default: the local server, database
+`gateway_test`). Where it cannot be reached the PostgreSQL variants are skipped, unless
+$GATEWAY_TEST_REQUIRE_POSTGRES=1 (as in .ci/run), where that is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from gateway.app import Gateway
+from gateway.config import GatewayConfig, parse_config
+from gateway.storage.accounts import add_cabinet, add_company
+from tests.support import DEFAULT_NOW, FixedClock, RunningServer
+
+POSTGRES_URL = os.environ.get(
+    "GATEWAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/gateway_test"
+)
+REQUIRE_POSTGRES = os.environ.get("GATEWAY_TEST_REQUIRE_POSTGRES") == "1"
+
+
+def _reset_postgres(url: str) -> None:
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'gateway.db'}"
+    try:
+        _reset_postgres(POSTGRES_URL)
+    except Exception as exc:
+        if REQUIRE_POSTGRES:
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}")
+    return POSTGRES_URL
+
+
+def write_config(tmp_path: Path, database_url: str, **sections: dict[str, Any]) -> Path:
+    """A gateway.toml in tmp_path: the defaults, with `sections` merged in."""
+    data: dict[str, dict[str, Any]] = {
+        "gateway": {"domains": ["welyb.fr", "welyb.com"], "node_name": "test"},
+        "database": {"url": database_url},
+        "storage": {"path": str(tmp_path / "storage")},
+        "smtp": {"host": "127.0.0.1", "port": 0, "hostname": "mx.welyb.test"},
+        "logging": {"format": "json", "level": "warning"},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    lines: list[str] = []
+    for name, values in data.items():
+        lines.append(f"[{name}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {_toml(value)}")
+        lines.append("")
+    path = tmp_path / "gateway.toml"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f'"{k}" = {_toml(v)}' for k, v in value.items()) + " }"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def load(path: Path) -> GatewayConfig:
+    import tomllib
+
+    return parse_config(tomllib.loads(path.read_text()), base=path.parent, path=path)
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(DEFAULT_NOW)
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, database_url: str) -> Path:
+    return write_config(tmp_path, database_url)
+
+
+@pytest.fixture
+def gw(config_path: Path, clock: FixedClock) -> Iterator[Gateway]:
+    """A prepared gateway with one cabinet and two companies."""
+    gateway = Gateway.from_config(load(config_path), clock)
+    gateway.prepare_storage()
+    add_cabinet(gateway.db, "aecconseil", "AEC Conseil", "contact@aecconseil.fr", clock.now())
+    add_company(
+        gateway.db,
+        gateway.grammar,
+        "dupont-maconnerie",
+        "aecconseil",
+        "Dupont Maçonnerie",
+        "12-31",
+        clock.now(),
+    )
+    add_company(
+        gateway.db,
+        gateway.grammar,
+        "boulangerie-martin",
+        "aecconseil",
+        "Boulangerie Martin",
+        "06-30",
+        clock.now(),
+    )
+    yield gateway
+    gateway.db.dispose()
+
+
+@pytest.fixture
+def server(gw: Gateway) -> Iterator[RunningServer]:
+    running = RunningServer(gw).start()
+    yield running
+    running.stop()

@@ -1,0 +1,124 @@
+"""Test helpers: a clock moved by hand, a server on a free port, a real SMTP client."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+
+from gateway.app import Gateway
+from gateway.inbound.smtp import InboundServer
+from gateway.inbound.spool import Spool
+
+
+class FixedClock:
+    def __init__(self, now: datetime) -> None:
+        self.moment = now
+
+    def now(self) -> datetime:
+        return self.moment
+
+    def advance(self, **kwargs: float) -> None:
+        self.moment += timedelta(**kwargs)
+
+
+DEFAULT_NOW = datetime(2026, 11, 22, 10, 30, tzinfo=UTC)
+
+
+class RunningServer:
+    """The real InboundServer on its own event loop in a thread, as a deployment runs it."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server: InboundServer | None = None
+        self.spool: Spool | None = None
+        self.host = ""
+        self.port = 0
+
+    def start(self) -> RunningServer:
+        self.thread.start()
+
+        async def _start() -> tuple[str, int]:
+            self.server, self.spool = self.gw.inbound_server()
+            return await self.server.start("127.0.0.1", 0)
+
+        self.host, self.port = asyncio.run_coroutine_threadsafe(_start(), self.loop).result(10)
+        return self
+
+    def run(self, coro: object, timeout: float = 30) -> object:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def stop(self, grace: float = 5.0) -> None:
+        async def _stop() -> None:
+            assert self.server is not None and self.spool is not None
+            await self.server.drain(grace)
+            await self.spool.close()
+
+        self.run(_stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    @contextmanager
+    def client(self) -> Iterator[smtplib.SMTP]:
+        with smtplib.SMTP(self.host, self.port, timeout=10) as smtp:
+            smtp.ehlo("client.example.org")
+            yield smtp
+
+
+def message(
+    to: str = "compta+dupont-maconnerie@welyb.fr",
+    sender: str = "fournisseur@example.org",
+    subject: str = "Facture 2026-117",
+    attachments: Sequence[tuple[str, str, bytes]] = (),
+    body: str = "Bonjour,\nveuillez trouver la facture ci-jointe.\n",
+) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{abs(hash((to, subject, body)))}@example.org>"
+    msg.set_content(body)
+    for filename, media_type, content in attachments:
+        maintype, subtype = media_type.split("/", 1)
+        msg.add_attachment(content, maintype=maintype, subtype=subtype, filename=filename)
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))  # as sent on the wire
+
+
+def pdf(text: str = "Facture") -> bytes:
+    """A small, valid PDF whose bytes depend on `text`."""
+    stream = f"BT /F1 12 Tf 72 712 Td ({text}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for i, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    for off in offsets:
+        out += b"%010d 00000 n \n" % off
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return bytes(out)
+
+
+def file_all(gateway: Gateway) -> int:
+    """Run the filing stage until nothing is waiting; returns how many messages it took."""
+    filer = gateway.filer("test-filer")
+    total = 0
+    while (n := filer.run_once()) > 0:
+        total += n
+    return total

@@ -139,7 +139,7 @@ def worker(config_path: str | None, once: bool) -> None:
         click.echo(f"processed {total} message(s)")
         return
     with contextlib.suppress(OSError):
-        os.nice(5)  # acknowledging mail comes before filing it
+        os.nice(19)  # acknowledging mail comes before filing it
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

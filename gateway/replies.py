@@ -25,6 +25,9 @@ class Reply(Enum):
     MESSAGE_TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size ({limit} bytes)"
     LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)"
     SYNTAX_ERROR = "500 5.5.2 Syntax error, command unrecognised"
+    START_DATA = "354 End data with <CR><LF>.<CR><LF>"
+    NEED_RCPT = "503 5.5.1 Error: need RCPT command"
+    DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
 
     def format(self, **values: object) -> str:
         return self.value.format(**values)

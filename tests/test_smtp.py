@@ -6,6 +6,7 @@ import datetime as dt
 import smtplib
 import socket
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -357,3 +358,77 @@ def test_shutdown_finishes_sessions_in_flight_and_answers_421_to_new_ones(gw):
     finally:
         stopper.join(15)
     assert len(messages(gw)) == 1
+
+
+def stored(gw: Gateway) -> list[bytes]:
+    """Each stored message without the Received: line the gateway prepends."""
+    out = []
+    for row in messages(gw):
+        raw = read_spooled(gw.config.spool_path, row.spool_segment, row.spool_offset, row.size)
+        out.append(raw.split(b"\r\n", 3)[3])  # Received: spans three lines
+    return out
+
+
+def test_dot_stuffed_lines_come_back_unstuffed(server, gw):
+    body = b"Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\n.\r\n\r\nend\r\n"
+    with server.client() as smtp:
+        smtp.sendmail("a@example.org", ["dupont-maconnerie@welyb.fr"], body)
+    assert stored(gw) == [body]
+
+
+def test_data_phase_edge_cases_over_a_raw_socket(server, gw):
+    """The DATA reader: empty message, terminator split across packets, pipelined commands
+    after the terminator in the same packet (PIPELINING), a message several chunks long."""
+    big_body = b"".join(b"line %06d of a long message\r\n" % i for i in range(120_000))
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        f = sock.makefile("rb")
+
+        def reply() -> bytes:
+            line = f.readline()
+            while line[3:4] == b"-":
+                line = f.readline()
+            return line
+
+        assert reply().startswith(b"220")
+        envelope = b"MAIL FROM:<a@example.org>\r\nRCPT TO:<dupont-maconnerie@welyb.fr>\r\nDATA\r\n"
+        sock.sendall(b"EHLO c.example\r\n")
+        assert reply().startswith(b"250")
+        # 1. an empty message: the terminator right away
+        sock.sendall(envelope)
+        assert [reply()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+        sock.sendall(b".\r\n")
+        assert reply().startswith(b"250 2.0.0")
+        # 2. the terminator split over three packets
+        sock.sendall(envelope)
+        assert [reply()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+        for part in (b"Subject: split\r\n\r\nbody\r", b"\n.", b"\r\n"):
+            sock.sendall(part)
+            time.sleep(0.05)
+        assert reply().startswith(b"250 2.0.0")
+        # 3. a big message and the next transaction in the same packet
+        sock.sendall(envelope)
+        assert [reply()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+        sock.sendall(
+            b"Subject: big\r\n\r\n"
+            + big_body
+            + b".\r\n"
+            + envelope
+            + b"Subject: pipelined\r\n\r\nx\r\n.\r\nQUIT\r\n"
+        )
+        assert reply().startswith(b"250 2.0.0")
+        assert [reply()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+        assert reply().startswith(b"250 2.0.0")
+        assert reply().startswith(b"221")
+    assert stored(gw) == [
+        b"",
+        b"Subject: split\r\n\r\nbody\r\n",
+        b"Subject: big\r\n\r\n" + big_body,
+        b"Subject: pipelined\r\n\r\nx\r\n",
+    ]
+
+
+def test_long_lines_and_bare_lf_are_kept_as_sent(server, gw):
+    body = b"Subject: long\r\n\r\n" + b"x" * 5000 + b"\r\nbare\nlf\r\n"
+    with server.client() as smtp:
+        smtp.sendmail("a@example.org", ["dupont-maconnerie@welyb.fr"], body)
+    assert stored(gw) == [body]

@@ -20,10 +20,16 @@ from pathlib import Path
 
 import structlog
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from gateway.clock import Clock, as_utc
 from gateway.config import FilingConfig
-from gateway.inbound.extract import Extraction, ExtractionLimits, extract_documents
+from gateway.inbound.extract import (
+    ExtractedDocument,
+    Extraction,
+    ExtractionLimits,
+    extract_documents,
+)
 from gateway.inbound.recipients import Destination, decide, lookup_needed
 from gateway.inbound.spool import read_spooled
 from gateway.routing.addresses import AddressGrammar
@@ -136,6 +142,7 @@ class Filer:
         self.spool_directory = spool_directory
         self.clock = clock
         self.worker_name = worker_name
+        self._folders: dict[tuple[int, str], int] = {}
 
     # -- claiming -------------------------------------------------------------------------
 
@@ -193,7 +200,12 @@ class Filer:
             s.expunge(message)
         bound = log.bind(queue_id=message.queue_id)
         try:
-            outcome, extraction = self._file(message)
+            try:
+                outcome, extraction = self._file(message)
+            except IntegrityError:
+                # Another worker filed the same bytes for the same company between our read
+                # and our insert: once more, and they are seen as the duplicate they are.
+                outcome, extraction = self._file(message)
         except LeaseLost:
             bound.warning("lease_lost")
             return
@@ -228,6 +240,25 @@ class Filer:
                 self.blobs.put(doc.content)
         now = self.clock.now()
         received_at = as_utc(message.received_at)
+        # Everything that can be read or decided is done before the write transaction, so
+        # that the database's write lock (one writer at a time on SQLite, shared with the
+        # SMTP server's commits) is held for a few inserts only.
+        plan: list[tuple[CompanyRef, str, int, list[tuple[ExtractedDocument, str]]]] = []
+        seen: set[tuple[int, str]] = set()  # one company reached twice in one message
+        for dest in ged:
+            company = dest.company
+            assert company is not None
+            path = folder_path(
+                self.config, dest.address.journal, company.fiscal_year_end, received_at
+            )
+            docs = []
+            for doc in extraction.documents:
+                sha = _sha(doc.content)
+                if (company.id, sha) not in seen:
+                    seen.add((company.id, sha))
+                    docs.append((doc, sha))
+            plan.append((company, path, self._folder_id(company.id, path, now), docs))
+        known = self._known_documents({(c.id, sha) for c, _, _, docs in plan for _, sha in docs})
         with self.db.write() as s:
             # Guarded first: if our lease was taken over, write nothing.
             owned = s.execute(
@@ -241,24 +272,9 @@ class Filer:
             ).rowcount
             if owned != 1:
                 raise LeaseLost(message.queue_id)
-            seen: set[tuple[int, str]] = set()  # one company filed twice in one message
-            for dest in ged:
-                company = dest.company
-                assert company is not None
-                path = folder_path(
-                    self.config, dest.address.journal, company.fiscal_year_end, received_at
-                )
-                folder_id = ensure_folder(s, company.id, path, now)
-                for doc in extraction.documents:
-                    sha = _sha(doc.content)
-                    if (company.id, sha) in seen:
-                        continue
-                    seen.add((company.id, sha))
-                    existing = s.execute(
-                        select(Document.id).where(
-                            Document.company_id == company.id, Document.sha256 == sha
-                        )
-                    ).scalar_one_or_none()
+            for company, path, folder_id, docs in plan:
+                for doc, sha in docs:
+                    existing = known.get((company.id, sha))
                     if existing is not None:
                         s.add(
                             DuplicateDocument(
@@ -318,6 +334,28 @@ class Filer:
                 )
             )
         return outcome, extraction
+
+    def _folder_id(self, company_id: int, path: str, now: datetime) -> int:
+        """The folder's id, created if missing (R3); remembered, since folders stay."""
+        key = (company_id, path)
+        folder_id = self._folders.get(key)
+        if folder_id is None:
+            with self.db.write() as s:
+                folder_id = ensure_folder(s, company_id, path, now)
+            self._folders[key] = folder_id
+        return folder_id
+
+    def _known_documents(self, keys: set[tuple[int, str]]) -> dict[tuple[int, str], int]:
+        """Which of these (company, sha256) are already filed: the duplicate rule."""
+        if not keys:
+            return {}
+        with self.db.read() as s:
+            rows = s.execute(
+                select(Document.company_id, Document.sha256, Document.id).where(
+                    Document.sha256.in_({sha for _, sha in keys})
+                )
+            )
+            return {(c, sha): i for c, sha, i in rows if (c, sha) in keys}
 
     def _destination(self, recipient: str) -> Destination:
         address = self.grammar.parse(recipient)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
 from gateway.clock import Clock
 from gateway.config import SmtpConfig
@@ -24,6 +24,17 @@ from gateway.routing.addresses import AddressGrammar, split_address
 from gateway.storage.directory import CachedDirectory
 
 log = structlog.get_logger("gateway.smtp")
+
+# Per-session command budgets (aiosmtpd has none by default): generous for MTAs that reuse
+# a connection for many messages, tight for commands nobody needs to repeat.
+COMMAND_CALL_LIMITS: dict[str, int] = {
+    "MAIL": 1000,
+    "RCPT": 20_000,
+    "DATA": 1000,
+    "RSET": 1000,
+    "NOOP": 100,
+    "*": 30,
+}
 
 
 class InboundHandler:
@@ -146,8 +157,21 @@ def _with_received_header(
     return line.encode("ascii", "replace") + content
 
 
+END_OF_DATA = b"\r\n.\r\n"
+DATA_CHUNK = 64 * 1024
+
+
 class GatewaySMTP(SMTP):
-    """aiosmtpd's protocol with our reply table, and shutdown behaviour."""
+    """aiosmtpd's protocol with our reply table, shutdown behaviour and a faster DATA phase.
+
+    aiosmtpd reads DATA line by line in Python (a 20 KB message is ~300 awaits); that loop
+    alone costs more CPU than everything else the gateway does per message. `smtp_DATA`
+    here reads the stream in chunks and finds the end with one `bytes.find`. What it accepts
+    is what RFC 5321 says and aiosmtpd does: only CR LF . CR LF ends the data (a bare LF
+    never does, so "\\n.\\n" cannot smuggle a second message), leading dots are removed,
+    the size limit answers 552 after the data is drained. Unlike aiosmtpd, lines over 1000
+    octets are accepted as they are, as Postfix does: we store mail, we do not relay it.
+    """
 
     def __init__(self, handler: InboundHandler, sessions: set[GatewaySMTP], **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
@@ -168,6 +192,62 @@ class GatewaySMTP(SMTP):
             if replacement is not None:
                 status = replacement.format(limit=self.data_size_limit)
         await super().push(status)
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push(Reply.NEED_RCPT.value)
+            return
+        if arg:
+            await self.push(Reply.DATA_SYNTAX.value)
+            return
+        await self.push(Reply.START_DATA.value)
+        content = await self._read_data()
+        if content is None:  # the connection went away mid-data
+            return
+        if self.data_size_limit and len(content) > self.data_size_limit:
+            self._set_post_data_state()
+            await self.push(Reply.MESSAGE_TOO_BIG.format(limit=self.data_size_limit))
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(Reply.OK.value if status is MISSING else status)
+
+    async def _read_data(self) -> bytes | None:
+        """The message up to the end-of-data line, dot-unstuffed; None on disconnect.
+
+        Past the size limit the rest is read and dropped (keeping a tail to find the end),
+        so that memory stays bounded and the 552 comes after the data, as RFC 5321 4.2.5
+        implies. The result is then longer than the limit, which is how the caller knows.
+        """
+        reader = self._reader
+        limit = self.data_size_limit or 0
+        buf = bytearray(b"\r\n")  # so that a message starting with ".\r\n" ends at once
+        dropped = 0
+        start = 0
+        while (end := buf.find(END_OF_DATA, start)) < 0:
+            if limit and len(buf) + dropped > limit + 2:
+                keep = len(END_OF_DATA) - 1  # searched already; only a split marker matters
+                dropped += len(buf) - keep
+                del buf[:-keep]
+            start = max(0, len(buf) - len(END_OF_DATA) + 1)
+            chunk = await reader.read(DATA_CHUNK)
+            if not chunk:
+                return None
+            self._reset_timeout()
+            buf += chunk
+        # Bytes after the terminator are the client's next (pipelined) commands: give them
+        # back to the reader. aiosmtpd itself manages this buffer for STARTTLS.
+        rest = buf[end + len(END_OF_DATA) :]
+        if rest:
+            reader._buffer[:0] = rest  # type: ignore[attr-defined]
+        if dropped:
+            return b"\0" * (limit + 1)  # marker length only; the content is gone
+        data = bytes(buf[2 : end + 2]).replace(b"\r\n.", b"\r\n")
+        return data[1:] if data.startswith(b".") else data
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         # Draining: the transaction in progress has finished; start no new one.
@@ -213,7 +293,7 @@ class InboundServer:
             tls_context=self.tls_context,
             require_starttls=False,  # a public MX must accept plain-text senders
             timeout=self.config.timeout_seconds,
-            command_call_limit=100,
+            command_call_limit=COMMAND_CALL_LIMITS,
         )
 
     async def start(self, host: str | None = None, port: int | None = None) -> tuple[str, int]:

@@ -1,0 +1,1 @@
+"""Realistic email messages built at test time (see make_corpus)."""

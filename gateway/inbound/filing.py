@@ -21,6 +21,7 @@ from pathlib import Path
 import structlog
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from gateway.clock import Clock, as_utc
 from gateway.config import FilingConfig
@@ -49,10 +50,6 @@ log = structlog.get_logger("gateway.filing")
 
 LEASE = timedelta(minutes=5)
 RETRY_BASE = timedelta(seconds=30)
-
-
-class LeaseLost(Exception):
-    """Another worker took the message over (our lease expired): our work is discarded."""
 
 
 def fiscal_year(received: date, fiscal_year_end: str) -> int:
@@ -121,6 +118,30 @@ class Outcome:
         return " | ".join(parts) or None
 
 
+@dataclass
+class Placement:
+    """Where one message's documents go for one company."""
+
+    company: CompanyRef
+    path: str
+    folder_id: int
+    docs: list[tuple[ExtractedDocument, str]]  # (document, sha256)
+
+
+@dataclass
+class Prepared:
+    """A message read, extracted and resolved, ready for the write transaction."""
+
+    message: InboundMessage
+    extraction: Extraction
+    outcome: Outcome
+    plan: list[Placement]
+    known: dict[tuple[int, str], int]
+    bots: list[Destination]
+    received_at: datetime
+    owned: bool = False
+
+
 class Filer:
     def __init__(
         self,
@@ -176,12 +197,11 @@ class Filer:
     # -- filing ---------------------------------------------------------------------------
 
     def run_once(self, limit: int = 20) -> int:
-        """File what is waiting now; returns how many messages were processed."""
-        done = 0
-        for message_id in self.claim(limit):
-            self.file(message_id)
-            done += 1
-        return done
+        """File what is waiting now, as one batch; returns how many messages it took."""
+        ids = self.claim(limit)
+        if ids:
+            self._file_batch(self._load(ids))
+        return len(ids)
 
     def run_forever(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -194,35 +214,71 @@ class Filer:
                 stop.wait(self.config.poll_seconds)
 
     def file(self, message_id: int) -> None:
+        """File one message this worker has claimed."""
+        self._file_batch(self._load([message_id]))
+
+    def _load(self, ids: list[int]) -> list[InboundMessage]:
         with self.db.read() as s:
-            message = s.get(InboundMessage, message_id)
-            assert message is not None
-            s.expunge(message)
-        bound = log.bind(queue_id=message.queue_id)
-        try:
+            rows = list(
+                s.execute(
+                    select(InboundMessage)
+                    .where(InboundMessage.id.in_(ids))
+                    .order_by(InboundMessage.id)
+                ).scalars()
+            )
+            s.expunge_all()
+        return rows
+
+    def _file_batch(self, messages: list[InboundMessage]) -> None:
+        """Prepare each message (no lock held), then write them all in one transaction:
+        one commit (one fsync) for the batch instead of one per message."""
+        prepared: list[Prepared] = []
+        for message in messages:
             try:
-                outcome, extraction = self._file(message)
-            except IntegrityError:
-                # Another worker filed the same bytes for the same company between our read
-                # and our insert: once more, and they are seen as the duplicate they are.
-                outcome, extraction = self._file(message)
-        except LeaseLost:
-            bound.warning("lease_lost")
+                prepared.append(self._prepare(message))
+            except Exception as exc:
+                log.exception("filing_failed", queue_id=message.queue_id, attempt=message.attempts)
+                self._release_after_failure(message, exc)
+        if not prepared:
+            return
+        try:
+            self._commit(prepared)
+        except IntegrityError:
+            # Another worker filed the same bytes for the same company between our read
+            # and our insert: file one by one, and they are seen as the duplicates they are.
+            for p in prepared:
+                self._file_alone(p.message)
             return
         except Exception as exc:
-            bound.exception("filing_failed", attempt=message.attempts)
-            self._release_after_failure(message, exc)
+            for p in prepared:
+                log.exception("filing_failed", queue_id=p.message.queue_id)
+                self._release_after_failure(p.message, exc)
             return
-        bound.info(
-            "filed",
-            status=outcome.status().value,
-            documents=len(outcome.filed),
-            duplicates=len(outcome.duplicates),
-            refused=len(outcome.refused),
-            message_id=extraction.message_id,
-        )
+        for p in prepared:
+            if p.owned:
+                log.info(
+                    "filed",
+                    queue_id=p.message.queue_id,
+                    status=p.outcome.status().value,
+                    documents=len(p.outcome.filed),
+                    duplicates=len(p.outcome.duplicates),
+                    refused=len(p.outcome.refused),
+                    message_id=p.extraction.message_id,
+                )
+            else:
+                log.warning("lease_lost", queue_id=p.message.queue_id)
 
-    def _file(self, message: InboundMessage) -> tuple[Outcome, Extraction]:
+    def _file_alone(self, message: InboundMessage) -> None:
+        try:
+            self._commit([self._prepare(message)])
+        except Exception as exc:
+            log.exception("filing_failed", queue_id=message.queue_id)
+            self._release_after_failure(message, exc)
+
+    def _prepare(self, message: InboundMessage) -> Prepared:
+        """Everything that can be read or decided before the write transaction, so that the
+        database's write lock (one writer at a time on SQLite, shared with the SMTP server's
+        commits) is held for a few inserts only."""
         raw = read_spooled(
             self.spool_directory, message.spool_segment, message.spool_offset, message.size
         )
@@ -233,17 +289,9 @@ class Filer:
             f"{d.address.address}: {d.refusal}" for d in destinations if not d.accepted
         ]
         ged = [d for d in destinations if d.accepted and d.address.files_into_ged]
-        # Bytes first, fsync'd; rows after. A crash in between leaves unreferenced blobs,
-        # never a row pointing at nothing.
-        if ged:
-            for doc in extraction.documents:
-                self.blobs.put(doc.content)
         now = self.clock.now()
         received_at = as_utc(message.received_at)
-        # Everything that can be read or decided is done before the write transaction, so
-        # that the database's write lock (one writer at a time on SQLite, shared with the
-        # SMTP server's commits) is held for a few inserts only.
-        plan: list[tuple[CompanyRef, str, int, list[tuple[ExtractedDocument, str]]]] = []
+        plan: list[Placement] = []
         seen: set[tuple[int, str]] = set()  # one company reached twice in one message
         for dest in ged:
             company = dest.company
@@ -253,87 +301,105 @@ class Filer:
             )
             docs = []
             for doc in extraction.documents:
-                sha = _sha(doc.content)
+                sha = hashlib.sha256(doc.content).hexdigest()
                 if (company.id, sha) not in seen:
                     seen.add((company.id, sha))
                     docs.append((doc, sha))
-            plan.append((company, path, self._folder_id(company.id, path, now), docs))
-        known = self._known_documents({(c.id, sha) for c, _, _, docs in plan for _, sha in docs})
+                    # Bytes first, fsync'd; rows after. A crash in between leaves an
+                    # unreferenced blob, never a row pointing at nothing.
+                    self.blobs.put(doc.content)
+            plan.append(Placement(company, path, self._folder_id(company.id, path, now), docs))
+        known = self._known_documents({(p.company.id, sha) for p in plan for _, sha in p.docs})
+        bots = [d for d in destinations if d.accepted and d.address.goes_to_bot_mailbox]
+        return Prepared(message, extraction, outcome, plan, known, bots, received_at)
+
+    def _commit(self, batch: list[Prepared]) -> None:
+        now = self.clock.now()
         with self.db.write() as s:
-            # Guarded first: if our lease was taken over, write nothing.
-            owned = s.execute(
-                update(InboundMessage)
-                .where(
-                    InboundMessage.id == message.id,
-                    InboundMessage.status == MessageStatus.FILING,
-                    InboundMessage.claimed_by == self.worker_name,
-                )
-                .values(lease_until=now + LEASE)
-            ).rowcount
-            if owned != 1:
-                raise LeaseLost(message.queue_id)
-            for company, path, folder_id, docs in plan:
-                for doc, sha in docs:
-                    existing = known.get((company.id, sha))
-                    if existing is not None:
-                        s.add(
-                            DuplicateDocument(
-                                inbound_message_id=message.id,
-                                company_id=company.id,
-                                document_id=existing,
-                                filename=doc.filename,
-                                sha256=sha,
-                                seen_at=now,
-                            )
-                        )
-                        outcome.duplicates.append(f"{doc.filename} ({company.slug}, #{existing})")
-                        continue
+            # Guarded first: a message whose lease another worker took over gets nothing.
+            owned = set(
+                s.execute(
+                    update(InboundMessage)
+                    .where(
+                        InboundMessage.id.in_([p.message.id for p in batch]),
+                        InboundMessage.status == MessageStatus.FILING,
+                        InboundMessage.claimed_by == self.worker_name,
+                    )
+                    .values(lease_until=now + LEASE)
+                    .returning(InboundMessage.id)
+                ).scalars()
+            )
+            filed_here: dict[tuple[int, str], int] = {}  # the same file twice in this batch
+            for p in batch:
+                p.owned = p.message.id in owned
+                if p.owned:
+                    self._write(s, p, now, filed_here)
+
+    def _write(
+        self, s: Session, p: Prepared, now: datetime, filed_here: dict[tuple[int, str], int]
+    ) -> None:
+        message, outcome = p.message, p.outcome
+        for place in p.plan:
+            company = place.company
+            for doc, sha in place.docs:
+                existing = p.known.get((company.id, sha)) or filed_here.get((company.id, sha))
+                if existing is not None:
                     s.add(
-                        Document(
+                        DuplicateDocument(
+                            inbound_message_id=message.id,
                             company_id=company.id,
-                            folder_id=folder_id,
+                            document_id=existing,
                             filename=doc.filename,
-                            media_type=doc.media_type,
-                            size=len(doc.content),
                             sha256=sha,
-                            source=message.source,
-                            source_mailbox=message.source_mailbox,
-                            origin=doc.origin,
-                            placed_at=now,
-                            inbound_message_id=message.id,
+                            seen_at=now,
                         )
                     )
-                    outcome.filed.append(f"{doc.filename} -> {company.slug}:{path}")
-                outcome.refused.extend(f"{r.filename}: {r.reason}" for r in extraction.refused)
-            for dest in destinations:
-                if dest.accepted and dest.address.goes_to_bot_mailbox:
-                    s.add(
-                        BotMail(
-                            inbound_message_id=message.id,
-                            cabinet_id=dest.cabinet_id,
-                            company_id=dest.company.id if dest.company else None,
-                            recipient=dest.address.address,
-                            partner=dest.address.partner,
-                            mail_from=message.mail_from,
-                            subject=extraction.subject,
-                            received_at=received_at,
-                        )
-                    )
-                    outcome.bot_mailboxes.append(dest.address.address)
-            status = outcome.status()
-            s.execute(
-                update(InboundMessage)
-                .where(InboundMessage.id == message.id)
-                .values(
-                    status=status,
-                    reason=outcome.reason(),
-                    processed_at=now,
-                    lease_until=None,
-                    header_message_id=_clip(extraction.message_id, 998),
-                    subject=extraction.subject,
+                    outcome.duplicates.append(f"{doc.filename} ({company.slug}, #{existing})")
+                    continue
+                document = Document(
+                    company_id=company.id,
+                    folder_id=place.folder_id,
+                    filename=doc.filename,
+                    media_type=doc.media_type,
+                    size=len(doc.content),
+                    sha256=sha,
+                    source=message.source,
+                    source_mailbox=message.source_mailbox,
+                    origin=doc.origin,
+                    placed_at=now,
+                    inbound_message_id=message.id,
+                )
+                s.add(document)
+                s.flush()
+                filed_here[(company.id, sha)] = document.id
+                outcome.filed.append(f"{doc.filename} -> {company.slug}:{place.path}")
+            outcome.refused.extend(f"{r.filename}: {r.reason}" for r in p.extraction.refused)
+        for dest in p.bots:
+            s.add(
+                BotMail(
+                    inbound_message_id=message.id,
+                    cabinet_id=dest.cabinet_id,
+                    company_id=dest.company.id if dest.company else None,
+                    recipient=dest.address.address,
+                    partner=dest.address.partner,
+                    mail_from=message.mail_from,
+                    subject=p.extraction.subject,
+                    received_at=p.received_at,
                 )
             )
-        return outcome, extraction
+            outcome.bot_mailboxes.append(dest.address.address)
+        s.execute(
+            update(InboundMessage)
+            .where(InboundMessage.id == message.id)
+            .values(
+                status=outcome.status(),
+                reason=outcome.reason(),
+                processed_at=now,
+                lease_until=None,
+                header_message_id=_clip(p.extraction.message_id, 998),
+                subject=p.extraction.subject,
+            )
+        )
 
     def _folder_id(self, company_id: int, path: str, now: datetime) -> int:
         """The folder's id, created if missing (R3); remembered, since folders stay."""
@@ -390,10 +456,6 @@ class Filer:
                 )
                 .values(reason=reason, **values)
             )
-
-
-def _sha(content: bytes) -> str:
-    return hashlib.sha256(content).hexdigest()
 
 
 def _clip(value: str | None, limit: int) -> str | None:

@@ -24,14 +24,17 @@ from gateway.storage.directory import CachedDirectory, Directory
 class Gateway:
     config: GatewayConfig
     clock: Clock
+    durable_commits: bool = True  # False only in processes whose writes are idempotent
 
     @classmethod
-    def from_config(cls, config: GatewayConfig, clock: Clock | None = None) -> Gateway:
-        return cls(config, clock or SystemClock())
+    def from_config(
+        cls, config: GatewayConfig, clock: Clock | None = None, *, durable_commits: bool = True
+    ) -> Gateway:
+        return cls(config, clock or SystemClock(), durable_commits)
 
     @cached_property
     def db(self) -> Database:
-        return Database(self.config.database_url)
+        return Database(self.config.database_url, durable_commits=self.durable_commits)
 
     @cached_property
     def registry(self) -> PartnerRegistry:

@@ -40,8 +40,9 @@ from gateway.storage.models import (
 
 
 class Context:
-    def __init__(self, config_path: str | None) -> None:
+    def __init__(self, config_path: str | None, *, durable_commits: bool = True) -> None:
         self.config_path = resolve_config_path(config_path)
+        self.durable_commits = durable_commits
         self._gateway: Gateway | None = None
 
     @property
@@ -49,7 +50,7 @@ class Context:
         if self._gateway is None:
             config = load_config(self.config_path)
             configure_logging(config.logging.level, config.logging.format)
-            self._gateway = Gateway.from_config(config)
+            self._gateway = Gateway.from_config(config, durable_commits=self.durable_commits)
             # Idempotent: a new PostgreSQL database, or a schema from an older release, is
             # brought up to date by whichever command runs first.
             self._gateway.prepare_storage()
@@ -130,7 +131,8 @@ def serve(config_path: str | None, smtp_host: str | None, smtp_port: int | None)
 @click.option("--once", is_flag=True, help="File what is waiting now, then exit.")
 def worker(config_path: str | None, once: bool) -> None:
     """Run a filing worker (started by `serve`; run more on other nodes if needed)."""
-    gw = Context(config_path).gateway
+    # Filing is idempotent (a lost commit is redone), so it need not fsync each commit.
+    gw = Context(config_path, durable_commits=False).gateway
     filer = gw.filer()
     if once:
         total = 0

@@ -62,6 +62,7 @@ File names: see :func:`sanitize_filename`.  A name whose last suffix is not an e
 import binascii
 import bz2
 import codecs
+import functools
 import io
 import lzma
 import re
@@ -75,13 +76,39 @@ from email.generator import BytesGenerator
 from email.message import Message
 from email.parser import BytesParser
 from types import MappingProxyType
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 from urllib.parse import unquote_to_bytes
 
 import filetype
 from tnefparse import TNEF
 
 # --------------------------------------------------------------------------- public types
+
+
+class _CachingPolicy(email_policy.EmailPolicy):
+    """`policy.default`, but a header value is parsed once, not on every access.
+
+    The email package re-parses a header each time it is read, and extraction reads
+    Content-Type and Content-Disposition several times per part: that was most of the CPU
+    spent per message. Parsed headers are immutable, so sharing them is safe; only short
+    values are remembered, so a hostile message cannot fill memory through the cache.
+    """
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        if len(value) > _CACHED_HEADER_MAX:
+            return super().header_fetch_parse(name, value)
+        return _parsed_header(self, name, value)
+
+
+_CACHED_HEADER_MAX = 1024
+
+
+@functools.lru_cache(maxsize=2048)
+def _parsed_header(policy: _CachingPolicy, name: str, value: str) -> Any:
+    return email_policy.EmailPolicy.header_fetch_parse(policy, name, value)
+
+
+PARSING_POLICY = _CachingPolicy()
 
 
 @dataclass(frozen=True)
@@ -461,7 +488,7 @@ def extract_documents(raw: bytes, limits: ExtractionLimits = ExtractionLimits())
     run = _Run(limits=limits)
     msg: Message | None = None
     try:
-        msg = BytesParser(policy=email_policy.default).parsebytes(data)
+        msg = BytesParser(policy=PARSING_POLICY).parsebytes(data)
     except RecursionError:
         run.note("message: MIME structure nested too deeply to be parsed; kept whole")
     except Exception as exc:
@@ -761,7 +788,7 @@ def _inner_message(run: _Run, part: Message, label: str) -> Message | None:
         return inner
     run.note(f"{label}: forwarded message was {encoding or 'oddly'} encoded; decoded it")
     try:
-        return BytesParser(policy=email_policy.default).parsebytes(decoded)
+        return BytesParser(policy=PARSING_POLICY).parsebytes(decoded)
     except Exception as exc:
         run.note(f"{label}: forwarded message could not be parsed ({_brief(exc)})")
         return inner
@@ -1304,7 +1331,7 @@ def _repair_multipart(run: _Run, part: Message, ctype: str, label: str) -> Messa
     run.boundary_repairs += 1
     head = f'Content-Type: {ctype}; boundary="{boundary}"\r\n\r\n'.encode("ascii", "replace")
     try:
-        repaired = BytesParser(policy=email_policy.default).parsebytes(
+        repaired = BytesParser(policy=PARSING_POLICY).parsebytes(
             head + payload.encode("utf-8", "surrogateescape")
         )
     except Exception as exc:

@@ -1,9 +1,4 @@
-"""Who exists: cabinets and companies, looked up for RCPT checks and filing.
-
-RCPT checks run on the event loop for every recipient, so answers are cached in memory for a
-short time; a miss goes to the database in a thread. A company created by the CLI (possibly
-on another node) becomes reachable within `negative_ttl` seconds.
-"""
+"""Who exists: cabinets and companies, looked up for RCPT checks and filing."""
 
 from __future__ import annotations
 
@@ -34,54 +29,86 @@ class CompanyRef:
 
 
 class Directory:
-    """Synchronous lookups, straight from the database."""
+    """Lookups from the database, remembered for a short while.
 
-    def __init__(self, db: Database) -> None:
+    Positive answers are kept `positive_ttl` seconds, negative ones `negative_ttl`: a
+    company created by the CLI (possibly on another node) becomes reachable within
+    `negative_ttl` seconds.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        positive_ttl: float = 60.0,
+        negative_ttl: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.db = db
+        self.positive_ttl = positive_ttl
+        self.negative_ttl = negative_ttl
+        self.monotonic = monotonic
+        self._cache: dict[tuple[str, str], tuple[float, CompanyRef | CabinetRef | None]] = {}
 
     def company(self, slug: str) -> CompanyRef | None:
+        hit, value = self.remembered("company", slug)
+        if not hit:
+            value = self._remember("company", slug, self._fetch_company(slug))
+        assert value is None or isinstance(value, CompanyRef)
+        return value
+
+    def cabinet(self, slug: str) -> CabinetRef | None:
+        hit, value = self.remembered("cabinet", slug)
+        if not hit:
+            value = self._remember("cabinet", slug, self._fetch_cabinet(slug))
+        assert value is None or isinstance(value, CabinetRef)
+        return value
+
+    def remembered(self, kind: str, slug: str) -> tuple[bool, CompanyRef | CabinetRef | None]:
+        """(True, answer) when a fresh answer is in memory; (False, None) otherwise."""
+        entry = self._cache.get((kind, slug))
+        if entry is not None and entry[0] > self.monotonic():
+            return True, entry[1]
+        return False, None
+
+    def _remember(
+        self, kind: str, slug: str, value: CompanyRef | CabinetRef | None
+    ) -> CompanyRef | CabinetRef | None:
+        ttl = self.positive_ttl if value is not None else self.negative_ttl
+        if len(self._cache) > 100_000:  # bounded: a scan of random addresses must not grow it
+            self._cache.clear()
+        self._cache[(kind, slug)] = (self.monotonic() + ttl, value)
+        return value
+
+    def _fetch_company(self, slug: str) -> CompanyRef | None:
         with self.db.read() as s:
             row = s.execute(select(Company).where(Company.slug == slug)).scalar_one_or_none()
             if row is None:
                 return None
             return CompanyRef(row.id, row.slug, row.cabinet_id, row.fiscal_year_end)
 
-    def cabinet(self, slug: str) -> CabinetRef | None:
+    def _fetch_cabinet(self, slug: str) -> CabinetRef | None:
         with self.db.read() as s:
             row = s.execute(select(Cabinet).where(Cabinet.slug == slug)).scalar_one_or_none()
             return None if row is None else CabinetRef(row.id, row.slug, row.contact_email)
 
 
 class CachedDirectory:
-    """Async, cached front of `Directory` for the SMTP server."""
+    """The async face of `Directory` for the SMTP server: a remembered answer is returned
+    on the event loop; only a miss goes to the database, in a thread."""
 
-    def __init__(
-        self,
-        directory: Directory,
-        positive_ttl: float = 60.0,
-        negative_ttl: float = 5.0,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, directory: Directory) -> None:
         self.directory = directory
-        self.positive_ttl = positive_ttl
-        self.negative_ttl = negative_ttl
-        self.monotonic = monotonic
-        self._cache: dict[tuple[str, str], tuple[float, object]] = {}
 
     async def company(self, slug: str) -> CompanyRef | None:
-        return await self._lookup("company", slug, self.directory.company)  # type: ignore[return-value]
+        hit, value = self.directory.remembered("company", slug)
+        if hit:
+            assert value is None or isinstance(value, CompanyRef)
+            return value
+        return await asyncio.to_thread(self.directory.company, slug)
 
     async def cabinet(self, slug: str) -> CabinetRef | None:
-        return await self._lookup("cabinet", slug, self.directory.cabinet)  # type: ignore[return-value]
-
-    async def _lookup(self, kind: str, slug: str, fetch: Callable[[str], object]) -> object:
-        now = self.monotonic()
-        hit = self._cache.get((kind, slug))
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        value = await asyncio.to_thread(fetch, slug)
-        ttl = self.positive_ttl if value is not None else self.negative_ttl
-        if len(self._cache) > 100_000:  # bounded: a scan of random addresses must not grow it
-            self._cache.clear()
-        self._cache[(kind, slug)] = (now + ttl, value)
-        return value
+        hit, value = self.directory.remembered("cabinet", slug)
+        if hit:
+            assert value is None or isinstance(value, CabinetRef)
+            return value
+        return await asyncio.to_thread(self.directory.cabinet, slug)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +100,7 @@ def config_path(tmp_path: Path, database_url: str) -> Path:
     return write_config(tmp_path, database_url)
 
 
-@pytest.fixture
-def gw(config_path: Path, clock: FixedClock) -> Iterator[Gateway]:
+def seeded_gateway(config_path: Path, clock: FixedClock) -> Gateway:
     """A prepared gateway with one cabinet and two companies."""
     gateway = Gateway.from_config(load(config_path), clock)
     gateway.prepare_storage()
@@ -123,6 +123,26 @@ def gw(config_path: Path, clock: FixedClock) -> Iterator[Gateway]:
         "06-30",
         clock.now(),
     )
+    return gateway
+
+
+@contextmanager
+def custom_server(
+    tmp_path: Path, database_url: str, clock: FixedClock, **sections: dict[str, Any]
+) -> Iterator[tuple[Gateway, RunningServer]]:
+    """A seeded gateway with configuration `sections`, its SMTP server running."""
+    gateway = seeded_gateway(write_config(tmp_path, database_url, **sections), clock)
+    running = RunningServer(gateway).start()
+    try:
+        yield gateway, running
+    finally:
+        running.stop()
+        gateway.db.dispose()
+
+
+@pytest.fixture
+def gw(config_path: Path, clock: FixedClock) -> Iterator[Gateway]:
+    gateway = seeded_gateway(config_path, clock)
     yield gateway
     gateway.db.dispose()
 

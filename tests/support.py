@@ -13,6 +13,7 @@ from email.message import EmailMessage
 from gateway.app import Gateway
 from gateway.inbound.smtp import InboundServer
 from gateway.inbound.spool import Spool
+from tests.corpus.make_corpus import pdf_bytes
 
 
 class FixedClock:
@@ -92,27 +93,7 @@ def message(
 
 def pdf(text: str = "Facture") -> bytes:
     """A small, valid PDF whose bytes depend on `text`."""
-    stream = f"BT /F1 12 Tf 72 712 Td ({text}) Tj ET".encode()
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>",
-        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
-    ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for i, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    for off in offsets:
-        out += b"%010d 00000 n \n" % off
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
-    return bytes(out)
+    return pdf_bytes(text)
 
 
 def file_all(gateway: Gateway) -> int:

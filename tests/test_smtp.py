@@ -19,7 +19,7 @@ from sqlalchemy import select, text
 from gateway.app import Gateway
 from gateway.inbound.spool import read_spooled
 from gateway.storage.models import BotMail, Document, Folder, InboundMessage
-from tests.conftest import load, write_config
+from tests.conftest import custom_server
 from tests.support import RunningServer, file_all, message, pdf
 
 
@@ -158,36 +158,20 @@ def test_relay_attempt_with_a_local_sender_is_still_refused(server, gw):
 
 
 def test_recipient_limit(tmp_path, database_url, clock):
-    config = load(write_config(tmp_path, database_url, smtp={"max_recipients": 2}))
-    gw = Gateway.from_config(config, clock)
-    gw.prepare_storage()
-    from gateway.storage.accounts import add_cabinet, add_company
-
-    add_cabinet(gw.db, "aecconseil", None, None, clock.now())
-    add_company(gw.db, gw.grammar, "dupont-maconnerie", "aecconseil", None, "12-31", clock.now())
-    running = RunningServer(gw).start()
-    try:
+    with custom_server(tmp_path, database_url, clock, smtp={"max_recipients": 2}) as (_, running):
         with running.client() as smtp:
             smtp.mail("a@example.org")
             assert smtp.rcpt("compta+dupont-maconnerie@welyb.fr")[0] == 250
             assert smtp.rcpt("ventes+dupont-maconnerie@welyb.fr")[0] == 250
             code, reply = smtp.rcpt("banque+dupont-maconnerie@welyb.fr")
         assert code == 452 and reply.startswith(b"4.5.3")
-    finally:
-        running.stop()
-        gw.db.dispose()
 
 
 def test_oversize_is_refused_with_552_and_nothing_is_kept(tmp_path, database_url, clock):
-    config = load(write_config(tmp_path, database_url, smtp={"max_message_size": 50_000}))
-    gw = Gateway.from_config(config, clock)
-    gw.prepare_storage()
-    from gateway.storage.accounts import add_cabinet, add_company
-
-    add_cabinet(gw.db, "aecconseil", None, None, clock.now())
-    add_company(gw.db, gw.grammar, "dupont-maconnerie", "aecconseil", None, "12-31", clock.now())
-    running = RunningServer(gw).start()
-    try:
+    with custom_server(tmp_path, database_url, clock, smtp={"max_message_size": 50_000}) as (
+        gw,
+        running,
+    ):
         with running.client() as smtp:
             assert smtp.has_extn("size") and smtp.esmtp_features["size"] == "50000"
             code, reply = smtp.mail("a@example.org", ["SIZE=80000"])
@@ -201,9 +185,6 @@ def test_oversize_is_refused_with_552_and_nothing_is_kept(tmp_path, database_url
             code, reply = smtp.data(big)
         assert code == 552 and reply.startswith(b"5.3.4"), reply
         assert messages(gw) == []
-    finally:
-        running.stop()
-        gw.db.dispose()
 
 
 def test_our_own_failure_answers_451_never_5xx(server, gw):
@@ -289,19 +270,8 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_starttls_when_a_certificate_is_configured(tmp_path, database_url, clock):
     cert, key = _self_signed(tmp_path)
-    config = load(
-        write_config(
-            tmp_path, database_url, smtp={"tls_certificate": str(cert), "tls_key": str(key)}
-        )
-    )
-    gw = Gateway.from_config(config, clock)
-    gw.prepare_storage()
-    from gateway.storage.accounts import add_cabinet, add_company
-
-    add_cabinet(gw.db, "aecconseil", None, None, clock.now())
-    add_company(gw.db, gw.grammar, "dupont-maconnerie", "aecconseil", None, "12-31", clock.now())
-    running = RunningServer(gw).start()
-    try:
+    tls = {"tls_certificate": str(cert), "tls_key": str(key)}
+    with custom_server(tmp_path, database_url, clock, smtp=tls) as (gw, running):
         context = ssl.create_default_context(cafile=str(cert))
         context.check_hostname = False
         with smtplib.SMTP(running.host, running.port, timeout=10) as smtp:
@@ -318,9 +288,6 @@ def test_starttls_when_a_certificate_is_configured(tmp_path, database_url, clock
         [row] = messages(gw)
         raw = read_spooled(gw.config.spool_path, row.spool_segment, row.spool_offset, row.size)
         assert b"with ESMTPS" in raw.split(b"\r\n\r\n", 1)[0]
-    finally:
-        running.stop()
-        gw.db.dispose()
 
 
 def test_no_starttls_without_certificate(server):

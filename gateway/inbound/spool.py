@@ -71,7 +71,13 @@ class SpoolWriter:
     def store_batch(self, arrivals: Sequence[Arrival]) -> list[int]:
         """Durably store every arrival; returns their row ids in order."""
         with self._lock:
-            placed = self._append(arrivals)
+            try:
+                placed = self._append(arrivals)
+            except OSError:
+                # Disk full, I/O error: what was half-written is never referenced; start
+                # the next batch in a fresh segment rather than after unknown bytes.
+                self._close_segment()
+                raise
             rows = [
                 {
                     "queue_id": a.queue_id,
@@ -137,9 +143,13 @@ class SpoolWriter:
 
     def close(self) -> None:
         with self._lock:
-            if self._file is not None:
+            self._close_segment()
+
+    def _close_segment(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
                 self._file.close()
-                self._file = None
+            self._file = None
 
 
 def _fsync_dir(path: Path) -> None:

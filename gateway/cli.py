@@ -25,17 +25,28 @@ from gateway.app import Gateway
 from gateway.clock import as_utc
 from gateway.config import ConfigError, default_toml, load_config, resolve_config_path
 from gateway.logs import configure_logging
+from gateway.outbound.ledger import TransitionError, retry
 from gateway.routing.partners import RegistryError
-from gateway.storage.accounts import AccountError, add_cabinet, add_company
+from gateway.storage.accounts import AccountError, add_cabinet, add_company, company_id_of
+from gateway.storage.connections import (
+    add_connection,
+    add_document,
+    move_document,
+    set_switch,
+)
 from gateway.storage.folders import FolderPathError, normalise_path
 from gateway.storage.models import (
     BotMail,
     Cabinet,
     Company,
+    Connection,
+    Delivery,
+    DeliveryStatus,
     Document,
     Folder,
     InboundMessage,
     MessageStatus,
+    Switch,
 )
 
 
@@ -268,7 +279,7 @@ def folder_tree(config_path: str | None, as_json: bool, company_slug: str) -> No
     """Show a company's folder tree with document counts."""
     gw = Context(config_path).gateway
     with gw.db.read() as s:
-        company_id = _company_id(s, company_slug)
+        company_id = company_id_of(s, company_slug)
         folders = (
             s.execute(select(Folder).where(Folder.company_id == company_id).order_by(Folder.path))
             .scalars()
@@ -326,7 +337,7 @@ def documents_list(
         query = query.where((Folder.path == path) | Folder.path.startswith(path + "/"))
     with gw.db.read() as s:
         if company_slug:
-            _company_id(s, company_slug)
+            company_id_of(s, company_slug)
         rows = [
             {
                 "id": d.id,
@@ -423,16 +434,208 @@ def bot_mail_list(config_path: str | None, as_json: bool, cabinet_slug: str | No
     _emit(rows, as_json, ["id", "cabinet", "recipient", "mail_from", "subject", "received_at"])
 
 
+@documents.command("add")
+@config_option
+@click.option("--company", "company_slug", required=True)
+@click.option("--folder", "folder_path", required=True)
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+def documents_add(
+    config_path: str | None, company_slug: str, folder_path: str, files: tuple[Path, ...]
+) -> None:
+    """Place files in a company's folder by hand (an upload, R11)."""
+    gw = Context(config_path).gateway
+    for file in files:
+        document, deliveries = add_document(
+            gw.db, gw.grammar, gw.blobs, company_slug, folder_path, file, gw.clock.now()
+        )
+        click.echo(
+            f"document #{document.id} {document.filename} placed in {folder_path}"
+            + (f"; {len(deliveries)} delivery(ies) queued" if deliveries else "")
+        )
+
+
+@documents.command("move")
+@config_option
+@click.argument("document_id", type=int)
+@click.option("--folder", "folder_path", required=True)
+def documents_move(config_path: str | None, document_id: int, folder_path: str) -> None:
+    """Move a document to another folder (a move into a switched folder is a placement)."""
+    gw = Context(config_path).gateway
+    _, deliveries = move_document(gw.db, gw.grammar, document_id, folder_path, gw.clock.now())
+    click.echo(
+        f"document #{document_id} moved to {folder_path}"
+        + (f"; {len(deliveries)} delivery(ies) queued" if deliveries else "")
+    )
+
+
+@cli.group()
+def connection() -> None:
+    """A company connected to a partner tool."""
+
+
+@connection.command("add")
+@config_option
+@click.option("--company", "company_slug", required=True)
+@click.option("--partner", required=True, help="myunisoft, meg, quickbooks, jefacture, upflow")
+@click.option("--address", required=True, help="What the partner's settings say to enter.")
+def connection_add(config_path: str | None, company_slug: str, partner: str, address: str) -> None:
+    """Connect a company to a partner; the address is checked and parsed."""
+    gw = Context(config_path).gateway
+    c = add_connection(gw.db, gw.grammar, company_slug, partner, address, gw.clock.now())
+    sender = c.sender or "the gateway's sender"
+    click.echo(
+        f"{company_slug} connected to {c.partner}: documents go to {c.destination}, from {sender}"
+    )
+
+
+@connection.command("list")
+@config_option
+@json_option
+def connection_list(config_path: str | None, as_json: bool) -> None:
+    """List connections."""
+    gw = Context(config_path).gateway
+    with gw.db.read() as s:
+        rows = [
+            {
+                "id": c.id,
+                "company": slug,
+                "partner": c.partner,
+                "entered": c.entered_address,
+                "destination": c.destination,
+                "sender": c.sender,
+                "created_at": c.created_at,
+            }
+            for c, slug in s.execute(
+                select(Connection, Company.slug)
+                .join(Company, Connection.company_id == Company.id)
+                .order_by(Connection.id)
+            )
+        ]
+    _emit(rows, as_json, ["id", "company", "partner", "destination", "sender"])
+
+
+@cli.group()
+def switch() -> None:
+    """Switch a connection on or off for a folder and its sub-folders."""
+
+
+@switch.command("on")
+@config_option
+@click.option("--company", "company_slug", required=True)
+@click.option("--folder", "folder_path", required=True)
+@click.option("--partner", required=True)
+def switch_on(config_path: str | None, company_slug: str, folder_path: str, partner: str) -> None:
+    """From now on, documents placed in FOLDER or below go to PARTNER (R9, R10)."""
+    gw = Context(config_path).gateway
+    set_switch(gw.db, company_slug, folder_path, partner, True, gw.clock.now())
+    click.echo(
+        f"{partner} switched on for {company_slug}:{folder_path} and its sub-folders; "
+        "documents already there are not sent"
+    )
+
+
+@switch.command("off")
+@config_option
+@click.option("--company", "company_slug", required=True)
+@click.option("--folder", "folder_path", required=True)
+@click.option("--partner", required=True)
+def switch_off(config_path: str | None, company_slug: str, folder_path: str, partner: str) -> None:
+    """Stop sending documents placed in FOLDER from now on."""
+    gw = Context(config_path).gateway
+    set_switch(gw.db, company_slug, folder_path, partner, False, gw.clock.now())
+    click.echo(f"{partner} switched off for {company_slug}:{folder_path}")
+
+
+@switch.command("list")
+@config_option
+@json_option
+def switch_list(config_path: str | None, as_json: bool) -> None:
+    """List switches."""
+    gw = Context(config_path).gateway
+    with gw.db.read() as s:
+        rows = [
+            {
+                "company": slug,
+                "partner": c.partner,
+                "folder": path,
+                "on": sw.is_on,
+                "turned_on_at": sw.turned_on_at,
+                "turned_off_at": sw.turned_off_at,
+            }
+            for sw, c, slug, path in s.execute(
+                select(Switch, Connection, Company.slug, Folder.path)
+                .join(Connection, Switch.connection_id == Connection.id)
+                .join(Company, Connection.company_id == Company.id)
+                .join(Folder, Switch.folder_id == Folder.id)
+                .order_by(Switch.id)
+            )
+        ]
+    _emit(rows, as_json, ["company", "partner", "folder", "on", "turned_on_at"])
+
+
+@cli.group()
+def deliveries() -> None:
+    """The outbound ledger: one delivery per document and connection."""
+
+
+@deliveries.command("list")
+@config_option
+@json_option
+@click.option("--company", "company_slug", default=None)
+@click.option("--status", type=click.Choice([s.value for s in DeliveryStatus]), default=None)
+def deliveries_list(
+    config_path: str | None, as_json: bool, company_slug: str | None, status: str | None
+) -> None:
+    """List deliveries with their state and reason."""
+    gw = Context(config_path).gateway
+    query = (
+        select(Delivery, Connection, Company.slug, Document.filename)
+        .join(Connection, Delivery.connection_id == Connection.id)
+        .join(Company, Connection.company_id == Company.id)
+        .join(Document, Delivery.document_id == Document.id)
+        .order_by(Delivery.id)
+    )
+    if company_slug:
+        query = query.where(Company.slug == company_slug)
+    if status:
+        query = query.where(Delivery.status == status)
+    with gw.db.read() as s:
+        rows = [
+            {
+                "id": d.id,
+                "company": slug,
+                "partner": c.partner,
+                "document_id": d.document_id,
+                "filename": filename,
+                "destination": c.destination,
+                "status": d.status,
+                "due_at": d.due_at,
+                "attempts": d.attempts,
+                "reason": d.reason,
+                "sent_at": d.sent_at,
+            }
+            for d, c, slug, filename in s.execute(query)
+        ]
+    _emit(rows, as_json, ["id", "company", "partner", "filename", "status", "due_at", "reason"])
+
+
+@deliveries.command("retry")
+@config_option
+@click.argument("delivery_id", type=int)
+def deliveries_retry(config_path: str | None, delivery_id: int) -> None:
+    """Queue a failed, bounced or skipped delivery again, due now."""
+    gw = Context(config_path).gateway
+    try:
+        with gw.db.write() as s:
+            retry(s, delivery_id, gw.clock.now())
+    except TransitionError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"delivery {delivery_id} queued again")
+
+
 # -- output ----------------------------------------------------------------------------------
-
-
-def _company_id(session: Any, slug: str) -> int:
-    company_id = session.execute(
-        select(Company.id).where(Company.slug == slug)
-    ).scalar_one_or_none()
-    if company_id is None:
-        raise click.ClickException(f"no company {slug!r} (see `gateway company list`)")
-    return int(company_id)
 
 
 def _jsonable(value: Any) -> Any:

@@ -156,8 +156,8 @@ def test_listings_show_what_was_filed(gw, config_path, server):
     assert [b["subject"] for b in bots] == ["Invitation MyUnisoft"]
     tree = runner.invoke(cli, ["folder", "tree", "dupont-maconnerie", *c]).output
     assert "Achats/" in tree and "11/  (1)" in tree
-    unknown = runner.invoke(cli, ["folder", "tree", "nobody", *c])
-    assert unknown.exit_code != 0 and "no company 'nobody'" in unknown.output
+    unknown = run("folder", "tree", "nobody", *c)
+    assert unknown.returncode == 1 and "no company 'nobody'" in unknown.stderr
 
 
 def test_documents_list_rejects_path_traversal_in_folder_filter(tmp_path):

@@ -45,6 +45,7 @@ from gateway.storage.models import (
     InboundMessage,
     MessageStatus,
 )
+from gateway.storage.placement import record_placement
 
 log = structlog.get_logger("gateway.filing")
 
@@ -372,6 +373,8 @@ class Filer:
                 s.add(document)
                 s.flush()
                 filed_here[(company.id, sha)] = document.id
+                # A document filed into a switched folder goes to the partner (R11).
+                record_placement(s, document, place.path, self.grammar.partners, now)
                 outcome.filed.append(f"{doc.filename} -> {company.slug}:{place.path}")
             outcome.refused.extend(f"{r.filename}: {r.reason}" for r in p.extraction.refused)
         for dest in p.bots:

@@ -11,6 +11,7 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,25 @@ class Partner:
     max_document_bytes: int | None = None
     refused_types: frozenset[str] = field(default_factory=frozenset)
     journal: str | None = None
+
+    def next_run(self, after: datetime) -> datetime:
+        """The partner's first run strictly after `after` (R12): runs fall on multiples of
+        `schedule_minutes` counted from midnight UTC (hourly: :00; every 15 min: :00, :15…),
+        so sending is never instantaneous and a due document goes out on the next run."""
+        period = self.schedule_minutes * 60
+        seconds = int(after.astimezone(UTC).timestamp())
+        return datetime.fromtimestamp((seconds // period + 1) * period, UTC)
+
+    def limit_problem(self, size: int, media_type: str) -> str | None:
+        """Why a document may not go to this partner (R14), or None."""
+        if media_type in self.refused_types:
+            return f"{self.display_name} does not take {media_type} documents"
+        if self.max_document_bytes is not None and size > self.max_document_bytes:
+            return (
+                f"{self.display_name} takes documents up to {self.max_document_bytes:,} bytes; "
+                f"this one is {size:,}"
+            )
+        return None
 
     @property
     def prefixes(self) -> set[str]:

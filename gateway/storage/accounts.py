@@ -7,6 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from gateway.routing.addresses import AddressGrammar, split_address
 from gateway.routing.slugs import slug_problem
@@ -19,6 +20,15 @@ _DAYS = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 
 
 class AccountError(ValueError):
     """Input a person must correct; the message says how."""
+
+
+def company_id_of(session: Session, slug: str) -> int:
+    company_id = session.execute(
+        select(Company.id).where(Company.slug == slug)
+    ).scalar_one_or_none()
+    if company_id is None:
+        raise AccountError(f"no company {slug!r} (see `gateway company list`)")
+    return int(company_id)
 
 
 def check_fiscal_year_end(value: str) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from gateway.storage.db import upsert_insert
 from gateway.storage.models import Folder
 
 
@@ -34,7 +34,7 @@ def ensure_folder(session: Session, company_id: int, path: str, now: datetime) -
     path = normalise_path(path)
     parent_id: int | None = None
     names = path.split("/")
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    insert = upsert_insert(session)
     for depth in range(1, len(names) + 1):
         sub = "/".join(names[:depth])
         folder_id = session.execute(

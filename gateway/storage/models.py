@@ -146,3 +146,79 @@ class BotMail(Base):
     mail_from: Mapped[str] = mapped_column(String(512))
     subject: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime]
+
+
+# -- outbound: connections, switches and the delivery ledger (R9–R17) -------------------------
+
+
+class Connection(Base):
+    """A company connected to a partner tool, with the address the cabinet entered."""
+
+    __tablename__ = "connections"
+    __table_args__ = (UniqueConstraint("company_id", "partner"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    company_id: Mapped[int] = mapped_column(ForeignKey("companies.id"))
+    partner: Mapped[str] = mapped_column(String(63))
+    entered_address: Mapped[str] = mapped_column(String(320))
+    destination: Mapped[str] = mapped_column(String(320))
+    sender: Mapped[str | None] = mapped_column(String(320))  # None: the gateway's sender
+    created_at: Mapped[datetime]
+
+
+class Switch(Base):
+    """A connection switched on for a folder and its sub-folders (R9), from `turned_on_at`
+    (R10: only documents placed after that are sent)."""
+
+    __tablename__ = "switches"
+    __table_args__ = (UniqueConstraint("connection_id", "folder_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id"))
+    folder_id: Mapped[int] = mapped_column(ForeignKey("folders.id"))
+    is_on: Mapped[bool]
+    turned_on_at: Mapped[datetime | None]
+    turned_off_at: Mapped[datetime | None]
+
+
+class DeliveryStatus(StrEnum):
+    """The delivery state machine; see gateway/outbound/ledger.py for the transitions."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    BOUNCED = "bounced"
+
+
+class Delivery(Base):
+    """One document to one connection: created once, whatever happens to it after."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("document_id", "connection_id"),
+        Index("ix_deliveries_status_due", "status", "due_at"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("documents.id"))
+    connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    due_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+
+
+class DeliveryEvent(Base):
+    """The history of a delivery: every transition, with what caused it."""
+
+    __tablename__ = "delivery_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id"), index=True)
+    at: Mapped[datetime]
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,103 @@
+"""The delivery ledger: an explicit state machine over `deliveries` rows.
+
+    queued ──> sending ──> sent ──> bounced
+       │          │ ╲
+       │          │  ╲──> failed            (5xx from the partner, or given up)
+       │          └────> deferred ──> sending (retried after back-off)
+       └──> skipped                         (the partner's limits, R14)
+
+`failed`, `bounced` and `skipped` can be queued again by hand (`deliveries retry`).
+Every transition is one guarded UPDATE (`… WHERE id = ? AND status IN (…)`): if the row is
+not in a state the transition starts from, it raises `TransitionError` and changes nothing.
+Each transition appends a `delivery_events` row, so a delivery's history can be read back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from gateway.storage.models import Delivery, DeliveryEvent, DeliveryStatus
+
+Q, SENDING, SENT = DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.SENT
+DEFERRED, FAILED = DeliveryStatus.DEFERRED, DeliveryStatus.FAILED
+SKIPPED, BOUNCED = DeliveryStatus.SKIPPED, DeliveryStatus.BOUNCED
+
+ALLOWED: dict[DeliveryStatus, frozenset[DeliveryStatus]] = {
+    Q: frozenset({SENDING, SKIPPED}),
+    SENDING: frozenset({SENT, DEFERRED, FAILED, Q}),  # back to queued: a lease reclaimed
+    DEFERRED: frozenset({SENDING, FAILED}),
+    SENT: frozenset({BOUNCED}),
+    FAILED: frozenset({Q}),
+    BOUNCED: frozenset({Q}),
+    SKIPPED: frozenset({Q}),
+}
+
+
+class TransitionError(RuntimeError):
+    """A delivery was not in a state the transition may start from."""
+
+
+def transition(
+    session: Session,
+    delivery_id: int,
+    sources: Iterable[DeliveryStatus],
+    target: DeliveryStatus,
+    now: datetime,
+    detail: str | None = None,
+    **values: Any,
+) -> None:
+    """Move one delivery from one of `sources` to `target`, or raise `TransitionError`."""
+    sources = frozenset(sources)
+    illegal = [s for s in sources if target not in ALLOWED[s]]
+    if illegal:
+        raise TransitionError(f"no transition {', '.join(illegal)} -> {target}")
+    current = session.execute(
+        select(Delivery.status).where(Delivery.id == delivery_id)
+    ).scalar_one_or_none()
+    # Guarded on the state just read: a concurrent transition makes this match nothing.
+    changed = 0
+    if current in sources:
+        changed = session.execute(
+            update(Delivery)
+            .where(Delivery.id == delivery_id, Delivery.status == current)
+            .values(status=target, **values)
+        ).rowcount
+    if changed != 1:
+        raise TransitionError(
+            f"delivery {delivery_id} is {current or 'missing'}, "
+            f"not {' or '.join(sorted(sources))}: cannot move it to {target}"
+        )
+    session.add(
+        DeliveryEvent(
+            delivery_id=delivery_id, at=now, from_status=current, to_status=target, detail=detail
+        )
+    )
+
+
+def retry(session: Session, delivery_id: int, now: datetime) -> None:
+    """`deliveries retry ID`: queue a failed, bounced or skipped delivery again, due now."""
+    transition(
+        session,
+        delivery_id,
+        (FAILED, BOUNCED, SKIPPED),
+        Q,
+        now,
+        detail="queued again by hand",
+        due_at=now,
+        reason=None,
+    )
+
+
+def history(session: Session, delivery_id: int) -> list[DeliveryEvent]:
+    return list(
+        session.execute(
+            select(DeliveryEvent)
+            .where(DeliveryEvent.delivery_id == delivery_id)
+            .order_by(DeliveryEvent.id)
+        ).scalars()
+    )

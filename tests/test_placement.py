@@ -1,0 +1,189 @@
+"""Switches and the delivery ledger: which placements become deliveries (R9–R14).
+
+Sending is not built yet (issue 3 continues); these tests pin down the ledger it will run.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import select
+
+from gateway.outbound.ledger import TransitionError, history, retry, transition
+from gateway.storage.accounts import AccountError
+from gateway.storage.connections import add_connection, add_document, move_document, set_switch
+from gateway.storage.models import Delivery, DeliveryStatus, Document
+from tests.support import file_all, message, pdf
+from tests.test_filing import arrive
+
+ACHATS = "Dossier comptable annuel/2026/Achats"
+
+
+@pytest.fixture
+def meg(gw, clock):
+    """dupont-maconnerie connected to MEG."""
+    add_connection(
+        gw.db, gw.grammar, "dupont-maconnerie", "meg", "meg+macon-dupont@welyb.fr", clock.now()
+    )
+    return gw
+
+
+def deliveries(gw) -> list[Delivery]:
+    with gw.db.read() as s:
+        return list(s.execute(select(Delivery).order_by(Delivery.id)).scalars())
+
+
+def upload(gw, clock, tmp_path, name: str, content: bytes, folder: str = ACHATS + "/11"):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return add_document(gw.db, gw.grammar, gw.blobs, "dupont-maconnerie", folder, path, clock.now())
+
+
+def test_mail_filed_below_a_switched_folder_is_queued_for_the_partners_next_run(meg, clock):
+    """R9 (sub-folders inherit), R11 (SMTP is a modality), R12 (MEG every 15 min)."""
+    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    clock.advance(minutes=1)  # 10:31
+    arrive(
+        meg,
+        ["compta+dupont-maconnerie@welyb.fr"],
+        message(attachments=[("f.pdf", "application/pdf", pdf("switched"))]),
+        clock,
+    )
+    file_all(meg)
+    [d] = deliveries(meg)
+    assert d.status == DeliveryStatus.QUEUED
+    assert d.due_at.replace(tzinfo=UTC) == datetime(2026, 11, 22, 10, 45, tzinfo=UTC)
+
+
+def test_documents_placed_before_the_switch_are_never_sent(meg, clock, tmp_path):
+    """R10: not retroactive."""
+    before, _ = upload(meg, clock, tmp_path, "avant.pdf", pdf("avant"))
+    clock.advance(minutes=5)
+    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    clock.advance(minutes=5)
+    after, created = upload(meg, clock, tmp_path, "apres.pdf", pdf("apres"))
+    assert [d.document_id for d in deliveries(meg)] == [after.id] and len(created) == 1
+    assert before.id != after.id
+
+
+def test_a_move_into_a_switched_folder_is_a_placement(meg, clock, tmp_path):
+    """R11: uploads and moves count like mail."""
+    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    clock.advance(minutes=1)
+    doc, created = upload(
+        meg,
+        clock,
+        tmp_path,
+        "ventes.pdf",
+        pdf("v"),
+        folder="Dossier comptable annuel/2026/Ventes/11",
+    )
+    assert created == []
+    clock.advance(minutes=1)
+    _, created = move_document(meg.db, meg.grammar, doc.id, ACHATS + "/11", clock.now())
+    assert len(created) == 1
+    # Moving it again inside the switched tree makes no second delivery.
+    _, again = move_document(meg.db, meg.grammar, doc.id, ACHATS + "/12", clock.now())
+    assert again == [] and len(deliveries(meg)) == 1
+
+
+def test_switch_off_then_on_counts_from_the_latest_activation(meg, clock, tmp_path):
+    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    clock.advance(minutes=1)
+    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", False, clock.now())
+    clock.advance(minutes=1)
+    _, off = upload(meg, clock, tmp_path, "off.pdf", pdf("off"))
+    clock.advance(minutes=1)
+    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    clock.advance(minutes=1)
+    _, on = upload(meg, clock, tmp_path, "on.pdf", pdf("on"))
+    assert off == [] and len(on) == 1
+
+
+def test_parent_and_child_switched_make_one_delivery(meg, clock, tmp_path):
+    set_switch(meg.db, "dupont-maconnerie", "Dossier comptable annuel", "meg", True, clock.now())
+    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    clock.advance(minutes=1)
+    _, created = upload(meg, clock, tmp_path, "one.pdf", pdf("one"))
+    assert len(created) == 1
+
+
+def _zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("a.pdf", pdf("in zip"))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("archive.zip", _zip(), "application/zip"),
+        ("huge.pdf", pdf("big") + b"\0" * (10 * 1024 * 1024), "10,485,760 bytes"),
+    ],
+)
+def test_partner_limits_skip_with_a_reason(meg, clock, tmp_path, name, content, reason):
+    """R14: MEG takes no ZIP and at most 10 MB; skipped, with the reason, never dropped."""
+    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    clock.advance(minutes=1)
+    upload(meg, clock, tmp_path, name, content)
+    [d] = deliveries(meg)
+    assert d.status == DeliveryStatus.SKIPPED and reason in (d.reason or "")
+
+
+def test_myunisoft_runs_hourly(gw, clock, tmp_path):
+    """R12: MyUnisoft every hour."""
+    add_connection(
+        gw.db,
+        gw.grammar,
+        "dupont-maconnerie",
+        "myunisoft",
+        "myunisoft+aecconseil+67-45-ACH@welyb.fr",
+        clock.now(),
+    )
+    set_switch(gw.db, "dupont-maconnerie", ACHATS, "myunisoft", True, clock.now())
+    clock.advance(minutes=1)
+    upload(gw, clock, tmp_path, "m.pdf", pdf("mu"))
+    [d] = deliveries(gw)
+    assert d.due_at.replace(tzinfo=UTC) == datetime(2026, 11, 22, 11, 0, tzinfo=UTC)
+
+
+def test_switch_needs_a_connection(gw, clock):
+    with pytest.raises(AccountError, match="no connection to meg"):
+        set_switch(gw.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+
+
+def test_transitions_are_guarded_and_recorded(meg, clock, tmp_path):
+    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    clock.advance(minutes=1)
+    upload(meg, clock, tmp_path, "t.pdf", pdf("t"))
+    [d] = deliveries(meg)
+    Q, SENDING, SENT = DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.SENT
+    with meg.db.write() as s:
+        transition(s, d.id, [Q], SENDING, clock.now(), "claimed")
+    with pytest.raises(TransitionError, match="is sending, not queued"), meg.db.write() as s:
+        transition(s, d.id, [Q], SENDING, clock.now())  # a second worker loses the race
+    with pytest.raises(TransitionError, match="no transition"), meg.db.write() as s:
+        transition(s, d.id, [SENT], DeliveryStatus.DEFERRED, clock.now())
+    with meg.db.write() as s:
+        transition(s, d.id, [SENDING], DeliveryStatus.FAILED, clock.now(), "550 5.1.1 unknown")
+        retry(s, d.id, clock.now())
+    with meg.db.read() as s:
+        steps = [(e.from_status, e.to_status) for e in history(s, d.id)]
+    assert steps == [
+        (None, "queued"),
+        ("queued", "sending"),
+        ("sending", "failed"),
+        ("failed", "queued"),
+    ]
+
+
+def test_documents_add_refuses_a_file_the_company_already_has(meg, clock, tmp_path):
+    upload(meg, clock, tmp_path, "a.pdf", pdf("same"))
+    with pytest.raises(AccountError, match="already has this file"):
+        upload(meg, clock, tmp_path, "b.pdf", pdf("same"))
+    with meg.db.read() as s:
+        assert len(s.execute(select(Document)).scalars().all()) == 1

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from gateway.routing.addresses import split_address
 from gateway.routing.slugs import DOMAIN_RE, SLUG_RE
 
 CONFIG_ENV = "GATEWAY_CONFIG"
@@ -72,6 +73,31 @@ class ExtractionConfig:
 
 
 @dataclass(frozen=True)
+class SmarthostConfig:
+    host: str
+    port: int = 587
+    starttls: bool = True
+    username: str | None = None
+    password_env: str | None = None  # the password is read from this variable, never the TOML
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    """Sending documents to partners (R12–R17)."""
+
+    sender: str | None = (
+        None  # From for partners with sender = "gateway"; default documents@<first domain>
+    )
+    sender_name: str = "Welyb"
+    smarthost: SmarthostConfig | None = None  # None: straight to the destination's MX
+    timeout_seconds: int = 60
+    retry_min_seconds: int = 300  # Postfix's minimal_backoff_time
+    retry_max_seconds: int = 4000  # Postfix's maximal_backoff_time
+    lifetime_seconds: int = 5 * 24 * 3600  # Postfix's maximal_queue_lifetime
+    workers: int = 1  # sending workers beside `serve`
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"
     format: str = "auto"  # auto: JSON when stderr is not a terminal, console otherwise
@@ -89,6 +115,7 @@ class GatewayConfig:
     extraction: ExtractionConfig
     logging: LoggingConfig
     partner_registry: Path
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
 
     @property
     def spool_path(self) -> Path:
@@ -97,6 +124,14 @@ class GatewayConfig:
     @property
     def blobs_path(self) -> Path:
         return self.storage_path / "documents"
+
+    @property
+    def dkim_path(self) -> Path:
+        return self.storage_path / "dkim"
+
+    @property
+    def gateway_sender(self) -> str:
+        return self.outbound.sender or f"documents@{self.domains[0]}"
 
 
 def default_toml(directory: Path) -> str:
@@ -135,6 +170,20 @@ achats = "Achats"
 ventes = "Ventes"
 social = "Social"
 banque = "Banque"
+
+[outbound]                            # documents sent to partner tools
+# sender = "documents@welyb.fr"       # From when a partner expects no bot identity
+sender_name = "Welyb"
+timeout_seconds = 60
+retry_min_seconds = 300               # back-off doubles from this ...
+retry_max_seconds = 4000              # ... up to this,
+lifetime_seconds = 432000             # and gives up after 5 days
+# [outbound.smarthost]                # relay through a smarthost instead of the MX
+# host = "smtp.example.net"
+# port = 587
+# starttls = true
+# username = "gateway"
+# password_env = "GATEWAY_SMARTHOST_PASSWORD"
 
 [extraction]
 max_documents = 100
@@ -270,6 +319,7 @@ def parse_config(data: Mapping[str, Any], base: Path, path: Path | None = None) 
         max_nesting_depth=ex.integer("max_nesting_depth", 3, 0, 10),
     )
     ex.finish()
+    outbound = _outbound(root.section("outbound"))
     lg = root.section("logging")
     lg.name = "logging"
     level = lg.get("level", str, "info").lower()
@@ -291,6 +341,7 @@ def parse_config(data: Mapping[str, Any], base: Path, path: Path | None = None) 
         extraction=extraction,
         logging=LoggingConfig(level=level, format=fmt),
         partner_registry=partner_registry,
+        outbound=outbound,
     )
 
 
@@ -381,5 +432,47 @@ def _filing(s: _Section) -> FilingConfig:
         poll_seconds=float(s.get("poll_seconds", (int, float), 0.2)),
         max_attempts=s.integer("max_attempts", 5, 1, 100),
     )
+    s.finish()
+    return config
+
+
+def _outbound(s: _Section) -> OutboundConfig:
+    s.name = "outbound"
+    sender = s.get("sender", str, "") or None
+    if sender is not None and split_address(sender) is None:
+        raise ConfigError(
+            f"outbound.sender: {sender!r} is not an address (e.g. documents@welyb.fr)"
+        )
+    relay = s.section("smarthost")
+    smarthost = None
+    if relay.data:
+        host = relay.get("host", str, "")
+        if not host:
+            raise ConfigError("outbound.smarthost.host: give the relay's host name")
+        smarthost = SmarthostConfig(
+            host=host,
+            port=relay.integer("port", 587, 1, 65535),
+            starttls=relay.get("starttls", bool, True),
+            username=relay.get("username", str, "") or None,
+            password_env=relay.get("password_env", str, "") or None,
+        )
+        if smarthost.username and not smarthost.password_env:
+            raise ConfigError(
+                "outbound.smarthost.password_env: name the environment variable that holds "
+                "the password (it is never written in the TOML)"
+            )
+        relay.finish()
+    config = OutboundConfig(
+        sender=sender,
+        sender_name=s.get("sender_name", str, "Welyb"),
+        smarthost=smarthost,
+        timeout_seconds=s.integer("timeout_seconds", 60, 1, 3600),
+        retry_min_seconds=s.integer("retry_min_seconds", 300, 1, 86400),
+        retry_max_seconds=s.integer("retry_max_seconds", 4000, 1, 86400),
+        lifetime_seconds=s.integer("lifetime_seconds", 5 * 24 * 3600, 60, 60 * 24 * 3600),
+        workers=s.integer("workers", 1, 0, 16),
+    )
+    if config.retry_max_seconds < config.retry_min_seconds:
+        raise ConfigError("outbound.retry_max_seconds: must be at least retry_min_seconds")
     s.finish()
     return config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
+import socket
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -103,3 +104,44 @@ def file_all(gateway: Gateway) -> int:
     while (n := filer.run_once()) > 0:
         total += n
     return total
+
+
+class CaptureServer:
+    """A partner's inbox: a real aiosmtpd server on a free port that records what it
+    accepts, and answers DATA from a script (e.g. ["451 4.3.0 busy", "250 OK"])."""
+
+    def __init__(self, replies: list[str] | None = None) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.accepted: list[tuple[str, list[str], bytes]] = []
+        self.replies = list(replies or [])
+        capture = self
+
+        class Handler:
+            async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+                reply = capture.replies.pop(0) if capture.replies else "250 2.0.0 OK captured"
+                if reply.startswith("250"):
+                    capture.accepted.append(
+                        (
+                            envelope.mail_from,
+                            list(envelope.rcpt_tos),  # type: ignore[attr-defined]
+                            envelope.original_content,
+                        )
+                    )  # type: ignore[attr-defined]
+                return reply
+
+        with socket.socket() as probe:  # Controller cannot be given port 0
+            probe.bind(("127.0.0.1", 0))
+            free = probe.getsockname()[1]
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=free)
+
+    def __enter__(self) -> CaptureServer:
+        self.controller.start()
+        return self
+
+    @property
+    def port(self) -> int:
+        return int(self.controller.port)
+
+    def __exit__(self, *_: object) -> None:
+        self.controller.stop()

@@ -4,6 +4,7 @@ one `Gateway` and passes its parts down."""
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -13,6 +14,15 @@ from gateway.inbound.extract import ExtractionLimits
 from gateway.inbound.filing import Filer
 from gateway.inbound.smtp import InboundHandler, InboundServer
 from gateway.inbound.spool import Spool, SpoolWriter
+from gateway.outbound.dispatch import Dispatcher
+from gateway.outbound.dkim import DkimSigner, KeyStore
+from gateway.outbound.transport import (
+    DirectMxTransport,
+    DnsMxResolver,
+    SmarthostTransport,
+    Transport,
+)
+from gateway.outbound.verp import BounceAddresses
 from gateway.routing.addresses import AddressGrammar
 from gateway.routing.partners import PartnerRegistry, load_registry
 from gateway.storage.blobs import BlobStore
@@ -75,6 +85,44 @@ class Gateway:
             spool_directory=self.config.spool_path,
             clock=self.clock,
             worker_name=worker_name or f"{self.config.node_name}:{os.getpid()}",
+        )
+
+    def bounce_addresses(self) -> BounceAddresses:
+        """VERP addresses on our first domain, keyed by a secret kept in the storage folder
+        (created once, shared by every node through the shared storage)."""
+        path = self.config.storage_path / "bounce.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+        return BounceAddresses(path.read_bytes(), self.config.domains[0])
+
+    def dispatcher(
+        self, transport: Transport | None = None, worker_name: str | None = None
+    ) -> Dispatcher:
+        """The sending stage; the transport is the configured one unless one is passed in."""
+        out = self.config.outbound
+        if transport is None:
+            if out.smarthost is not None:
+                transport = SmarthostTransport(
+                    out.smarthost, out.timeout_seconds, self.config.smtp.hostname
+                )
+            else:
+                transport = DirectMxTransport(
+                    DnsMxResolver(), out.timeout_seconds, self.config.smtp.hostname
+                )
+        return Dispatcher(
+            db=self.db,
+            config=out,
+            gateway_sender=self.config.gateway_sender,
+            transport=transport,
+            signer=DkimSigner(KeyStore(self.config.dkim_path).all()),
+            bounces=self.bounce_addresses(),
+            blobs=self.blobs,
+            clock=self.clock,
+            worker_name=worker_name or f"{self.config.node_name}:{os.getpid()}",
+            partner_names={p.name: p.display_name for p in self.registry.partners},
         )
 
     def inbound_server(self) -> tuple[InboundServer, Spool]:

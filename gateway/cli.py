@@ -25,6 +25,7 @@ from gateway.app import Gateway
 from gateway.clock import as_utc
 from gateway.config import ConfigError, default_toml, load_config, resolve_config_path
 from gateway.logs import configure_logging
+from gateway.outbound.dkim import KeyStore, dns_record_name, dns_txt_value, generate_key
 from gateway.outbound.ledger import TransitionError, retry
 from gateway.routing.partners import RegistryError
 from gateway.storage.accounts import AccountError, add_cabinet, add_company, company_id_of
@@ -633,6 +634,135 @@ def deliveries_retry(config_path: str | None, delivery_id: int) -> None:
     except TransitionError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"delivery {delivery_id} queued again")
+
+
+@deliveries.command("flush")
+@config_option
+@click.option("--partner", default=None, help="Only this partner's deliveries.")
+def deliveries_flush(config_path: str | None, partner: str | None) -> None:
+    """Send everything waiting now, whatever the schedule (like `postqueue -f`)."""
+    gw = Context(config_path).gateway
+
+    async def flush() -> int:
+        dispatcher = gw.dispatcher()
+        total = 0
+        try:
+            while (n := await dispatcher.run_once(flush=True, partner=partner)) > 0:
+                total += n
+        finally:
+            await dispatcher.transport.close()
+        return total
+
+    click.echo(f"tried {asyncio.run(flush())} delivery(ies); see `gateway deliveries list`")
+
+
+@cli.command()
+@config_option
+@click.option("--once", is_flag=True, help="Send what is due now, then exit.")
+@click.option(
+    "--interval", type=float, default=30.0, show_default=True, help="Seconds between runs."
+)
+def sender(config_path: str | None, once: bool, interval: float) -> None:
+    """Run a sending worker: due deliveries out on each partner's schedule (R12)."""
+    gw = Context(config_path).gateway
+    stop = asyncio.Event()
+
+    async def loop() -> None:
+        running = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            running.add_signal_handler(sig, stop.set)
+        dispatcher = gw.dispatcher()
+        try:
+            while True:
+                while await dispatcher.run_once() > 0:
+                    pass
+                if once:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
+                if stop.is_set():
+                    return
+        finally:
+            await dispatcher.transport.close()
+
+    asyncio.run(loop())
+
+
+@cli.group()
+def dkim() -> None:
+    """DKIM keys (R15, R18)."""
+
+
+@dkim.command("keygen")
+@config_option
+@click.option("--domain", required=True)
+@click.option("--selector", required=True)
+@click.option(
+    "--algorithm",
+    type=click.Choice(["rsa-sha256", "ed25519-sha256"]),
+    default="rsa-sha256",
+    show_default=True,
+)
+def dkim_keygen(config_path: str | None, domain: str, selector: str, algorithm: str) -> None:
+    """Generate a key pair, store the private key, print the DNS TXT record to publish."""
+    gw = Context(config_path).gateway
+    key = generate_key(domain, selector, algorithm)
+    path = KeyStore(gw.config.dkim_path).save(key)
+    click.echo(f"private key: {path}")
+    value = dns_txt_value(key)
+    # A TXT string holds 255 octets at most: longer values are published as several strings.
+    strings = " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255))
+    click.echo(f"publish: {dns_record_name(key)}. IN TXT {strings}")
+
+
+@cli.group()
+def dns() -> None:
+    """The DNS records to publish (R18)."""
+
+
+@dns.command("records")
+@config_option
+@json_option
+def dns_records(config_path: str | None, as_json: bool) -> None:
+    """MX, SPF, DKIM and DMARC records for every served domain."""
+    gw = Context(config_path).gateway
+    keys = KeyStore(gw.config.dkim_path)
+    mx = gw.config.smtp.hostname
+    rows: list[dict[str, Any]] = []
+    for domain in gw.config.domains:
+        rows.append({"domain": domain, "name": domain, "type": "MX", "value": f"10 {mx}."})
+        rows.append(
+            {"domain": domain, "name": domain, "type": "TXT", "value": f"v=spf1 a:{mx} -all"}
+        )
+        domain_keys = keys.keys_for(domain)
+        for key in domain_keys:
+            rows.append(
+                {
+                    "domain": domain,
+                    "name": dns_record_name(key),
+                    "type": "TXT",
+                    "value": dns_txt_value(key),
+                }
+            )
+        if not domain_keys:
+            rows.append(
+                {
+                    "domain": domain,
+                    "name": f"<selector>._domainkey.{domain}",
+                    "type": "TXT",
+                    "value": f"(no key yet: gateway dkim keygen "
+                    f"--domain {domain} --selector <selector>)",
+                }
+            )
+        rows.append(
+            {
+                "domain": domain,
+                "name": f"_dmarc.{domain}",
+                "type": "TXT",
+                "value": f"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}",
+            }
+        )
+    _emit(rows, as_json, ["name", "type", "value"])
 
 
 # -- output ----------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    workers = _Workers(gw, config.filing.workers)
+    workers = _Workers(gw, {"worker": config.filing.workers, "sender": config.outbound.workers})
     supervisor = asyncio.create_task(workers.supervise(stop))
     await stop.wait()
     log.info("stopping", sessions=len(server.sessions))
@@ -59,26 +59,29 @@ async def serve(
 
 
 class _Workers:
-    """Filing worker processes, restarted if one dies."""
+    """Worker processes (`gateway worker` files, `gateway sender` sends), restarted if one
+    dies."""
 
-    def __init__(self, gw: Gateway, count: int) -> None:
+    def __init__(self, gw: Gateway, counts: dict[str, int]) -> None:
         self.gw = gw
-        self.count = count
+        self.verbs = [verb for verb, count in counts.items() for _ in range(count)]
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
+    def _spawn(self, verb: str) -> subprocess.Popen[bytes]:
         assert self.gw.config.path is not None
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway", "worker", "-c", str(self.gw.config.path)],
+            [sys.executable, "-m", "gateway", verb, "-c", str(self.gw.config.path)],
         )
 
     async def supervise(self, stop: asyncio.Event) -> None:
-        self.procs = [self._spawn() for _ in range(self.count)]
+        self.procs = [self._spawn(verb) for verb in self.verbs]
         while not stop.is_set():
             for i, proc in enumerate(self.procs):
                 if proc.poll() is not None:
-                    log.warning("worker_died", pid=proc.pid, code=proc.returncode)
-                    self.procs[i] = self._spawn()
+                    log.warning(
+                        "worker_died", verb=self.verbs[i], pid=proc.pid, code=proc.returncode
+                    )
+                    self.procs[i] = self._spawn(self.verbs[i])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
 

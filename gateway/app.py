@@ -12,6 +12,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.config import GatewayConfig
 from gateway.inbound.extract import ExtractionLimits
 from gateway.inbound.filing import Filer
+from gateway.inbound.recipients import Recipients
 from gateway.inbound.smtp import InboundHandler, InboundServer
 from gateway.inbound.spool import Spool, SpoolWriter
 from gateway.outbound.dispatch import Dispatcher
@@ -27,7 +28,7 @@ from gateway.routing.addresses import AddressGrammar
 from gateway.routing.partners import PartnerRegistry, load_registry
 from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database
-from gateway.storage.directory import CachedDirectory, Directory
+from gateway.storage.directory import Directory
 
 
 @dataclass
@@ -58,6 +59,9 @@ class Gateway:
     def blobs(self) -> BlobStore:
         return BlobStore(self.config.blobs_path)
 
+    def recipients(self) -> Recipients:
+        return Recipients(self.grammar, Directory(self.db), self.bounce_addresses())
+
     def prepare_storage(self) -> None:
         """Create what the gateway needs: folders and the schema (idempotent)."""
         self.config.storage_path.mkdir(parents=True, exist_ok=True)
@@ -80,7 +84,8 @@ class Gateway:
             db=self.db,
             config=self.config.filing,
             limits=self.extraction_limits(),
-            grammar=self.grammar,
+            recipients=self.recipients(),
+            registry=self.registry,
             blobs=self.blobs,
             spool_directory=self.config.spool_path,
             clock=self.clock,
@@ -129,8 +134,7 @@ class Gateway:
         """The SMTP server and its spool; call inside the event loop that will run them."""
         spool = Spool(SpoolWriter(self.db, self.config.spool_path, self.config.node_name))
         handler = InboundHandler(
-            grammar=self.grammar,
-            directory=CachedDirectory(Directory(self.db)),
+            recipients=self.recipients(),
             spool=spool,
             clock=self.clock,
             config=self.config.smtp,

@@ -238,3 +238,60 @@ def test_without_a_dkim_key_nothing_leaves_unsigned(out_gw, clock, partner_inbox
     d = delivery(out_gw)
     assert d.status == "deferred" and "dkim keygen" in d.reason
     assert partner_inbox.accepted == []
+
+
+def _dsn(verp: str, diagnostic: str) -> bytes:
+    """A delivery status notification as Postfix sends it back to the envelope sender."""
+    return (
+        "From: MAILER-DAEMON@mx.factures-meg.fr (Mail Delivery System)\r\n"
+        f"To: {verp}\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\n"
+        "MIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B1"\r\n'
+        "\r\n--B1\r\nContent-Type: text/plain\r\n\r\n"
+        "I'm sorry to have to inform you that your message could not be delivered.\r\n"
+        "\r\n--B1\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.factures-meg.fr\r\n\r\n"
+        "Final-Recipient: rfc822; macon-dupont@factures-meg.fr\r\n"
+        "Action: failed\r\nStatus: 5.1.1\r\n"
+        f"Diagnostic-Code: smtp; {diagnostic}\r\n"
+        "\r\n--B1--\r\n"
+    ).encode()
+
+
+def test_a_bounce_that_comes_back_later_marks_the_delivery_bounced(
+    out_gw, clock, partner_inbox, tmp_path
+):
+    """R17: the envelope sender is a per-delivery address; the partner's bounce to it,
+    received by our own SMTP server, marks that delivery bounced with the partner's words."""
+    _queued_document(out_gw, clock, tmp_path)
+    run(out_gw, flush=True)
+    [(verp, _, _)] = partner_inbox.accepted
+    server = RunningServer(out_gw).start()
+    try:
+        with server.client() as smtp:
+            forged = verp.replace("bounce+", "bounce+9").lower()
+            smtp.mail("<>")
+            code, reply = smtp.rcpt(forged)
+            assert code == 550 and reply.startswith(b"5.1.1")
+            smtp.rset()
+            smtp.sendmail(
+                "<>",
+                [verp],
+                _dsn(
+                    verp,
+                    "550 5.1.1 <macon-dupont@factures-meg.fr>: "
+                    "Recipient address rejected: User unknown",
+                ),
+            )
+    finally:
+        server.stop()
+    file_all(out_gw)
+    d = delivery(out_gw)
+    assert d.status == "bounced"
+    assert "User unknown" in d.reason and "550 5.1.1" in d.reason
+    with out_gw.db.read() as s:
+        from gateway.storage.models import InboundMessage
+
+        [m] = s.execute(select(InboundMessage)).scalars().all()
+    assert m.status == "bounce" and f"delivery #{d.id} bounced" in m.reason

@@ -31,15 +31,19 @@ from gateway.inbound.extract import (
     ExtractionLimits,
     extract_documents,
 )
-from gateway.inbound.recipients import Destination, decide, lookup_needed
+from gateway.inbound.recipients import Destination, Recipients
 from gateway.inbound.spool import read_spooled
-from gateway.routing.addresses import AddressGrammar
+from gateway.outbound.dsn import BounceReport, parse_bounce
+from gateway.outbound.ledger import TransitionError, transition
+from gateway.routing.partners import PartnerRegistry
 from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database
-from gateway.storage.directory import CabinetRef, CompanyRef, Directory
+from gateway.storage.directory import CompanyRef
 from gateway.storage.folders import ensure_folder
 from gateway.storage.models import (
     BotMail,
+    DeliveryEvent,
+    DeliveryStatus,
     Document,
     DuplicateDocument,
     InboundMessage,
@@ -89,6 +93,7 @@ class Outcome:
     duplicates: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     bot_mailboxes: list[str] = field(default_factory=list)
+    bounces: list[str] = field(default_factory=list)
     recipients_refused: list[str] = field(default_factory=list)
 
     def status(self) -> MessageStatus:
@@ -96,6 +101,8 @@ class Outcome:
         if not ged_attempted:
             if self.bot_mailboxes:
                 return MessageStatus.BOT_MAIL
+            if self.bounces:
+                return MessageStatus.BOUNCE
             return MessageStatus.REJECTED
         if self.filed:
             partial = self.duplicates or self.refused or self.recipients_refused
@@ -114,6 +121,8 @@ class Outcome:
             parts.append("refused: " + "; ".join(self.refused))
         if self.bot_mailboxes:
             parts.append("bot mailbox: " + ", ".join(self.bot_mailboxes))
+        if self.bounces:
+            parts.append("delivery reports: " + "; ".join(self.bounces))
         if self.recipients_refused:
             parts.append("recipients no longer valid: " + "; ".join(self.recipients_refused))
         return " | ".join(parts) or None
@@ -140,6 +149,8 @@ class Prepared:
     known: dict[tuple[int, str], int]
     bots: list[Destination]
     received_at: datetime
+    bounces: list[Destination]
+    bounce_report: BounceReport | None
     owned: bool = False
 
 
@@ -149,7 +160,8 @@ class Filer:
         db: Database,
         config: FilingConfig,
         limits: ExtractionLimits,
-        grammar: AddressGrammar,
+        recipients: Recipients,
+        registry: PartnerRegistry,
         blobs: BlobStore,
         spool_directory: Path,
         clock: Clock,
@@ -158,8 +170,8 @@ class Filer:
         self.db = db
         self.config = config
         self.limits = limits
-        self.grammar = grammar
-        self.directory = Directory(db)
+        self.recipients = recipients
+        self.registry = registry
         self.blobs = blobs
         self.spool_directory = spool_directory
         self.clock = clock
@@ -283,7 +295,7 @@ class Filer:
         raw = read_spooled(
             self.spool_directory, message.spool_segment, message.spool_offset, message.size
         )
-        destinations = [self._destination(r) for r in message.rcpt_tos]
+        destinations = [self.recipients.resolve(r) for r in message.rcpt_tos]
         extraction = extract_documents(raw, self.limits)
         outcome = Outcome()
         outcome.recipients_refused = [
@@ -312,7 +324,11 @@ class Filer:
             plan.append(Placement(company, path, self._folder_id(company.id, path, now), docs))
         known = self._known_documents({(p.company.id, sha) for p in plan for _, sha in p.docs})
         bots = [d for d in destinations if d.accepted and d.address.goes_to_bot_mailbox]
-        return Prepared(message, extraction, outcome, plan, known, bots, received_at)
+        bounces = [d for d in destinations if d.accepted and d.address.is_bounce]
+        report = parse_bounce(raw) if bounces else None
+        return Prepared(
+            message, extraction, outcome, plan, known, bots, received_at, bounces, report
+        )
 
     def _commit(self, batch: list[Prepared]) -> None:
         now = self.clock.now()
@@ -374,7 +390,7 @@ class Filer:
                 s.flush()
                 filed_here[(company.id, sha)] = document.id
                 # A document filed into a switched folder goes to the partner (R11).
-                record_placement(s, document, place.path, self.grammar.partners, now)
+                record_placement(s, document, place.path, self.registry, now)
                 outcome.filed.append(f"{doc.filename} -> {company.slug}:{place.path}")
             outcome.refused.extend(f"{r.filename}: {r.reason}" for r in p.extraction.refused)
         for dest in p.bots:
@@ -391,6 +407,9 @@ class Filer:
                 )
             )
             outcome.bot_mailboxes.append(dest.address.address)
+        for dest in p.bounces:
+            assert dest.delivery_id is not None
+            outcome.bounces.append(_apply_bounce(s, dest.delivery_id, p.bounce_report, now))
         s.execute(
             update(InboundMessage)
             .where(InboundMessage.id == message.id)
@@ -426,18 +445,6 @@ class Filer:
             )
             return {(c, sha): i for c, sha, i in rows if (c, sha) in keys}
 
-    def _destination(self, recipient: str) -> Destination:
-        address = self.grammar.parse(recipient)
-        need = lookup_needed(address)
-        found: CompanyRef | CabinetRef | None = None
-        if need is not None:
-            found = (
-                self.directory.company(need.slug)
-                if need.kind == "company"
-                else self.directory.cabinet(need.slug)
-            )
-        return decide(address, found)
-
     def _release_after_failure(self, message: InboundMessage, error: Exception) -> None:
         """Retry later with back-off (the row stays claimable once `lease_until` passes)."""
         reason = f"filing failed (attempt {message.attempts}): {error!r}"
@@ -459,6 +466,39 @@ class Filer:
                 )
                 .values(reason=reason, **values)
             )
+
+
+def _apply_bounce(s: Session, delivery_id: int, report: BounceReport | None, now: datetime) -> str:
+    """A partner's bounce, come back to a delivery's VERP address (R17): a permanent one
+    marks the sent delivery bounced with the partner's words; a delay is only noted."""
+    if report is None:
+        return f"delivery #{delivery_id}: not a delivery report (an auto-reply?), kept only"
+    words = report.diagnostic or report.status or "bounced"
+    if not report.permanent:
+        s.add(
+            DeliveryEvent(
+                delivery_id=delivery_id,
+                at=now,
+                from_status=DeliveryStatus.SENT,
+                to_status=DeliveryStatus.SENT,
+                detail=f"delay reported: {words}",
+            )
+        )
+        return f"delivery #{delivery_id}: delay reported ({words})"
+    try:
+        with s.begin_nested():
+            transition(
+                s,
+                delivery_id,
+                [DeliveryStatus.SENT],
+                DeliveryStatus.BOUNCED,
+                now,
+                words,
+                reason=words,
+            )
+    except TransitionError as exc:
+        return f"delivery #{delivery_id}: bounce not applied ({exc})"
+    return f"delivery #{delivery_id} bounced: {words}"
 
 
 def _clip(value: str | None, limit: int) -> str | None:

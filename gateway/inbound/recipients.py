@@ -7,16 +7,17 @@ so that what the server accepts and what the filer does with it cannot drift apa
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from gateway.replies import Reply
-from gateway.routing.addresses import Address, AddressKind
-from gateway.storage.directory import CabinetRef, CompanyRef
+from gateway.routing.addresses import Address, AddressGrammar, AddressKind
+from gateway.storage.directory import CabinetRef, CachedDirectory, CompanyRef, Directory
 
 
 @dataclass(frozen=True)
 class Lookup:
-    kind: str  # "company" | "cabinet"
-    slug: str
+    kind: str  # "company" | "cabinet" | "bounce"
+    slug: str  # for a bounce: the whole address
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Destination:
     address: Address
     company: CompanyRef | None = None  # filing target (GED), or the bot's company
     cabinet_id: int | None = None  # bot mailbox owner
+    delivery_id: int | None = None  # the outbound delivery a bounce address stands for
     refusal: str | None = None  # the SMTP reply when the address is refused
 
     @property
@@ -31,7 +33,53 @@ class Destination:
         return self.refusal is None
 
 
+class BounceCheck(Protocol):
+    def delivery_of(self, address: str) -> int | None: ...
+
+
+class Recipients:
+    """Resolves recipient addresses: the grammar, then the directory or the bounce check.
+
+    `resolve` is for the filing stage (blocking lookups); `resolve_async` for the SMTP
+    server, where the directory answers from memory on the event loop when it can.
+    """
+
+    def __init__(self, grammar: AddressGrammar, directory: Directory, bounces: BounceCheck) -> None:
+        self.grammar = grammar
+        self.directory = directory
+        self.cached = CachedDirectory(directory)
+        self.bounces = bounces
+
+    def resolve(self, recipient: str) -> Destination:
+        address = self.grammar.parse(recipient)
+        need = lookup_needed(address)
+        found: CompanyRef | CabinetRef | int | None = None
+        if need is not None:
+            if need.kind == "bounce":
+                found = self.bounces.delivery_of(need.slug)
+            elif need.kind == "company":
+                found = self.directory.company(need.slug)
+            else:
+                found = self.directory.cabinet(need.slug)
+        return decide(address, found)
+
+    async def resolve_async(self, recipient: str) -> Destination:
+        address = self.grammar.parse(recipient)
+        need = lookup_needed(address)
+        found: CompanyRef | CabinetRef | int | None = None
+        if need is not None:
+            if need.kind == "bounce":
+                found = self.bounces.delivery_of(need.slug)  # an HMAC: no I/O
+            elif need.kind == "company":
+                found = await self.cached.company(need.slug)
+            else:
+                found = await self.cached.cabinet(need.slug)
+        return decide(address, found)
+
+
 def lookup_needed(address: Address) -> Lookup | None:
+    if address.kind is AddressKind.BOUNCE:
+        return Lookup("bounce", address.address)
     if address.company is not None and address.kind in (
         AddressKind.COLLECTION,
         AddressKind.COMPANY,
@@ -43,7 +91,7 @@ def lookup_needed(address: Address) -> Lookup | None:
     return None
 
 
-def decide(address: Address, found: CompanyRef | CabinetRef | None) -> Destination:
+def decide(address: Address, found: CompanyRef | CabinetRef | int | None) -> Destination:
     """The destination of `address`, given what the directory returned for `lookup_needed`."""
     kind = address.kind
     if kind is AddressKind.INVALID:
@@ -55,6 +103,10 @@ def decide(address: Address, found: CompanyRef | CabinetRef | None) -> Destinati
         return Destination(address, refusal=Reply.RELAY_DENIED.format(address=address.address))
     if kind is AddressKind.POSTMASTER:
         return Destination(address)
+    if kind is AddressKind.BOUNCE:
+        if isinstance(found, int):
+            return Destination(address, delivery_id=found)
+        return _unknown(address, "not a bounce address of ours")
     if kind is AddressKind.UNKNOWN:
         return _unknown(address, address.problem or "no such address")
     if kind in (AddressKind.COLLECTION, AddressKind.COMPANY):

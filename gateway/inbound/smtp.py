@@ -17,11 +17,10 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
 from gateway.clock import Clock
 from gateway.config import SmtpConfig
-from gateway.inbound.recipients import decide, lookup_needed
+from gateway.inbound.recipients import Recipients
 from gateway.inbound.spool import Arrival, Spool, new_queue_id
 from gateway.replies import AIOSMTPD_REPLACEMENTS, Reply
-from gateway.routing.addresses import AddressGrammar, split_address
-from gateway.storage.directory import CachedDirectory
+from gateway.routing.addresses import split_address
 
 log = structlog.get_logger("gateway.smtp")
 
@@ -42,14 +41,12 @@ class InboundHandler:
 
     def __init__(
         self,
-        grammar: AddressGrammar,
-        directory: CachedDirectory,
+        recipients: Recipients,
         spool: Spool,
         clock: Clock,
         config: SmtpConfig,
     ) -> None:
-        self.grammar = grammar
-        self.directory = directory
+        self.recipients = recipients
         self.spool = spool
         self.clock = clock
         self.config = config
@@ -72,19 +69,11 @@ class InboundHandler:
         queue_id = getattr(envelope, "queue_id", None)
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             return Reply.TOO_MANY_RECIPIENTS.format(limit=self.config.max_recipients)
-        parsed = self.grammar.parse(address)
-        need = lookup_needed(parsed)
-        found = None
-        if need is not None:
-            try:
-                if need.kind == "company":
-                    found = await self.directory.company(need.slug)
-                else:
-                    found = await self.directory.cabinet(need.slug)
-            except Exception:
-                log.exception("directory_lookup_failed", queue_id=queue_id, rcpt=address)
-                return Reply.DIRECTORY_UNAVAILABLE.format(address=parsed.address)
-        destination = decide(parsed, found)
+        try:
+            destination = await self.recipients.resolve_async(address)
+        except Exception:
+            log.exception("directory_lookup_failed", queue_id=queue_id, rcpt=address)
+            return Reply.DIRECTORY_UNAVAILABLE.format(address=address.strip("<>"))
         if destination.refusal is not None:
             log.info(
                 "rcpt_refused",
@@ -96,7 +85,7 @@ class InboundHandler:
             )
             return destination.refusal
         # A custom handle_RCPT must record the recipient itself.
-        envelope.rcpt_tos.append(parsed.address)
+        envelope.rcpt_tos.append(destination.address.address)
         envelope.rcpt_options.extend(options)
         return Reply.RECIPIENT_OK.value
 

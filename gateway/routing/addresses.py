@@ -11,6 +11,7 @@ Grammar of a local part on a served domain, matched case-insensitively:
     <company>                          -> bare company address: files into "A classer"
     <partner bot identity>             -> e.g. myunisoft+<cabinet>, quickbooks+<company> (R6)
     <partner alias>                    -> e.g. myunisoft+<cabinet>+67-45-ach, meg+<name>
+    bounce+<delivery>-<tag>            -> a bounce of one of our deliveries (VERP, R17)
     anything else                      -> unknown
 """
 
@@ -25,6 +26,7 @@ from gateway.routing.partners import Partner, PartnerRegistry
 from gateway.routing.slugs import DOMAIN_RE, is_slug
 
 POSTMASTER_LOCAL_PARTS = frozenset({"postmaster", "abuse"})
+BOUNCE_PREFIX = "bounce"  # the VERP envelope senders of outbound deliveries
 # Printable ASCII dot-atom characters of RFC 5322, no quoting: nobody needs a quoted local
 # part to reach a collection address, and refusing them removes a class of injection.
 _LOCAL_RE = re.compile(r"[a-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}")
@@ -36,6 +38,7 @@ class AddressKind(StrEnum):
     BOT = "bot"
     PARTNER_ALIAS = "partner_alias"
     POSTMASTER = "postmaster"
+    BOUNCE = "bounce"  # bounce+<delivery>-<tag>: where partners' bounces come back (R17)
     FOREIGN = "foreign"
     UNKNOWN = "unknown"
     INVALID = "invalid"
@@ -57,6 +60,10 @@ class Address:
     @property
     def files_into_ged(self) -> bool:
         return self.kind in (AddressKind.COLLECTION, AddressKind.COMPANY)
+
+    @property
+    def is_bounce(self) -> bool:
+        return self.kind is AddressKind.BOUNCE
 
     @property
     def goes_to_bot_mailbox(self) -> bool:
@@ -97,8 +104,8 @@ class AddressGrammar:
         """A company slug must not shadow a journal, a partner or the postmaster."""
         if slug in self.journals:
             return f"{slug!r} is a journal name; a company with that slug would be unreachable"
-        if slug in POSTMASTER_LOCAL_PARTS:
-            return f"{slug!r} is reserved for the postmaster"
+        if slug in POSTMASTER_LOCAL_PARTS or slug == BOUNCE_PREFIX:
+            return f"{slug!r} is reserved for the gateway's own mail"
         if self.partners.owning_prefix(slug) is not None:
             return f"{slug!r} is a partner prefix"
         return None
@@ -115,6 +122,9 @@ class AddressGrammar:
             return Address(AddressKind.POSTMASTER, normalised, local, domain)
         labels = local.split("+")
         head = labels[0]
+        if head == BOUNCE_PREFIX and len(labels) == 2:
+            # Whether the tag is genuine is for the bounce addresses' HMAC to say.
+            return Address(AddressKind.BOUNCE, normalised, local, domain)
         if head in self.journals:
             if len(labels) == 2 and is_slug(labels[1]):
                 return Address(

@@ -34,6 +34,7 @@ class MessageStatus(StrEnum):
     DUPLICATE = "duplicate"  # every document was already in the company's folders
     REJECTED = "rejected"  # nothing could be filed; `reason` says why
     BOT_MAIL = "bot_mail"  # went to a cabinet's bot mailbox (R6)
+    BOUNCE = "bounce"  # a delivery report for one of our deliveries, applied to the ledger
     HELD = "held"  # filing kept failing; moved aside for an admin (reason says why)
 
 

@@ -135,7 +135,7 @@ class Setup:
 def prepare(home: Path, sink_port: int) -> Setup:
     """`gateway init` equivalent (SQLite), a relay to the sink, MEG switched on, a DKIM key."""
     home.mkdir(parents=True)
-    relay = f"[outbound.smarthost]\nhost = \"127.0.0.1\"\nport = {sink_port}\nstarttls = false\n"
+    relay = f'[outbound.smarthost]\nhost = "127.0.0.1"\nport = {sink_port}\nstarttls = false\n'
     text = default_toml(home).replace('level = "info"', 'level = "warning"')
     text = text.replace("\n[extraction]", relay + "\n[extraction]")
     (home / "gateway.toml").write_text(text, encoding="utf-8")
@@ -249,9 +249,7 @@ def signer_comparison(key: DkimKey, message: bytes, seconds: float) -> tuple[flo
     records = {dns_record_name(key): dns_txt_value(key).encode()}
 
     def verifies(signed: bytes) -> bool:
-        return bool(
-            dkim.verify(signed, dnsfunc=lambda q, timeout=5: records.get(q.decode()[:-1]))
-        )
+        return bool(dkim.verify(signed, dnsfunc=lambda q, timeout=5: records.get(q.decode()[:-1])))
 
     signer = DkimSigner([key])
     ours = signer.sign(message, key.domain)

@@ -25,7 +25,13 @@ from gateway.app import Gateway
 from gateway.clock import as_utc
 from gateway.config import ConfigError, default_toml, load_config, resolve_config_path
 from gateway.logs import configure_logging
-from gateway.outbound.dkim import KeyStore, dns_record_name, dns_txt_value, generate_key
+from gateway.outbound.dkim import (
+    DkimError,
+    KeyStore,
+    dns_record_name,
+    dns_txt_value,
+    generate_key,
+)
 from gateway.outbound.ledger import TransitionError, retry
 from gateway.routing.partners import RegistryError
 from gateway.storage.accounts import AccountError, add_cabinet, add_company, company_id_of
@@ -92,7 +98,7 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (ConfigError, RegistryError, AccountError, FolderPathError) as exc:
+    except (ConfigError, RegistryError, AccountError, FolderPathError, DkimError) as exc:
         click.echo(f"gateway: {exc}", err=True)
         sys.exit(1)
 
@@ -706,8 +712,9 @@ def dkim() -> None:
 def dkim_keygen(config_path: str | None, domain: str, selector: str, algorithm: str) -> None:
     """Generate a key pair, store the private key, print the DNS TXT record to publish."""
     gw = Context(config_path).gateway
+    store = KeyStore(gw.config.dkim_path)
     key = generate_key(domain, selector, algorithm)
-    path = KeyStore(gw.config.dkim_path).save(key)
+    path = store.save(key)
     click.echo(f"private key: {path}")
     value = dns_txt_value(key)
     # A TXT string holds 255 octets at most: longer values are published as several strings.

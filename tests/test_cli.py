@@ -165,3 +165,23 @@ def test_documents_list_rejects_path_traversal_in_folder_filter(tmp_path):
     run("init", str(tmp_path))  # keeps the existing gateway.toml, creates the database
     result = run("documents", "list", "--folder", "../..", "-c", str(config))
     assert result.returncode == 1 and "not allowed" in result.stderr
+
+
+def test_dkim_keygen_and_dns_records(tmp_path):
+    """R18: the key pair is generated, and the records to publish are listed."""
+    config = write_config(
+        tmp_path, f"sqlite:///{tmp_path / 'g.db'}", smtp={"hostname": "mx.welyb.fr"}
+    )
+    result = run("dkim", "keygen", "--domain", "welyb.fr", "--selector", "s2026", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    assert 's2026._domainkey.welyb.fr. IN TXT "v=DKIM1; k=rsa; p=' in result.stdout
+    again = run("dkim", "keygen", "--domain", "welyb.fr", "--selector", "s2026", "-c", str(config))
+    assert again.returncode == 1 and "s2026" in again.stderr  # never overwrites a key
+    records = json.loads(run("dns", "records", "--json", "-c", str(config)).stdout)
+    fr = {(r["type"], r["name"]): r["value"] for r in records if r["domain"] == "welyb.fr"}
+    assert fr[("MX", "welyb.fr")] == "10 mx.welyb.fr."
+    assert fr[("TXT", "welyb.fr")].startswith("v=spf1")
+    assert fr[("TXT", "s2026._domainkey.welyb.fr")].startswith("v=DKIM1; k=rsa; p=")
+    assert fr[("TXT", "_dmarc.welyb.fr")].startswith("v=DMARC1")
+    com = [r for r in records if r["domain"] == "welyb.com" and "_domainkey" in r["name"]]
+    assert "gateway dkim keygen --domain welyb.com" in com[0]["value"]

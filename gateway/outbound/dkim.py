@@ -198,7 +198,9 @@ class KeyStore:
         path = self.path_for(key)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if path.exists() and not overwrite:
-            raise DkimError(f"{path} exists: refusing to overwrite DKIM key (overwrite=True)")
+            raise DkimError(
+                f"{path} exists: a published key is never overwritten; choose another selector"
+            )
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:

@@ -18,11 +18,11 @@ import base64
 import random
 import re
 import statistics
-import time
 from collections.abc import Callable
 from email.message import EmailMessage
 
 import dkim
+from common import rate
 from cryptography.hazmat.primitives import serialization
 
 from gateway.outbound.dkim import (
@@ -76,19 +76,6 @@ def dkimpy_private(key: DkimKey) -> bytes:
 def verifies(signed: bytes, key: DkimKey) -> bool:
     records = {dns_record_name(key): dns_txt_value(key).encode()}
     return bool(dkim.verify(signed, dnsfunc=lambda q, timeout=5: records.get(q.decode()[:-1])))
-
-
-def rate(sign: Callable[[], bytes], seconds: float) -> float:
-    """Signatures per second over about `seconds` of back-to-back signing."""
-    count = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while True:
-        sign()
-        count += 1
-        now = time.perf_counter()
-        if now >= deadline:
-            return count / (now - start)
 
 
 def arms(key: DkimKey, message: bytes) -> dict[str, Callable[[], bytes]]:

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -30,18 +29,10 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import aiosmtplib
+from common import free_port, install_loop, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RCPT = "compta+dupont-maconnerie@welyb.fr"
-
-
-def install_loop() -> str:
-    try:
-        import uvloop
-    except ImportError:
-        return "asyncio"
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return "uvloop"
 
 
 def sample_message(i: int) -> bytes:
@@ -54,21 +45,6 @@ def sample_message(i: int) -> bytes:
     pdf = b"%PDF-1.4\n%bench " + str(i).encode() + b"\n" + os.urandom(14_000) + b"\n%%EOF\n"
     msg.add_attachment(pdf, maintype="application", subtype="pdf", filename=f"facture-{i}.pdf")
     return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 async def load(port: int, messages: list[bytes], connections: int) -> tuple[float, list[float]]:

@@ -23,18 +23,18 @@ import asyncio
 import contextlib
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiosmtplib
 import dkim
+from common import free_port, install_loop, rate, wait_port
 from sqlalchemy import func, select
 
 from gateway.app import Gateway
@@ -60,30 +60,6 @@ COMPANY = "dupont-maconnerie"
 ACHATS = "Dossier comptable annuel/2026/Achats"
 TARGET = 0.8
 WARMUP = 50
-
-
-def install_loop() -> str:
-    try:
-        import uvloop
-    except ImportError:
-        return "asyncio"
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return "uvloop"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 @contextlib.contextmanager
@@ -232,18 +208,6 @@ def row(round_: int, arm: str, n: int, elapsed: float, check: str) -> float:
 # --- signer throughput ---------------------------------------------------------------------
 
 
-def sign_rate(sign: Callable[[], bytes], seconds: float) -> float:
-    count = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while True:
-        sign()
-        count += 1
-        now = time.perf_counter()
-        if now >= deadline:
-            return count / (now - start)
-
-
 def signer_comparison(key: DkimKey, message: bytes, seconds: float) -> tuple[float, float]:
     """(DkimSigner sig/s, dkimpy sig/s) on `message`, same key and h=; both verified."""
     records = {dns_record_name(key): dns_txt_value(key).encode()}
@@ -272,8 +236,8 @@ def signer_comparison(key: DkimKey, message: bytes, seconds: float) -> tuple[flo
     if not (verifies(ours) and verifies(theirs())):
         raise RuntimeError("a signature does not verify")
     return (
-        sign_rate(lambda: signer.sign(message, key.domain), seconds),
-        sign_rate(theirs, seconds),
+        rate(lambda: signer.sign(message, key.domain), seconds),
+        rate(theirs, seconds),
     )
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -503,8 +502,3 @@ def _apply_bounce(s: Session, delivery_id: int, report: BounceReport | None, now
 
 def _clip(value: str | None, limit: int) -> str | None:
     return value[:limit] if value else value
-
-
-def status_counts(db: Database) -> Counter[str]:
-    with db.read() as s:
-        return Counter(row[0] for row in s.execute(select(InboundMessage.status)))

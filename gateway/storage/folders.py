@@ -58,11 +58,3 @@ def ensure_folder(session: Session, company_id: int, path: str, now: datetime) -
         parent_id = folder_id
     assert parent_id is not None
     return parent_id
-
-
-def find_folder(session: Session, company_id: int, path: str) -> int | None:
-    return session.execute(
-        select(Folder.id).where(
-            Folder.company_id == company_id, Folder.path == normalise_path(path)
-        )
-    ).scalar_one_or_none()

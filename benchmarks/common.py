@@ -1,0 +1,47 @@
+"""Pieces the benchmarks share: the event loop, free ports, rates."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Callable
+
+
+def install_loop() -> str:
+    """uvloop when installed (as `gateway serve` uses), else asyncio's loop; returns which."""
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def rate(operation: Callable[[], object], seconds: float) -> float:
+    """Operations per second over about `seconds` of back-to-back calls."""
+    count = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        operation()
+        count += 1
+        now = time.perf_counter()
+        if now >= deadline:
+            return count / (now - start)

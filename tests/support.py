@@ -110,14 +110,29 @@ class CaptureServer:
     """A partner's inbox: a real aiosmtpd server on a free port that records what it
     accepts, and answers DATA from a script (e.g. ["451 4.3.0 busy", "250 OK"])."""
 
-    def __init__(self, replies: list[str] | None = None) -> None:
+    def __init__(
+        self, replies: list[str] | None = None, host: str = "127.0.0.1", port: int | None = None
+    ) -> None:
         from aiosmtpd.controller import Controller
 
         self.accepted: list[tuple[str, list[str], bytes]] = []
         self.replies = list(replies or [])
+        self.sessions = 0  # EHLOs seen: one per connection (no STARTTLS here)
         capture = self
 
         class Handler:
+            async def handle_EHLO(
+                self,
+                server: object,
+                session: object,
+                envelope: object,
+                hostname: str,
+                responses: list[str],
+            ) -> list[str]:
+                capture.sessions += 1
+                session.host_name = hostname  # type: ignore[attr-defined]  # the hook's job
+                return responses
+
             async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
                 reply = capture.replies.pop(0) if capture.replies else "250 2.0.0 OK captured"
                 if reply.startswith("250"):
@@ -130,10 +145,11 @@ class CaptureServer:
                     )  # type: ignore[attr-defined]
                 return reply
 
-        with socket.socket() as probe:  # Controller cannot be given port 0
-            probe.bind(("127.0.0.1", 0))
-            free = probe.getsockname()[1]
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=free)
+        if port is None:
+            with socket.socket() as probe:  # Controller cannot be given port 0
+                probe.bind((host, 0))
+                port = int(probe.getsockname()[1])
+        self.controller = Controller(Handler(), hostname=host, port=port)
 
     def __enter__(self) -> CaptureServer:
         self.controller.start()

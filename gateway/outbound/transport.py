@@ -183,7 +183,7 @@ class DirectMxTransport:
         except Exception as exc:  # DNS trouble is temporary
             return SendResult(Outcome.TEMPORARY, f"MX lookup for {parts[1]} failed: {exc}")
         last = SendResult(Outcome.TEMPORARY, f"no MX host for {parts[1]}")
-        for _, host in hosts:
+        for _, host in sorted(hosts):  # best preference first
             async with self.connections.lock(host, self.port):
                 try:
                     smtp = await self.connections.get(host, self.port, True, None, None)

@@ -40,7 +40,6 @@ from sqlalchemy import func, select
 from gateway.app import Gateway
 from gateway.config import default_toml, load_config
 from gateway.logs import configure_logging
-from gateway.outbound.compose import compose
 from gateway.outbound.dispatch import Dispatcher
 from gateway.outbound.dkim import (
     DkimKey,
@@ -50,7 +49,6 @@ from gateway.outbound.dkim import (
     dns_txt_value,
     generate_key,
 )
-from gateway.routing.addresses import split_address
 from gateway.storage.accounts import add_cabinet, add_company
 from gateway.storage.connections import add_connection, add_document, set_switch
 from gateway.storage.models import Delivery, DeliveryStatus
@@ -147,16 +145,8 @@ def composed(dispatcher: Dispatcher, delivery_ids: list[int]) -> list[Raw]:
     """The unsigned bytes the dispatcher would compose for these (still queued) deliveries."""
     out: list[Raw] = []
     for delivery_id in delivery_ids:
-        job = dispatcher._job(delivery_id)
-        domain = (split_address(job.sender) or ("", ""))[1]
-        data = compose(
-            job.document,
-            job.sender,
-            job.recipient,
-            domain,
-            dispatcher.clock.now(),
-            sender_name=dispatcher.config.sender_name,
-        )
+        job = dispatcher.job(delivery_id)
+        _, data = dispatcher.compose(job)
         out.append(Raw(dispatcher.bounces.for_delivery(delivery_id), job.recipient, data))
     return out
 

@@ -72,6 +72,21 @@ def verifies(gateway: Gateway, data: bytes) -> bool:
     return bool(dkim.verify(data, dnsfunc=dnsfunc))
 
 
+def place(gateway: Gateway, clock, tmp_path, name: str) -> None:
+    """Upload a small PDF called `name` into Achats/11."""
+    path = tmp_path / name
+    path.write_bytes(pdf(name))
+    add_document(
+        gateway.db,
+        gateway.grammar,
+        gateway.blobs,
+        "dupont-maconnerie",
+        ACHATS + "/11",
+        path,
+        clock.now(),
+    )
+
+
 def connect_meg(gateway: Gateway, clock) -> None:
     add_connection(
         gateway.db,
@@ -90,17 +105,7 @@ def test_mail_in_reaches_meg_signed_and_only_what_came_after_the_switch(
     …@factures-meg.fr after `deliveries flush`, DKIM-verified; a document placed before the
     switch never goes."""
     connect_meg(out_gw, clock)
-    early = tmp_path / "avant.pdf"
-    early.write_bytes(pdf("avant"))
-    add_document(
-        out_gw.db,
-        out_gw.grammar,
-        out_gw.blobs,
-        "dupont-maconnerie",
-        ACHATS + "/11",
-        early,
-        clock.now(),
-    )
+    place(out_gw, clock, tmp_path, "avant.pdf")
     clock.advance(minutes=1)
     set_switch(out_gw.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
     clock.advance(minutes=1)
@@ -134,17 +139,7 @@ def _queued_document(gateway: Gateway, clock, tmp_path, name: str = "f.pdf") -> 
     connect_meg(gateway, clock)
     set_switch(gateway.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
     clock.advance(minutes=1)  # 10:31: MEG's next run is 10:45
-    path = tmp_path / name
-    path.write_bytes(pdf(name))
-    add_document(
-        gateway.db,
-        gateway.grammar,
-        gateway.blobs,
-        "dupont-maconnerie",
-        ACHATS + "/11",
-        path,
-        clock.now(),
-    )
+    place(gateway, clock, tmp_path, name)
 
 
 def test_sending_waits_for_the_partners_run(out_gw, clock, partner_inbox, tmp_path):
@@ -209,17 +204,7 @@ def test_bot_partners_get_mail_from_the_bot_identity(out_gw, clock, partner_inbo
     )
     set_switch(out_gw.db, "dupont-maconnerie", ACHATS, "quickbooks", True, clock.now())
     clock.advance(minutes=1)
-    path = tmp_path / "qb.pdf"
-    path.write_bytes(pdf("qb"))
-    add_document(
-        out_gw.db,
-        out_gw.grammar,
-        out_gw.blobs,
-        "dupont-maconnerie",
-        ACHATS + "/11",
-        path,
-        clock.now(),
-    )
+    place(out_gw, clock, tmp_path, "qb.pdf")
     run(out_gw, flush=True)
     [(_, rcpts, data)] = partner_inbox.accepted
     assert rcpts == ["dupont-maconnerie@qbodocs.com"]

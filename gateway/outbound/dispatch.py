@@ -137,11 +137,12 @@ class Dispatcher:
         """Send what is due (everything waiting, with `flush`); returns how many were tried."""
         ids = await asyncio.to_thread(self.claim, flush=flush, partner=partner)
         for delivery_id in ids:
-            job = await asyncio.to_thread(self._job, delivery_id)
+            job = await asyncio.to_thread(self.job, delivery_id)
             await self._send(job)
         return len(ids)
 
-    def _job(self, delivery_id: int) -> Job:
+    def job(self, delivery_id: int) -> Job:
+        """What one delivery needs to be sent, read from its rows and the blob store."""
         with self.db.read() as s:
             delivery, connection, document, company = s.execute(
                 select(Delivery, Connection, Document, Company)
@@ -172,18 +173,23 @@ class Dispatcher:
                 ),
             )
 
+    def compose(self, job: Job) -> tuple[str, bytes]:
+        """(From domain, unsigned message bytes) for a job; signing comes after, last."""
+        sender_domain = (split_address(job.sender) or ("", ""))[1]
+        data = compose(
+            job.document,
+            job.sender,
+            job.recipient,
+            sender_domain,
+            self.clock.now(),
+            sender_name=self.config.sender_name,
+        )
+        return sender_domain, data
+
     async def _send(self, job: Job) -> None:
         bound = log.bind(delivery_id=job.delivery_id, partner=job.partner, to=job.recipient)
-        sender_domain = (split_address(job.sender) or ("", ""))[1]
         try:
-            data = compose(
-                job.document,
-                job.sender,
-                job.recipient,
-                sender_domain,
-                self.clock.now(),
-                sender_name=self.config.sender_name,
-            )
+            sender_domain, data = self.compose(job)
             signed = await asyncio.to_thread(self.signer.sign, data, sender_domain)
         except Exception as exc:  # our own problem (no DKIM key…): retried, visible
             bound.exception("compose_failed")

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 
 from gateway.clock import Clock, SystemClock
-from gateway.config import GatewayConfig
+from gateway.config import ConfigError, GatewayConfig, ImapSourceConfig
 from gateway.inbound.extract import ExtractionLimits
 from gateway.inbound.filing import Filer
+from gateway.inbound.imap import Connector, MailboxPoller, connect
 from gateway.inbound.recipients import Recipients
 from gateway.inbound.smtp import InboundHandler, InboundServer
 from gateway.inbound.spool import Spool, SpoolWriter
@@ -140,3 +142,38 @@ class Gateway:
             config=self.config.smtp,
         )
         return InboundServer(handler, self.config.smtp), spool
+
+    def imap_source(self, name: str) -> ImapSourceConfig:
+        try:
+            return self.config.imap_sources[name]
+        except KeyError:
+            known = ", ".join(sorted(self.config.imap_sources)) or "none configured"
+            raise ConfigError(
+                f"no IMAP source {name!r} in {self.config.path} (sources: {known}; "
+                "add one under [imap.sources.NAME])"
+            ) from None
+
+    def imap_pollers(
+        self,
+        source: ImapSourceConfig,
+        stop: threading.Event,
+        connector: Connector = connect,
+    ) -> list[MailboxPoller]:
+        """One poller per folder of `source`; they share one spool writer (one segment)."""
+        writer = SpoolWriter(self.db, self.config.spool_path, f"{self.config.node_name}-imap")
+        recipients = self.recipients()
+        return [
+            MailboxPoller(
+                source=source,
+                folder=folder,
+                db=self.db,
+                spool=writer,
+                recipients=recipients,
+                clock=self.clock,
+                worker_name=f"{self.config.node_name}:{os.getpid()}:{source.name}",
+                max_message_size=self.config.smtp.max_message_size,
+                connector=connector,
+                stop=stop,
+            )
+            for folder in source.folders
+        ]

@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.routing.addresses import split_address
@@ -97,6 +97,66 @@ class OutboundConfig:
     workers: int = 1  # sending workers beside `serve`
 
 
+ImapTls = Literal["implicit", "starttls", "none"]
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+@dataclass(frozen=True)
+class ImapSourceConfig:
+    """An existing mailbox the gateway pulls mail from (issue: IMAP sources).
+
+    `route` is "recipient" (each message goes where it was delivered: Delivered-To,
+    X-Original-To, then To/Cc, matched against the address grammar) or one collection
+    address that takes the whole mailbox. The password is read from `password_env` or
+    `password_file`, never from the TOML.
+    """
+
+    name: str
+    host: str
+    user: str
+    port: int = 993
+    tls: ImapTls = "implicit"
+    password_env: str | None = None
+    password_file: Path | None = None
+    folders: tuple[str, ...] = ("INBOX",)
+    route: str = "recipient"
+    after: Literal["move", "flag"] = "move"
+    processed_folder: str = "Processed"
+    rejected_folder: str = "Rejected"
+    flag: str = "$Filed"
+    idle: bool = True
+    poll_seconds: float = 60.0
+    batch_size: int = 50
+    timeout_seconds: int = 60
+
+    @property
+    def routes_by_recipient(self) -> bool:
+        return self.route == "recipient"
+
+    def mailbox(self, folder: str) -> str:
+        """How documents and messages name where they came from."""
+        return f"imap://{self.user}@{self.host}/{folder}"
+
+    def password(self) -> str:
+        """The password, read now (a rotated secret file is picked up on reconnect)."""
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"imap.sources.{self.name}.password_file: cannot read "
+                    f"{self.password_file}: {exc.strerror or exc}"
+                ) from exc
+        assert self.password_env is not None
+        value = os.environ.get(self.password_env)
+        if not value:
+            raise ConfigError(
+                f"imap.sources.{self.name}.password_env: the environment variable "
+                f"{self.password_env} is not set (export it before starting the gateway)"
+            )
+        return value
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"
@@ -116,6 +176,7 @@ class GatewayConfig:
     logging: LoggingConfig
     partner_registry: Path
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    imap_sources: Mapping[str, ImapSourceConfig] = field(default_factory=dict)
 
     @property
     def spool_path(self) -> Path:
@@ -184,6 +245,21 @@ lifetime_seconds = 432000             # and gives up after 5 days
 # starttls = true
 # username = "gateway"
 # password_env = "GATEWAY_SMARTHOST_PASSWORD"
+
+# [imap.sources.factures]             # pull mail from an existing mailbox (IMAP)
+# host = "imap.example.net"
+# port = 993
+# tls = "implicit"                    # implicit, starttls, or none (loopback only)
+# user = "factures@cabinet.fr"
+# password_env = "GATEWAY_IMAP_FACTURES_PASSWORD"   # or password_file = "/run/secrets/x"
+# folders = ["INBOX"]
+# route = "recipient"                 # or one address for the whole mailbox, e.g.
+#                                     # "compta+dupont-maconnerie@welyb.fr"
+# after = "move"                      # move to processed_folder / rejected_folder, or "flag"
+# processed_folder = "Processed"
+# rejected_folder = "Rejected"
+# idle = true                         # IDLE when the server offers it, else poll
+# poll_seconds = 60
 
 [extraction]
 max_documents = 100
@@ -320,6 +396,7 @@ def parse_config(data: Mapping[str, Any], base: Path, path: Path | None = None) 
     )
     ex.finish()
     outbound = _outbound(root.section("outbound"))
+    imap_sources = _imap(root.section("imap"), base, domains)
     lg = root.section("logging")
     lg.name = "logging"
     level = lg.get("level", str, "info").lower()
@@ -342,6 +419,7 @@ def parse_config(data: Mapping[str, Any], base: Path, path: Path | None = None) 
         logging=LoggingConfig(level=level, format=fmt),
         partner_registry=partner_registry,
         outbound=outbound,
+        imap_sources=imap_sources,
     )
 
 
@@ -474,5 +552,96 @@ def _outbound(s: _Section) -> OutboundConfig:
     )
     if config.retry_max_seconds < config.retry_min_seconds:
         raise ConfigError("outbound.retry_max_seconds: must be at least retry_min_seconds")
+    s.finish()
+    return config
+
+
+def _imap(s: _Section, base: Path, domains: list[str]) -> dict[str, ImapSourceConfig]:
+    s.name = "imap"
+    sources_section = s.section("sources")
+    s.finish()
+    sources: dict[str, ImapSourceConfig] = {}
+    for name in sources_section.data:
+        if not SLUG_RE.fullmatch(name):
+            raise ConfigError(
+                f"imap.sources.{name}: a source name is lower-case letters, digits and hyphens"
+            )
+        sources[name] = _imap_source(sources_section.section(name), name, base, domains)
+    return sources
+
+
+def _imap_source(s: _Section, name: str, base: Path, domains: list[str]) -> ImapSourceConfig:
+    host = s.get("host", str, "").strip()
+    user = s.get("user", str, "")
+    if not host:
+        raise ConfigError(f"{s.key('host')}: give the IMAP server's host name")
+    if not user:
+        raise ConfigError(f"{s.key('user')}: give the login of the mailbox")
+    tls = s.get("tls", str, "implicit")
+    if tls not in ("implicit", "starttls", "none"):
+        raise ConfigError(f"{s.key('tls')}: one of implicit, starttls, none; got {tls!r}")
+    if tls == "none" and host.lower() not in LOOPBACK_HOSTS:
+        # A password in clear over the network is refused, not warned about.
+        raise ConfigError(
+            f"{s.key('tls')}: 'none' sends the password in clear and is only allowed for "
+            f"a loopback host (127.0.0.1, ::1, localhost); use implicit or starttls for {host}"
+        )
+    password_env = s.get("password_env", str, "") or None
+    password_file_raw = s.get("password_file", str, "")
+    password_file = _path(base, password_file_raw) if password_file_raw else None
+    if (password_env is None) == (password_file is None):
+        raise ConfigError(
+            f"imap.sources.{name}: set exactly one of password_env (an environment variable "
+            "holding the password) or password_file (a file holding it); the password itself "
+            "never goes in this file"
+        )
+    folders = s.get("folders", list, ["INBOX"])
+    if not folders or not all(isinstance(f, str) and f.strip() for f in folders):
+        raise ConfigError(f'{s.key("folders")}: list the folders to read, e.g. ["INBOX"]')
+    if len(set(folders)) != len(folders):
+        raise ConfigError(f"{s.key('folders')}: a folder is listed twice")
+    route = s.get("route", str, "recipient").strip()
+    if route != "recipient":
+        parts = split_address(route)
+        if parts is None or parts[1] not in domains:
+            raise ConfigError(
+                f"{s.key('route')}: 'recipient' or one of our collection addresses "
+                f"(@{' / @'.join(domains)}), e.g. 'compta+dupont-maconnerie@{domains[0]}'; "
+                f"got {route!r}"
+            )
+    after = s.get("after", str, "move")
+    if after not in ("move", "flag"):
+        raise ConfigError(f"{s.key('after')}: 'move' or 'flag'; got {after!r}")
+    processed = s.get("processed_folder", str, "Processed").strip()
+    rejected = s.get("rejected_folder", str, "Rejected").strip()
+    if after == "move" and (not processed or not rejected or {processed, rejected} & set(folders)):
+        raise ConfigError(
+            f"imap.sources.{name}: processed_folder and rejected_folder must be named and "
+            "differ from the folders read (or mail would be read again)"
+        )
+    flag = s.get("flag", str, "$Filed")
+    if not flag or any(c in flag for c in ' ()"{%*]\\') or not flag.isascii():
+        raise ConfigError(f"{s.key('flag')}: an IMAP keyword such as '$Filed'; got {flag!r}")
+    config = ImapSourceConfig(
+        name=name,
+        host=host,
+        user=user,
+        port=s.integer("port", 993 if tls == "implicit" else 143, 1, 65535),
+        tls=cast(ImapTls, tls),
+        password_env=password_env,
+        password_file=password_file,
+        folders=tuple(f.strip() for f in folders),
+        route=route,
+        after=cast(Literal["move", "flag"], after),
+        processed_folder=processed,
+        rejected_folder=rejected,
+        flag=flag,
+        idle=s.get("idle", bool, True),
+        poll_seconds=float(s.get("poll_seconds", (int, float), 60.0)),
+        batch_size=s.integer("batch_size", 50, 1, 1000),
+        timeout_seconds=s.integer("timeout_seconds", 60, 1, 3600),
+    )
+    if config.poll_seconds <= 0:
+        raise ConfigError(f"{s.key('poll_seconds')}: must be positive")
     s.finish()
     return config

@@ -1,4 +1,4 @@
-"""`gateway serve`: the SMTP server in this process, filing workers beside it.
+"""`gateway serve`: the SMTP server in this process; filing, sending and IMAP beside it.
 
 Filing (MIME parsing, archive expansion) is CPU work; in the same process it would hold the
 GIL and slow acknowledgements down. So it runs in child processes (`gateway worker`), at a
@@ -46,7 +46,14 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    workers = _Workers(gw, {"worker": config.filing.workers, "sender": config.outbound.workers})
+    workers = _Workers(
+        gw,
+        {
+            "worker": config.filing.workers,
+            "sender": config.outbound.workers,
+            "imap run": 1 if config.imap_sources else 0,
+        },
+    )
     supervisor = asyncio.create_task(workers.supervise(stop))
     await stop.wait()
     log.info("stopping", sessions=len(server.sessions))
@@ -59,8 +66,8 @@ async def serve(
 
 
 class _Workers:
-    """Worker processes (`gateway worker` files, `gateway sender` sends), restarted if one
-    dies."""
+    """Worker processes (`gateway worker` files, `gateway sender` sends, `gateway imap run`
+    reads the IMAP sources), restarted if one dies."""
 
     def __init__(self, gw: Gateway, counts: dict[str, int]) -> None:
         self.gw = gw
@@ -70,7 +77,7 @@ class _Workers:
     def _spawn(self, verb: str) -> subprocess.Popen[bytes]:
         assert self.gw.config.path is not None
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway", verb, "-c", str(self.gw.config.path)],
+            [sys.executable, "-m", "gateway", *verb.split(), "-c", str(self.gw.config.path)],
         )
 
     async def supervise(self, stop: asyncio.Event) -> None:

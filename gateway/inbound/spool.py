@@ -20,7 +20,7 @@ import hashlib
 import os
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from sqlalchemy import insert
+from sqlalchemy.orm import Session
 
 from gateway.storage.db import Database
 from gateway.storage.models import InboundMessage, MessageStatus
@@ -53,6 +54,14 @@ class Arrival:
     peer: str | None = None
     helo: str | None = None
     source_mailbox: str | None = None
+    # A message taken only to be recorded (IMAP mail no address of ours was found in) is
+    # stored already rejected, with the reason the firm will read.
+    rejected_reason: str | None = None
+
+
+# Called inside the batch's transaction with the new row ids, so that what the caller
+# records about the batch (an IMAP checkpoint) commits or rolls back with it.
+BatchHook = Callable[[Session, list[int]], None]
 
 
 class SpoolWriter:
@@ -68,7 +77,9 @@ class SpoolWriter:
         self._segment_day: str = ""
         self._counter = 0
 
-    def store_batch(self, arrivals: Sequence[Arrival]) -> list[int]:
+    def store_batch(
+        self, arrivals: Sequence[Arrival], also: BatchHook | None = None
+    ) -> list[int]:
         """Durably store every arrival; returns their row ids in order."""
         with self._lock:
             try:
@@ -92,7 +103,10 @@ class SpoolWriter:
                     "sha256": hashlib.sha256(a.content).hexdigest(),
                     "spool_segment": segment,
                     "spool_offset": offset,
-                    "status": MessageStatus.RECEIVED.value,
+                    "status": (
+                        MessageStatus.REJECTED if a.rejected_reason else MessageStatus.RECEIVED
+                    ).value,
+                    "reason": a.rejected_reason,
                     "attempts": 0,
                 }
                 for a, (segment, offset) in zip(arrivals, placed, strict=True)
@@ -104,7 +118,10 @@ class SpoolWriter:
                     ),
                     rows,
                 )
-                return [row[0] for row in result]
+                ids = [row[0] for row in result]
+                if also is not None:
+                    also(session, ids)
+                return ids
 
     def _append(self, arrivals: Sequence[Arrival]) -> list[tuple[str, int]]:
         placed: list[tuple[str, int]] = []

@@ -223,3 +223,51 @@ class DeliveryEvent(Base):
     from_status: Mapped[str | None] = mapped_column(String(16))
     to_status: Mapped[str] = mapped_column(String(16))
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+# -- IMAP sources ------------------------------------------------------------------------------
+
+
+class ImapCheckpoint(Base):
+    """Where the reading of one (source, folder) stands, and who is reading it.
+
+    UIDs mean something only with their UIDVALIDITY; `last_uid` is the highest UID taken
+    under `uidvalidity`. The lease makes one poller per mailbox at a time, across nodes.
+    """
+
+    __tablename__ = "imap_checkpoints"
+    __table_args__ = (UniqueConstraint("source", "folder"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(63))
+    folder: Mapped[str] = mapped_column(String(255))
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_sync_at: Mapped[datetime | None]
+
+
+class ImapMessage(Base):
+    """One message taken from an IMAP folder: what became of it, and whether it has been
+    moved (or flagged) on the server yet. Its fingerprints let a folder recreated under a
+    new UIDVALIDITY be read again without filing anything twice."""
+
+    __tablename__ = "imap_messages"
+    __table_args__ = (
+        UniqueConstraint("source", "folder", "uidvalidity", "uid"),
+        Index("ix_imap_messages_source_fingerprint", "source", "fingerprint"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(63))
+    folder: Mapped[str] = mapped_column(String(255))
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    uid: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))  # of the raw message
+    # Message-ID, routed recipients and body hash: the same message read again (a folder
+    # recreated under a new UIDVALIDITY) has the same fingerprint; see gateway/inbound/imap.py.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))  # stored | rejected | duplicate
+    inbound_message_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id"))
+    taken_at: Mapped[datetime]
+    settled_at: Mapped[datetime | None]  # moved or flagged on the server

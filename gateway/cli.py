@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -19,11 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from gateway.app import Gateway
 from gateway.clock import as_utc
 from gateway.config import ConfigError, default_toml, load_config, resolve_config_path
+from gateway.dnsrecords import (
+    DnsLookup,
+    DnsLookupError,
+    DnspythonLookup,
+    check_records,
+    expected_records,
+)
+from gateway.inbound.imap import ImapProblem, MailboxPoller, check_source
 from gateway.logs import configure_logging
 from gateway.outbound.dkim import (
     DkimError,
@@ -51,6 +60,8 @@ from gateway.storage.models import (
     DeliveryStatus,
     Document,
     Folder,
+    ImapCheckpoint,
+    ImapMessage,
     InboundMessage,
     MessageStatus,
     Switch,
@@ -695,6 +706,163 @@ def sender(config_path: str | None, once: bool, interval: float) -> None:
 
 
 @cli.group()
+def imap() -> None:
+    """IMAP sources: existing mailboxes pulled into the filing pipeline."""
+
+
+@imap.command("test")
+@config_option
+@click.argument("source_name", metavar="SOURCE")
+def imap_test(config_path: str | None, source_name: str) -> None:
+    """Log in to SOURCE and check its folders; say what is wrong in plain words."""
+    gw = Context(config_path).gateway
+    source = gw.imap_source(source_name)
+    try:
+        lines = check_source(source)
+    except ImapProblem as exc:
+        click.echo(f"gateway: imap source {source_name}: {exc}", err=True)
+        sys.exit(1)
+    for line in lines:
+        click.echo(line)
+    click.echo(f"imap source {source_name}: ok")
+
+
+@imap.command("sync")
+@config_option
+@click.argument("source_name", metavar="SOURCE")
+@click.option("--once", is_flag=True, help="Drain the folders now, then exit.")
+def imap_sync(config_path: str | None, source_name: str, once: bool) -> None:
+    """Read SOURCE's folders into the gateway (with --once: what is there now)."""
+    gw = Context(config_path).gateway
+    source = gw.imap_source(source_name)
+    stop = _stop_on_signals()
+    pollers = gw.imap_pollers(source, stop)
+    if not once:
+        _run_pollers(pollers, stop)
+        return
+    failed = False
+    for poller in pollers:
+        with _ProgressBar(f"{source_name} {poller.folder}") as bar:
+            try:
+                result = poller.run(once=True, progress=bar.update)
+            except ImapProblem as exc:
+                click.echo(f"gateway: imap source {source_name}: {exc}", err=True)
+                failed = True
+                continue
+        click.echo(
+            f"{source_name} {poller.folder}: {result.taken} taken, {result.stored} to filing, "
+            f"{result.rejected} rejected, {result.duplicates} already taken before, "
+            f"{result.settled} moved or flagged"
+        )
+    if failed:
+        sys.exit(1)
+
+
+@imap.command("run")
+@config_option
+def imap_run(config_path: str | None) -> None:
+    """Read every configured source until SIGTERM (started by `serve`)."""
+    gw = Context(config_path).gateway
+    stop = _stop_on_signals()
+    pollers = [p for s in gw.config.imap_sources.values() for p in gw.imap_pollers(s, stop)]
+    _run_pollers(pollers, stop)
+
+
+@imap.command("status")
+@config_option
+@json_option
+def imap_status(config_path: str | None, as_json: bool) -> None:
+    """Where each source's folders stand: checkpoint, reader, last error."""
+    gw = Context(config_path).gateway
+    with gw.db.read() as s:
+        checkpoints = {(c.source, c.folder): c for c in s.execute(select(ImapCheckpoint)).scalars()}
+        taken = dict(
+            s.execute(
+                select(
+                    ImapMessage.source + "/" + ImapMessage.folder, func.count(ImapMessage.id)
+                ).group_by(ImapMessage.source, ImapMessage.folder)
+            ).all()
+        )
+    rows = []
+    for source in gw.config.imap_sources.values():
+        for folder in source.folders:
+            c = checkpoints.get((source.name, folder))
+            rows.append(
+                {
+                    "source": source.name,
+                    "folder": folder,
+                    "uidvalidity": c.uidvalidity if c else None,
+                    "last_uid": c.last_uid if c else None,
+                    "taken": taken.get(f"{source.name}/{folder}", 0),
+                    "reader": c.claimed_by if c else None,
+                    "last_sync_at": c.last_sync_at if c else None,
+                    "last_error": c.last_error if c else None,
+                }
+            )
+    _emit(
+        rows,
+        as_json,
+        [
+            "source",
+            "folder",
+            "uidvalidity",
+            "last_uid",
+            "taken",
+            "reader",
+            "last_sync_at",
+            "last_error",
+        ],
+    )
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _run_pollers(pollers: Sequence[MailboxPoller], stop: threading.Event) -> None:
+    """One thread per folder (IMAP IDLE watches one selected folder per connection)."""
+    threads = [
+        threading.Thread(target=p.run, kwargs={"once": False}, name=f"imap-{p.folder}", daemon=True)
+        for p in pollers
+    ]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads) and not stop.wait(1.0):
+        pass
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+
+
+class _ProgressBar:
+    """A progress bar on a terminal; nothing when output goes to a file or a pipe."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar: Any = None
+        self.shown = 0
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def update(self, done: int, total: int) -> None:
+        if not sys.stderr.isatty() or total == 0:
+            return
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr)
+            self.bar.__enter__()
+        self.bar.update(done - self.shown)
+        self.shown = done
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+@cli.group()
 def dkim() -> None:
     """DKIM keys (R15, R18)."""
 
@@ -733,43 +901,67 @@ def dns() -> None:
 def dns_records(config_path: str | None, as_json: bool) -> None:
     """MX, SPF, DKIM and DMARC records for every served domain."""
     gw = Context(config_path).gateway
-    keys = KeyStore(gw.config.dkim_path)
-    mx = gw.config.smtp.hostname
-    rows: list[dict[str, Any]] = []
-    for domain in gw.config.domains:
-        rows.append({"domain": domain, "name": domain, "type": "MX", "value": f"10 {mx}."})
-        rows.append(
-            {"domain": domain, "name": domain, "type": "TXT", "value": f"v=spf1 a:{mx} -all"}
-        )
-        domain_keys = keys.keys_for(domain)
-        for key in domain_keys:
-            rows.append(
-                {
-                    "domain": domain,
-                    "name": dns_record_name(key),
-                    "type": "TXT",
-                    "value": dns_txt_value(key),
-                }
-            )
-        if not domain_keys:
-            rows.append(
-                {
-                    "domain": domain,
-                    "name": f"<selector>._domainkey.{domain}",
-                    "type": "TXT",
-                    "value": f"(no key yet: gateway dkim keygen "
-                    f"--domain {domain} --selector <selector>)",
-                }
-            )
-        rows.append(
-            {
-                "domain": domain,
-                "name": f"_dmarc.{domain}",
-                "type": "TXT",
-                "value": f"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}",
-            }
-        )
+    rows = [
+        {"domain": r.domain, "name": r.name, "type": r.type, "value": r.value}
+        for r in expected_records(gw.config, KeyStore(gw.config.dkim_path))
+    ]
     _emit(rows, as_json, ["name", "type", "value"])
+
+
+def _ip_addresses(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    for value in values:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not an IP address") from None
+    return values
+
+
+@dns.command("check")
+@config_option
+@json_option
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1, 60),
+    default=5.0,
+    show_default=True,
+    help="Seconds one lookup may take.",
+)
+@click.option(
+    "--nameserver",
+    "nameservers",
+    multiple=True,
+    metavar="IP",
+    callback=_ip_addresses,
+    help="Ask this server (repeatable), e.g. the zone's primary before a change has "
+    "propagated. Default: the system's resolver.",
+)
+def dns_check(
+    config_path: str | None, as_json: bool, timeout: float, nameservers: tuple[str, ...]
+) -> None:
+    """Compare the records of `dns records` with what DNS answers (--json: the answers).
+
+    One line per record: ok, missing, different or error (the lookup failed). Exit 1 unless
+    every record is ok."""
+    if _dns_check(config_path, as_json, lambda: DnspythonLookup(timeout, nameservers)) != 0:
+        sys.exit(1)  # not click's Exit: main() runs click with standalone_mode=False
+
+
+def _dns_check(config_path: str | None, as_json: bool, make_lookup: Callable[[], DnsLookup]) -> int:
+    """`dns check` with the resolver handed in (tests pass a fake); returns the exit code."""
+    # Only the configuration and the key store: checking DNS has no business creating or
+    # migrating the database, as Context.gateway would.
+    config = load_config(Context(config_path).config_path)
+    expected = expected_records(config, KeyStore(config.dkim_path))
+    try:
+        lookup = make_lookup()
+    except DnsLookupError as exc:  # no resolver configured on this machine
+        raise click.ClickException(str(exc)) from None
+    checks = check_records(expected, lookup)
+    _emit([c.as_dict() for c in checks], as_json, ["name", "type", "status", "detail"])
+    return 0 if all(c.ok for c in checks) else 1
 
 
 # -- output ----------------------------------------------------------------------------------

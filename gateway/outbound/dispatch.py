@@ -14,17 +14,19 @@ outcome with a guarded transition:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
 import structlog
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
 
 from gateway.clock import Clock, as_utc
 from gateway.config import OutboundConfig
 from gateway.outbound.compose import OutboundDocument, compose
-from gateway.outbound.ledger import transition
+from gateway.outbound.ledger import TransitionError, transition
 from gateway.outbound.transport import Outcome, Transport
 from gateway.routing.addresses import split_address
 from gateway.storage.blobs import BlobStore
@@ -41,6 +43,8 @@ from gateway.storage.models import (
 log = structlog.get_logger("gateway.outbound")
 
 LEASE = timedelta(minutes=5)
+PIPELINE_DEPTH = 8  # messages composed and signed ahead of the one being sent
+PREPARE_CHUNK = 4  # composed per trip to the worker thread
 QUEUED, SENDING, SENT = DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.SENT
 DEFERRED, FAILED = DeliveryStatus.DEFERRED, DeliveryStatus.FAILED
 
@@ -134,24 +138,85 @@ class Dispatcher:
             return sorted(claimed)
 
     async def run_once(self, *, flush: bool = False, partner: str | None = None) -> int:
-        """Send what is due (everything waiting, with `flush`); returns how many were tried."""
+        """Send what is due (everything waiting, with `flush`); returns how many were tried.
+
+        A pipeline, so the connection is never idle for our own work: the claimed batch is
+        read in one query; the next messages are composed and signed in a thread while the
+        current one is on the wire; outcomes are written by a recorder that commits them in
+        groups (one transaction for what finished meanwhile), also off the event loop.
+        """
         ids = await asyncio.to_thread(self.claim, flush=flush, partner=partner)
-        for delivery_id in ids:
-            job = await asyncio.to_thread(self.job, delivery_id)
-            await self._send(job)
+        if not ids:
+            return 0
+        jobs = await asyncio.to_thread(self.jobs, ids)
+        ready: asyncio.Queue[tuple[Job, tuple[str, bytes] | Exception]] = asyncio.Queue(
+            maxsize=PIPELINE_DEPTH
+        )
+        producer = asyncio.create_task(self._prepare_all(jobs, ready))
+        recorder = _Recorder(self)
+        try:
+            for _ in jobs:
+                job, prepared = await ready.get()
+                if isinstance(prepared, Exception):  # our own problem (no DKIM key…)
+                    recorder.add(job, None, f"not sent: {prepared}")
+                    continue
+                signed = prepared[1]
+                result = await self.transport.send(
+                    self.bounces.for_delivery(job.delivery_id), job.recipient, signed
+                )
+                log.info(
+                    "sent" if result.outcome is Outcome.ACCEPTED else "not_sent",
+                    delivery_id=job.delivery_id,
+                    partner=job.partner,
+                    to=job.recipient,
+                    outcome=result.outcome.value,
+                    reply=result.reply,
+                )
+                recorder.add(job, result.outcome, result.reply)
+        finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+            await recorder.close()
         return len(ids)
+
+    async def _prepare_all(
+        self, jobs: list[Job], ready: asyncio.Queue[tuple[Job, tuple[str, bytes] | Exception]]
+    ) -> None:
+        for start in range(0, len(jobs), PREPARE_CHUNK):
+            chunk = jobs[start : start + PREPARE_CHUNK]
+            for job, prepared in zip(
+                chunk, await asyncio.to_thread(self._prepare_chunk, chunk), strict=True
+            ):
+                await ready.put((job, prepared))
+
+    def _prepare_chunk(self, jobs: list[Job]) -> list[tuple[str, bytes] | Exception]:
+        out: list[tuple[str, bytes] | Exception] = []
+        for job in jobs:
+            try:
+                domain, data = self.compose(job)
+                out.append((domain, self.signer.sign(data, domain)))  # DKIM: the last step
+            except Exception as exc:
+                log.exception("compose_failed", delivery_id=job.delivery_id)
+                out.append(exc)
+        return out
 
     def job(self, delivery_id: int) -> Job:
         """What one delivery needs to be sent, read from its rows and the blob store."""
+        return self.jobs([delivery_id])[0]
+
+    def jobs(self, delivery_ids: list[int]) -> list[Job]:
+        """`job` for many deliveries, in one query, in the order given."""
         with self.db.read() as s:
-            delivery, connection, document, company = s.execute(
+            rows = s.execute(
                 select(Delivery, Connection, Document, Company)
                 .join(Connection, Delivery.connection_id == Connection.id)
                 .join(Document, Delivery.document_id == Document.id)
                 .join(Company, Connection.company_id == Company.id)
-                .where(Delivery.id == delivery_id)
-            ).one()
-            return Job(
+                .where(Delivery.id.in_(delivery_ids))
+            ).all()
+        by_id = {
+            delivery.id: Job(
                 delivery_id=delivery.id,
                 attempts=delivery.attempts,
                 created_at=as_utc(delivery.created_at),
@@ -172,6 +237,9 @@ class Dispatcher:
                     ),
                 ),
             )
+            for delivery, connection, document, company in rows
+        }
+        return [by_id[i] for i in delivery_ids]
 
     def compose(self, job: Job) -> tuple[str, bytes]:
         """(From domain, unsigned message bytes) for a job; signing comes after, last."""
@@ -186,57 +254,90 @@ class Dispatcher:
         )
         return sender_domain, data
 
-    async def _send(self, job: Job) -> None:
-        bound = log.bind(delivery_id=job.delivery_id, partner=job.partner, to=job.recipient)
-        try:
-            sender_domain, data = self.compose(job)
-            signed = await asyncio.to_thread(self.signer.sign, data, sender_domain)
-        except Exception as exc:  # our own problem (no DKIM key…): retried, visible
-            bound.exception("compose_failed")
-            await asyncio.to_thread(self._record_temporary, job, f"not sent: {exc}")
-            return
-        result = await self.transport.send(
-            self.bounces.for_delivery(job.delivery_id), job.recipient, signed
-        )
-        bound.info(
-            "sent" if result.outcome is Outcome.ACCEPTED else "not_sent",
-            outcome=result.outcome.value,
-            reply=result.reply,
-        )
-        if result.outcome is Outcome.ACCEPTED:
-            await asyncio.to_thread(self._record, job, SENT, result.reply, sent_at=True)
-        elif result.outcome is Outcome.PERMANENT:
-            await asyncio.to_thread(self._record, job, FAILED, result.reply)
-        else:
-            await asyncio.to_thread(self._record_temporary, job, result.reply)
+    def record(self, outcomes: list[tuple[Job, Outcome | None, str]]) -> None:
+        """Write the outcomes of several sends in one transaction (one commit, one fsync).
 
-    def _record(self, job: Job, target: DeliveryStatus, reply: str, sent_at: bool = False) -> None:
+        Each is its own guarded transition from `sending`; one that is refused (the row is
+        no longer ours: a lease taken over) is logged loudly and does not stop the others.
+        """
         now = self.clock.now()
-        values: dict[str, object] = {"reason": reply, "lease_until": None}
-        if sent_at:
-            values["sent_at"] = now
         with self.db.write() as s:
-            transition(s, job.delivery_id, [SENDING], target, now, reply, **values)
+            for job, outcome, reply in outcomes:
+                try:
+                    self._transition(s, job, outcome, reply, now)
+                except TransitionError:
+                    log.exception("transition_refused", delivery_id=job.delivery_id)
 
-    def _record_temporary(self, job: Job, reply: str) -> None:
-        now = self.clock.now()
+    def _transition(
+        self, s: Session, job: Job, outcome: Outcome | None, reply: str, now: datetime
+    ) -> None:
+        if outcome is Outcome.ACCEPTED:
+            # R13: sent = validated for that connection; never sent again.
+            transition(
+                s,
+                job.delivery_id,
+                [SENDING],
+                SENT,
+                now,
+                reply,
+                reason=reply,
+                lease_until=None,
+                sent_at=now,
+            )
+            return
+        if outcome is Outcome.PERMANENT:
+            transition(
+                s, job.delivery_id, [SENDING], FAILED, now, reply, reason=reply, lease_until=None
+            )
+            return
         age = now - job.created_at
         if age.total_seconds() >= self.config.lifetime_seconds:
-            self._record(job, FAILED, f"gave up after {age.days} days; last reply: {reply}")
+            why = f"gave up after {age.days} days; last reply: {reply}"
+            transition(
+                s, job.delivery_id, [SENDING], FAILED, now, why, reason=why, lease_until=None
+            )
             return
         delay = min(
             self.config.retry_min_seconds * 2 ** max(job.attempts - 1, 0),
             self.config.retry_max_seconds,
         )
-        with self.db.write() as s:
-            transition(
-                s,
-                job.delivery_id,
-                [SENDING],
-                DEFERRED,
-                now,
-                reply,
-                reason=reply,
-                lease_until=None,
-                due_at=now + timedelta(seconds=delay),
-            )
+        transition(
+            s,
+            job.delivery_id,
+            [SENDING],
+            DEFERRED,
+            now,
+            reply,
+            reason=reply,
+            lease_until=None,
+            due_at=now + timedelta(seconds=delay),
+        )
+
+
+class _Recorder:
+    """Writes send outcomes in groups, in one thread, while sending goes on (like the
+    spool's group commit). `close` returns once every outcome added is committed."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.pending: list[tuple[Job, Outcome | None, str]] = []
+        self.writing: asyncio.Task[None] | None = None
+
+    def add(self, job: Job, outcome: Outcome | None, reply: str) -> None:
+        self.pending.append((job, outcome, reply))
+        if self.writing is None or self.writing.done():
+            self.writing = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending, []
+            try:
+                await asyncio.to_thread(self.dispatcher.record, batch)
+            except Exception:
+                # The database is away: these stay `sending` until their lease runs out and
+                # are then sent again; nothing is lost, a duplicate is possible.
+                log.exception("record_failed", deliveries=[j.delivery_id for j, _, _ in batch])
+
+    async def close(self) -> None:
+        while self.writing is not None and not self.writing.done():
+            await self.writing

@@ -18,7 +18,8 @@ from sqlalchemy import select, text
 
 from gateway.app import Gateway
 from gateway.inbound.spool import read_spooled
-from gateway.storage.models import BotMail, Document, Folder, InboundMessage
+from gateway.storage.connections import add_connection
+from gateway.storage.models import BotMail, Company, Document, Folder, InboundMessage
 from tests.conftest import custom_server
 from tests.support import RunningServer, file_all, message, pdf
 
@@ -125,6 +126,31 @@ def test_bot_identity_mail_goes_to_the_cabinet_bot_mailbox(server, gw, rcpt, par
     )
     assert bot.cabinet_id is not None
     assert messages(gw)[0].status == "bot_mail"
+
+
+def test_partner_alias_in_use_by_a_connection_reaches_the_bot_mailbox(server, gw, clock):
+    """meg+<name>@ is known only through the connection that uses it: before the connection
+    it is refused at RCPT, after it MEG's notices reach the company's cabinet (R6), on every
+    served domain (R1)."""
+    add_connection(
+        gw.db, gw.grammar, "dupont-maconnerie", "meg", "meg+macon-dupont@welyb.fr", clock.now()
+    )
+    with server.client() as smtp:
+        smtp.mail("no-reply@factures-meg.fr")
+        refused, reply = smtp.rcpt("meg+macon-durand@welyb.fr")  # no connection uses it
+    assert (refused, b"no connection uses this partner alias" in reply) == (550, True)
+    rcpt = "MEG+Macon-Dupont@welyb.com"
+    send(server, rcpt, message(to=rcpt, subject="Compte MEG activé"), sender="no-reply@meg.fr")
+    file_all(gw)
+    with gw.db.read() as s:
+        [bot] = s.execute(select(BotMail)).scalars().all()
+        company = s.execute(select(Company).where(Company.id == bot.company_id)).scalar_one()
+    assert (bot.partner, bot.subject, company.slug) == (
+        "meg",
+        "Compte MEG activé",
+        "dupont-maconnerie",
+    )
+    assert bot.cabinet_id == company.cabinet_id
 
 
 @pytest.mark.parametrize(

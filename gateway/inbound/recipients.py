@@ -16,8 +16,8 @@ from gateway.storage.directory import CabinetRef, CachedDirectory, CompanyRef, D
 
 @dataclass(frozen=True)
 class Lookup:
-    kind: str  # "company" | "cabinet" | "bounce"
-    slug: str  # for a bounce: the whole address
+    kind: str  # "company" | "cabinet" | "alias" | "bounce"
+    slug: str  # for an alias: the local part; for a bounce: the whole address
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ class Recipients:
                 found = self.bounces.delivery_of(need.slug)
             elif need.kind == "company":
                 found = self.directory.company(need.slug)
+            elif need.kind == "alias":
+                found = self.directory.alias_owner(need.slug)
             else:
                 found = self.directory.cabinet(need.slug)
         return decide(address, found)
@@ -72,6 +74,8 @@ class Recipients:
                 found = self.bounces.delivery_of(need.slug)  # an HMAC: no I/O
             elif need.kind == "company":
                 found = await self.cached.company(need.slug)
+            elif need.kind == "alias":
+                found = await self.cached.alias_owner(need.slug)
             else:
                 found = await self.cached.cabinet(need.slug)
         return decide(address, found)
@@ -88,6 +92,8 @@ def lookup_needed(address: Address) -> Lookup | None:
         return Lookup("company", address.company)
     if address.cabinet is not None and address.kind in (AddressKind.BOT, AddressKind.PARTNER_ALIAS):
         return Lookup("cabinet", address.cabinet)
+    if address.kind is AddressKind.PARTNER_ALIAS:  # meg+<name>: known only by its connection
+        return Lookup("alias", address.local.lower())
     return None
 
 

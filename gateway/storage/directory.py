@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from gateway.storage.db import Database
-from gateway.storage.models import Cabinet, Company
+from gateway.storage.models import Cabinet, Company, Connection
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,15 @@ class Directory:
         assert value is None or isinstance(value, CabinetRef)
         return value
 
+    def alias_owner(self, local_part: str) -> CompanyRef | None:
+        """The company whose connection uses the partner alias `local_part`@(any of our
+        domains: R1), e.g. meg+macon-dupont: its mail goes to that cabinet's bot mailbox."""
+        hit, value = self.remembered("alias", local_part)
+        if not hit:
+            value = self._remember("alias", local_part, self._fetch_alias_owner(local_part))
+        assert value is None or isinstance(value, CompanyRef)
+        return value
+
     def remembered(self, kind: str, slug: str) -> tuple[bool, CompanyRef | CabinetRef | None]:
         """(True, answer) when a fresh answer is in memory; (False, None) otherwise."""
         entry = self._cache.get((kind, slug))
@@ -86,6 +95,20 @@ class Directory:
                 return None
             return CompanyRef(row.id, row.slug, row.cabinet_id, row.fiscal_year_end)
 
+    def _fetch_alias_owner(self, local_part: str) -> CompanyRef | None:
+        pattern = local_part.lower().replace("\\", "").replace("%", "").replace("_", "\\_")
+        with self.db.read() as s:
+            row = s.execute(
+                select(Company)
+                .join(Connection, Connection.company_id == Company.id)
+                .where(func.lower(Connection.entered_address).like(pattern + "@%", escape="\\"))
+                .order_by(Connection.id)
+                .limit(1)
+            ).scalar_one_or_none()
+            if row is None:
+                return None
+            return CompanyRef(row.id, row.slug, row.cabinet_id, row.fiscal_year_end)
+
     def _fetch_cabinet(self, slug: str) -> CabinetRef | None:
         with self.db.read() as s:
             row = s.execute(select(Cabinet).where(Cabinet.slug == slug)).scalar_one_or_none()
@@ -105,6 +128,13 @@ class CachedDirectory:
             assert value is None or isinstance(value, CompanyRef)
             return value
         return await asyncio.to_thread(self.directory.company, slug)
+
+    async def alias_owner(self, local_part: str) -> CompanyRef | None:
+        hit, value = self.directory.remembered("alias", local_part)
+        if hit:
+            assert value is None or isinstance(value, CompanyRef)
+            return value
+        return await asyncio.to_thread(self.directory.alias_owner, local_part)
 
     async def cabinet(self, slug: str) -> CabinetRef | None:
         hit, value = self.directory.remembered("cabinet", slug)

@@ -17,8 +17,9 @@ from gateway.inbound.imap import Connector, MailboxPoller, connect
 from gateway.inbound.recipients import Recipients
 from gateway.inbound.smtp import InboundHandler, InboundServer
 from gateway.inbound.spool import Spool, SpoolWriter
-from gateway.outbound.dispatch import Dispatcher
+from gateway.outbound.dispatch import Dispatcher, SigningPool
 from gateway.outbound.dkim import DkimSigner, KeyStore
+from gateway.outbound.forward import Forwarder
 from gateway.outbound.transport import (
     DirectMxTransport,
     DnsMxResolver,
@@ -111,25 +112,48 @@ class Gateway:
         """The sending stage; the transport is the configured one unless one is passed in."""
         out = self.config.outbound
         if transport is None:
-            if out.smarthost is not None:
-                transport = SmarthostTransport(
-                    out.smarthost, out.timeout_seconds, self.config.smtp.hostname
-                )
-            else:
-                transport = DirectMxTransport(
-                    DnsMxResolver(), out.timeout_seconds, self.config.smtp.hostname
-                )
+            transport = self.outbound_transport()
+        signer = DkimSigner(KeyStore(self.config.dkim_path).all())
+        processes = out.signing_processes
         return Dispatcher(
             db=self.db,
             config=out,
             gateway_sender=self.config.gateway_sender,
             transport=transport,
-            signer=DkimSigner(KeyStore(self.config.dkim_path).all()),
+            signer=signer,
             bounces=self.bounce_addresses(),
             blobs=self.blobs,
             clock=self.clock,
             worker_name=worker_name or f"{self.config.node_name}:{os.getpid()}",
             partner_names={p.name: p.display_name for p in self.registry.partners},
+            signing_pool=SigningPool(signer, processes) if processes else None,
+        )
+
+    def outbound_transport(self) -> Transport:
+        """The configured way out: the smarthost if there is one, else the recipient's MX."""
+        out = self.config.outbound
+        if out.smarthost is not None:
+            return SmarthostTransport(out.smarthost, out.timeout_seconds, self.config.smtp.hostname)
+        return DirectMxTransport(DnsMxResolver(), out.timeout_seconds, self.config.smtp.hostname)
+
+    def forwarder(
+        self, transport: Transport | None = None, worker_name: str | None = None
+    ) -> Forwarder:
+        """Bot mail forwards to cabinet contacts (R6); pass the dispatcher's transport to
+        share its connections. The envelope sender is postmaster@<first domain>: see
+        gateway/outbound/forward.py for why."""
+        return Forwarder(
+            db=self.db,
+            config=self.config.outbound,
+            gateway_sender=self.config.gateway_sender,
+            envelope_sender=f"postmaster@{self.config.domains[0]}",
+            transport=transport if transport is not None else self.outbound_transport(),
+            signer=DkimSigner(KeyStore(self.config.dkim_path).all()),
+            spool_directory=self.config.spool_path,
+            clock=self.clock,
+            worker_name=worker_name or f"{self.config.node_name}:{os.getpid()}",
+            partner_names={p.name: p.display_name for p in self.registry.partners},
+            zone=self.config.filing.zone,
         )
 
     def inbound_server(self) -> tuple[InboundServer, Spool]:

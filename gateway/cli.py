@@ -43,7 +43,13 @@ from gateway.outbound.dkim import (
 )
 from gateway.outbound.ledger import TransitionError, retry
 from gateway.routing.partners import RegistryError
-from gateway.storage.accounts import AccountError, add_cabinet, add_company, company_id_of
+from gateway.storage.accounts import (
+    AccountError,
+    add_cabinet,
+    add_company,
+    company_id_of,
+    set_bot_mail_forwarding,
+)
 from gateway.storage.connections import (
     add_connection,
     add_document,
@@ -53,6 +59,7 @@ from gateway.storage.connections import (
 from gateway.storage.folders import FolderPathError, normalise_path
 from gateway.storage.models import (
     BotMail,
+    BotMailForward,
     Cabinet,
     Company,
     Connection,
@@ -227,10 +234,35 @@ def cabinet_list(config_path: str | None, as_json: bool) -> None:
     gw = Context(config_path).gateway
     with gw.db.read() as s:
         rows = [
-            {"slug": c.slug, "name": c.name, "contact": c.contact_email, "created_at": c.created_at}
+            {
+                "slug": c.slug,
+                "name": c.name,
+                "contact": c.contact_email,
+                "forwarding": "on" if c.forward_bot_mail else "off",
+                "created_at": c.created_at,
+            }
             for c in s.execute(select(Cabinet).order_by(Cabinet.slug)).scalars()
         ]
-    _emit(rows, as_json, ["slug", "name", "contact"])
+    _emit(rows, as_json, ["slug", "name", "contact", "forwarding"])
+
+
+@cabinet.command("forwarding")
+@config_option
+@click.argument("slug")
+@click.argument("state", type=click.Choice(["on", "off"]))
+@click.option("--contact", default=None, help="Set the contact address at the same time.")
+def cabinet_forwarding(config_path: str | None, slug: str, state: str, contact: str | None) -> None:
+    """Forward the cabinet's bot mail to its contact address (on), or only keep it in the
+    bot mailbox (off). Not retroactive; off also stops forwards still waiting."""
+    gw = Context(config_path).gateway
+    address = set_bot_mail_forwarding(gw.db, slug, state == "on", contact, gw.config.domains)
+    if state == "on":
+        click.echo(
+            f"cabinet {slug}: bot mail received from now on is forwarded to {address}, "
+            f"from {gw.config.gateway_sender} (sent by `gateway sender`)"
+        )
+    else:
+        click.echo(f"cabinet {slug}: bot mail is kept in the bot mailbox only")
 
 
 @cli.group()
@@ -428,9 +460,10 @@ def bot_mail_list(config_path: str | None, as_json: bool, cabinet_slug: str | No
     """List mail received by bot identities."""
     gw = Context(config_path).gateway
     query = (
-        select(BotMail, Cabinet.slug, InboundMessage.queue_id)
+        select(BotMail, Cabinet.slug, InboundMessage.queue_id, BotMailForward)
         .outerjoin(Cabinet, BotMail.cabinet_id == Cabinet.id)
         .join(InboundMessage, BotMail.inbound_message_id == InboundMessage.id)
+        .outerjoin(BotMailForward, BotMailForward.bot_mail_id == BotMail.id)
         .order_by(BotMail.id)
     )
     if cabinet_slug:
@@ -446,10 +479,20 @@ def bot_mail_list(config_path: str | None, as_json: bool, cabinet_slug: str | No
                 "subject": b.subject,
                 "received_at": b.received_at,
                 "queue_id": queue_id,
+                # None: not forwarded (forwarding off, or the message's other bot mail was)
+                "forward": f.status if f else None,
+                "forward_to": f.to_address if f else None,
+                "forward_attempts": f.attempts if f else None,
+                "forward_reason": f.reason if f else None,
+                "forwarded_at": f.sent_at if f else None,
             }
-            for b, slug, queue_id in s.execute(query)
+            for b, slug, queue_id, f in s.execute(query)
         ]
-    _emit(rows, as_json, ["id", "cabinet", "recipient", "mail_from", "subject", "received_at"])
+    _emit(
+        rows,
+        as_json,
+        ["id", "cabinet", "recipient", "mail_from", "subject", "received_at", "forward"],
+    )
 
 
 @documents.command("add")
@@ -667,7 +710,7 @@ def deliveries_flush(config_path: str | None, partner: str | None) -> None:
             while (n := await dispatcher.run_once(flush=True, partner=partner)) > 0:
                 total += n
         finally:
-            await dispatcher.transport.close()
+            await dispatcher.close()
         return total
 
     click.echo(f"tried {asyncio.run(flush())} delivery(ies); see `gateway deliveries list`")
@@ -680,7 +723,8 @@ def deliveries_flush(config_path: str | None, partner: str | None) -> None:
     "--interval", type=float, default=30.0, show_default=True, help="Seconds between runs."
 )
 def sender(config_path: str | None, once: bool, interval: float) -> None:
-    """Run a sending worker: due deliveries out on each partner's schedule (R12)."""
+    """Run a sending worker: due deliveries out on each partner's schedule (R12), and bot
+    mail forwards to cabinet contacts (R6)."""
     gw = Context(config_path).gateway
     stop = asyncio.Event()
 
@@ -689,9 +733,12 @@ def sender(config_path: str | None, once: bool, interval: float) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             running.add_signal_handler(sig, stop.set)
         dispatcher = gw.dispatcher()
+        forwarder = gw.forwarder(dispatcher.transport)  # one connection pool for both
         try:
             while True:
                 while await dispatcher.run_once() > 0:
+                    pass
+                while await forwarder.run_once() > 0:
                     pass
                 if once:
                     return
@@ -700,7 +747,7 @@ def sender(config_path: str | None, once: bool, interval: float) -> None:
                 if stop.is_set():
                     return
         finally:
-            await dispatcher.transport.close()
+            await dispatcher.close()
 
     asyncio.run(loop())
 

@@ -95,6 +95,7 @@ class OutboundConfig:
     retry_max_seconds: int = 4000  # Postfix's maximal_backoff_time
     lifetime_seconds: int = 5 * 24 * 3600  # Postfix's maximal_queue_lifetime
     workers: int = 1  # sending workers beside `serve`
+    signing_processes: int = 1  # compose+DKIM beside each sender's event loop; 0: a thread
 
 
 ImapTls = Literal["implicit", "starttls", "none"]
@@ -239,6 +240,7 @@ timeout_seconds = 60
 retry_min_seconds = 300               # back-off doubles from this ...
 retry_max_seconds = 4000              # ... up to this,
 lifetime_seconds = 432000             # and gives up after 5 days
+signing_processes = 1                 # compose + DKIM-sign in a helper process (0: a thread)
 # [outbound.smarthost]                # relay through a smarthost instead of the MX
 # host = "smtp.example.net"
 # port = 587
@@ -549,6 +551,7 @@ def _outbound(s: _Section) -> OutboundConfig:
         retry_max_seconds=s.integer("retry_max_seconds", 4000, 1, 86400),
         lifetime_seconds=s.integer("lifetime_seconds", 5 * 24 * 3600, 60, 60 * 24 * 3600),
         workers=s.integer("workers", 1, 0, 16),
+        signing_processes=s.integer("signing_processes", 1, 0, 16),
     )
     if config.retry_max_seconds < config.retry_min_seconds:
         raise ConfigError("outbound.retry_max_seconds: must be at least retry_min_seconds")

@@ -52,7 +52,7 @@ def run(gateway: Gateway, flush: bool = False, worker: str = "sender-1") -> int:
         try:
             return await dispatcher.run_once(flush=flush)
         finally:
-            await dispatcher.transport.close()
+            await dispatcher.close()
 
     return asyncio.run(once())
 

@@ -33,6 +33,7 @@ from gateway.inbound.extract import (
 from gateway.inbound.recipients import Destination, Recipients
 from gateway.inbound.spool import read_spooled
 from gateway.outbound.dsn import BounceReport, parse_bounce
+from gateway.outbound.forward import queue_forwards
 from gateway.outbound.ledger import TransitionError, transition
 from gateway.routing.partners import PartnerRegistry
 from gateway.storage.blobs import BlobStore
@@ -392,20 +393,25 @@ class Filer:
                 record_placement(s, document, place.path, self.registry, now)
                 outcome.filed.append(f"{doc.filename} -> {company.slug}:{place.path}")
             outcome.refused.extend(f"{r.filename}: {r.reason}" for r in p.extraction.refused)
+        bot_mails: list[BotMail] = []
         for dest in p.bots:
-            s.add(
-                BotMail(
-                    inbound_message_id=message.id,
-                    cabinet_id=dest.cabinet_id,
-                    company_id=dest.company.id if dest.company else None,
-                    recipient=dest.address.address,
-                    partner=dest.address.partner,
-                    mail_from=message.mail_from,
-                    subject=p.extraction.subject,
-                    received_at=p.received_at,
-                )
+            bot_mail = BotMail(
+                inbound_message_id=message.id,
+                cabinet_id=dest.cabinet_id,
+                company_id=dest.company.id if dest.company else None,
+                recipient=dest.address.address,
+                partner=dest.address.partner,
+                mail_from=message.mail_from,
+                subject=p.extraction.subject,
+                received_at=p.received_at,
             )
+            s.add(bot_mail)
+            bot_mails.append(bot_mail)
             outcome.bot_mailboxes.append(dest.address.address)
+        if bot_mails:
+            # R6: forwarded to the cabinet's contact if it asked for it; queued in this
+            # transaction, so a bot mail and its forward exist together or not at all.
+            queue_forwards(s, bot_mails, now, p.extraction.message_id)
         for dest in p.bounces:
             assert dest.delivery_id is not None
             outcome.bounces.append(_apply_bounce(s, dest.delivery_id, p.bounce_report, now))

@@ -77,9 +77,7 @@ class SpoolWriter:
         self._segment_day: str = ""
         self._counter = 0
 
-    def store_batch(
-        self, arrivals: Sequence[Arrival], also: BatchHook | None = None
-    ) -> list[int]:
+    def store_batch(self, arrivals: Sequence[Arrival], also: BatchHook | None = None) -> list[int]:
         """Durably store every arrival; returns their row ids in order."""
         with self._lock:
             try:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from multiprocessing import get_context
 from typing import Protocol
 
 import structlog
@@ -81,6 +83,7 @@ class Dispatcher:
         clock: Clock,
         worker_name: str,
         partner_names: dict[str, str],
+        signing_pool: SigningPool | None = None,
     ) -> None:
         self.db = db
         self.config = config
@@ -92,6 +95,14 @@ class Dispatcher:
         self.clock = clock
         self.worker_name = worker_name
         self.partner_names = partner_names  # registry name -> display name
+        # Composing and signing are CPU work; in a process pool they run beside the event
+        # loop instead of sharing its GIL. None: a thread of this process.
+        self.signing_pool = signing_pool
+
+    async def close(self) -> None:
+        await self.transport.close()
+        if self.signing_pool is not None:
+            self.signing_pool.shutdown()
 
     def claim(
         self, *, flush: bool = False, partner: str | None = None, limit: int = 50
@@ -185,21 +196,15 @@ class Dispatcher:
     ) -> None:
         for start in range(0, len(jobs), PREPARE_CHUNK):
             chunk = jobs[start : start + PREPARE_CHUNK]
-            for job, prepared in zip(
-                chunk, await asyncio.to_thread(self._prepare_chunk, chunk), strict=True
-            ):
-                await ready.put((job, prepared))
-
-    def _prepare_chunk(self, jobs: list[Job]) -> list[tuple[str, bytes] | Exception]:
-        out: list[tuple[str, bytes] | Exception] = []
-        for job in jobs:
-            try:
-                domain, data = self.compose(job)
-                out.append((domain, self.signer.sign(data, domain)))  # DKIM: the last step
-            except Exception as exc:
-                log.exception("compose_failed", delivery_id=job.delivery_id)
-                out.append(exc)
-        return out
+            now, name = self.clock.now(), self.config.sender_name
+            if self.signing_pool is None:
+                prepared = await asyncio.to_thread(prepare_messages, chunk, now, name, self.signer)
+            else:
+                prepared = await self.signing_pool.prepare(chunk, now, name)
+            for job, item in zip(chunk, prepared, strict=True):
+                if isinstance(item, Exception):
+                    log.error("compose_failed", delivery_id=job.delivery_id, error=str(item))
+                await ready.put((job, item))
 
     def job(self, delivery_id: int) -> Job:
         """What one delivery needs to be sent, read from its rows and the blob store."""
@@ -243,16 +248,7 @@ class Dispatcher:
 
     def compose(self, job: Job) -> tuple[str, bytes]:
         """(From domain, unsigned message bytes) for a job; signing comes after, last."""
-        sender_domain = (split_address(job.sender) or ("", ""))[1]
-        data = compose(
-            job.document,
-            job.sender,
-            job.recipient,
-            sender_domain,
-            self.clock.now(),
-            sender_name=self.config.sender_name,
-        )
-        return sender_domain, data
+        return compose_job(job, self.clock.now(), self.config.sender_name)
 
     def record(self, outcomes: list[tuple[Job, Outcome | None, str]]) -> None:
         """Write the outcomes of several sends in one transaction (one commit, one fsync).
@@ -312,6 +308,68 @@ class Dispatcher:
             lease_until=None,
             due_at=now + timedelta(seconds=delay),
         )
+
+
+def compose_job(job: Job, date: datetime, sender_name: str) -> tuple[str, bytes]:
+    """(From domain, unsigned message bytes) for a job."""
+    sender_domain = (split_address(job.sender) or ("", ""))[1]
+    data = compose(job.document, job.sender, job.recipient, sender_domain, date, sender_name)
+    return sender_domain, data
+
+
+def prepare_messages(
+    jobs: list[Job], date: datetime, sender_name: str, signer: Signer
+) -> list[tuple[str, bytes] | Exception]:
+    """Compose and DKIM-sign (the last step) each job; an exception stands for a job that
+    could not be (no key for the domain…). Module-level: it runs in a process pool."""
+    out: list[tuple[str, bytes] | Exception] = []
+    for job in jobs:
+        try:
+            domain, data = compose_job(job, date, sender_name)
+            out.append((domain, signer.sign(data, domain)))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+class SigningPool:
+    """Compose and sign in worker processes, beside the event loop rather than under its
+    GIL. Each worker loads the DKIM keys once, at start (loading an RSA key costs more
+    than signing with it)."""
+
+    def __init__(self, signer: Signer, processes: int) -> None:
+        # spawn, not fork: a forked child would inherit database connections and the
+        # event loop's state.
+        self.executor = ProcessPoolExecutor(
+            max_workers=processes,
+            mp_context=get_context("spawn"),
+            initializer=_install_signer,
+            initargs=(signer,),
+        )
+
+    async def prepare(
+        self, jobs: list[Job], date: datetime, sender_name: str
+    ) -> list[tuple[str, bytes] | Exception]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, _prepare_in_worker, jobs, date, sender_name
+        )
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True)
+
+
+# The signer of a SigningPool worker process, installed once by the pool's initializer.
+_worker_signer: list[Signer] = []
+
+
+def _install_signer(signer: Signer) -> None:
+    _worker_signer[:] = [signer]
+
+
+def _prepare_in_worker(
+    jobs: list[Job], date: datetime, sender_name: str
+) -> list[tuple[str, bytes] | Exception]:
+    return prepare_messages(jobs, date, sender_name, _worker_signer[0])
 
 
 class _Recorder:

@@ -91,3 +91,44 @@ def add_company(
     except IntegrityError as exc:
         raise AccountError(f"a company {slug!r} already exists") from exc
     return company
+
+
+def set_bot_mail_forwarding(
+    db: Database,
+    slug: str,
+    on: bool,
+    contact: str | None,
+    served_domains: tuple[str, ...] | list[str],
+) -> str | None:
+    """Turn forwarding of a cabinet's bot mail to its contact address on or off (R6), and
+    set the contact address when one is given; returns the contact address.
+
+    On needs a contact address, and one that is not on a domain we serve: mail forwarded
+    there would come back to us (at best refused, at worst to a bot identity: a loop).
+    """
+    if contact is not None:
+        parts = split_address(contact)
+        if parts is None or not contact.isascii():
+            raise AccountError(f"contact {contact!r} is not an email address")
+        contact = contact.strip().strip("<>")
+    with db.write() as s:
+        cabinet = s.execute(select(Cabinet).where(Cabinet.slug == slug)).scalar_one_or_none()
+        if cabinet is None:
+            raise AccountError(f"no cabinet {slug!r} (see `gateway cabinet list`)")
+        if contact is not None:
+            cabinet.contact_email = contact
+        address = cabinet.contact_email
+        if on:
+            if not address:
+                raise AccountError(
+                    f"cabinet {slug!r} has no contact address to forward its bot mail to; "
+                    f"give one: `gateway cabinet forwarding {slug} on --contact ADDRESS`"
+                )
+            domain = (split_address(address) or ("", ""))[1]
+            if domain in {d.lower() for d in served_domains}:
+                raise AccountError(
+                    f"contact {address!r} is on {domain}, a domain this gateway serves: "
+                    "forwarded mail would come back here; give the cabinet's own address"
+                )
+        cabinet.forward_bot_mail = on
+    return address

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -47,6 +48,8 @@ class Cabinet(Base):
     slug: Mapped[str] = mapped_column(String(63), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     contact_email: Mapped[str | None] = mapped_column(String(254))
+    # R6: forward bot mail to `contact_email` (gateway/outbound/forward.py); off by default.
+    forward_bot_mail: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime]
 
 
@@ -147,6 +150,35 @@ class BotMail(Base):
     mail_from: Mapped[str] = mapped_column(String(512))
     subject: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime]
+
+
+class ForwardStatus(StrEnum):
+    """A bot mail forward's state machine; see gateway/outbound/forward.py."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+
+
+class BotMailForward(Base):
+    """A bot mail on its way to the cabinet's contact address (R6), queued by the filer in
+    the transaction that writes the bot mail; at most one per bot mail."""
+
+    __tablename__ = "bot_mail_forwards"
+    __table_args__ = (Index("ix_bot_mail_forwards_status_due", "status", "due_at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bot_mail_id: Mapped[int] = mapped_column(ForeignKey("bot_mail.id"), unique=True)
+    to_address: Mapped[str] = mapped_column(String(320))  # the contact when it was queued
+    status: Mapped[str] = mapped_column(String(16))
+    due_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
 
 
 # -- outbound: connections, switches and the delivery ledger (R9–R17) -------------------------

@@ -1,0 +1,649 @@
+"""Bot mail forwarded to the cabinet's contact address (R6), wrapped so that it passes DMARC.
+
+Why wrap instead of resending the original as it is: the original's From is the partner's
+domain (`no-reply@myunisoft.fr`). Resent by us, neither SPF nor DKIM would align with that
+domain, and a partner publishing `p=reject` would have it thrown away at the cabinet. So the
+forward is a new message *from us*: From is the gateway's sender identity on our domain
+(`config.gateway_sender`, as for documents), DKIM-signed for that domain like any outbound
+message (R15), and the original rides along untouched as an attachment.
+
+The queue, `bot_mail_forwards`, is a small state machine like the delivery ledger:
+
+    queued ──> sending ──> sent
+                  │ ╲
+                  │  ╲──> failed     (5xx from the contact's server, or given up)
+                  └────> deferred ──> sending (retried after back-off)
+
+The filer queues a forward in the transaction that writes the bot mail (`queue_forwards`),
+when the cabinet has forwarding on and a contact address: one forward per bot mail, and one
+per message and address when a message reached several bot identities of the cabinet. A
+`Forwarder` (run by `gateway sender`, beside the dispatcher) claims due forwards with a
+lease, composes, signs last, sends through the same `Transport` as deliveries and records
+the outcome with a guarded update (`… WHERE id = ? AND status IN (…) AND claimed_by = ?`):
+accepted -> sent; permanent -> failed with the server's words; temporary -> deferred with
+the back-off and lifetime of `[outbound]` (300 s doubling to 4000 s, failed after 5 days).
+A worker killed between the server's 250 and the record sends the forward again once its
+lease expires: at least once, with the same Message-ID, as for deliveries.
+
+Decisions:
+  * Envelope sender: `postmaster@<first served domain>`. Not a VERP `bounce+…` address:
+    those stand for delivery ids and a bounce to one is applied to the deliveries ledger,
+    so it would mark an unrelated delivery bounced. Not the null sender `<>` either: that
+    is for delivery reports (RFC 5321 4.5.5), and a forward that cannot be delivered should
+    bounce somewhere a person sees. Postmaster mail is accepted by our server and kept in
+    the bot mailbox with no cabinet, so a bounce is visible to the admin and is never
+    forwarded itself (no loop). With the default sender (documents@<first domain>) the
+    envelope domain also aligns for SPF.
+  * Loop guard: the forward's Message-ID is `<bmf<id>.<sha256[:16]>@<domain>>`; a message
+    that comes back to a bot identity with such a Message-ID (the contact auto-forwards to
+    the bot) is kept in the bot mailbox but not forwarded again. `cabinet forwarding … on`
+    also refuses a contact address on one of our own domains.
+  * The original is attached as `message/rfc822` with `7bit` when it is 7-bit clean: ASCII,
+    no NUL, CRLF line endings only, lines of at most 998 octets (RFC 5322 2.1.1). RFC 2046
+    5.2.1 forbids base64 and quoted-printable for message/rfc822, so anything else (8-bit
+    text, long lines, bare CR or LF) goes as `application/octet-stream` `original.eml` in
+    base64: the forward stays 7-bit, CRLF and short-lined, so no relay re-encodes it and
+    breaks the DKIM body hash. (RFC 6532 message/global may be base64, but few clients
+    open it.) The attached bytes are the raw message as spooled, our Received line included.
+  * Deterministic: Date is when the forward was queued and the boundary derives from the
+    forward id, so a retry sends the same bytes (only the DKIM `t=` differs).
+  * Switching forwarding off also stops forwards still waiting: they end `failed` with a
+    reason saying so. Switching it on is not retroactive: mail already in the bot mailbox
+    is not forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import re
+import string
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from gateway.clock import Clock, as_utc
+from gateway.config import OutboundConfig
+from gateway.inbound.spool import read_spooled
+from gateway.outbound.compose import header_display_name, plain_address
+from gateway.outbound.dispatch import Signer
+from gateway.outbound.ledger import TransitionError
+from gateway.outbound.transport import Outcome, Transport
+from gateway.routing.addresses import split_address
+from gateway.storage.db import Database
+from gateway.storage.models import BotMail, BotMailForward, Cabinet, ForwardStatus, InboundMessage
+
+log = structlog.get_logger("gateway.forward")
+
+LEASE = timedelta(minutes=5)
+QUEUED, SENDING, SENT = ForwardStatus.QUEUED, ForwardStatus.SENDING, ForwardStatus.SENT
+DEFERRED, FAILED = ForwardStatus.DEFERRED, ForwardStatus.FAILED
+
+ALLOWED: dict[ForwardStatus, frozenset[ForwardStatus]] = {
+    QUEUED: frozenset({SENDING}),
+    SENDING: frozenset({SENT, DEFERRED, FAILED}),
+    DEFERRED: frozenset({SENDING, FAILED}),
+    SENT: frozenset(),
+    FAILED: frozenset(),
+}
+
+ORIGINAL_NAME = "original.eml"
+MAX_LINE = 78  # RFC 5322 2.1.1 "SHOULD"; the hard limit is 998
+_SUBJECT_MAX = 200  # characters of the original subject kept in ours
+_EW_BYTES = 36  # UTF-8 bytes per encoded word: "=?utf-8?b?" + 48 + "?=" fits any line
+_BREAKS = frozenset("\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+_ATEXT = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-/=?^_`{|}~")  # RFC 5322
+# What keeps the original from travelling as 7bit message/rfc822: an 8-bit byte or NUL, a CR
+# not before LF, an LF not after CR, or a line of more than 998 octets.
+_NOT_7BIT = re.compile(rb"[\x00\x80-\xff]|\r(?!\n)|(?<!\r)\n|[^\r\n]{999}")
+_FORWARD_ID_RE = re.compile(r"bmf\d+\.[0-9a-f]{16}@", re.IGNORECASE)
+_TEXT_PART_HEAD = (
+    b'Content-Type: text/plain; charset="utf-8"\r\n'
+    b"Content-Transfer-Encoding: quoted-printable\r\n"
+    b"\r\n"
+)
+
+
+# -- queueing (called by the filer) -----------------------------------------------------------
+
+
+def queue_forwards(
+    s: Session, mails: Sequence[BotMail], now: datetime, message_id: str | None = None
+) -> list[BotMailForward]:
+    """Queue, in the caller's transaction, the forwards these bot mails (of one inbound
+    message, just added to `s`) call for: one per bot mail of a cabinet with forwarding on
+    and a contact address, and one per contact address for the whole message (a message
+    to two bot identities of one cabinet reaches the contact once). `message_id` is the
+    inbound Message-ID: one of our own forwards coming back is not forwarded again."""
+    if message_id and _FORWARD_ID_RE.match(message_id):
+        return []
+    cabinet_ids = {m.cabinet_id for m in mails if m.cabinet_id is not None}
+    if not cabinet_ids:
+        return []
+    contacts: dict[int, str] = {
+        cabinet_id: contact
+        for cabinet_id, contact in s.execute(
+            select(Cabinet.id, Cabinet.contact_email).where(
+                Cabinet.id.in_(cabinet_ids),
+                Cabinet.forward_bot_mail.is_(True),
+                Cabinet.contact_email.is_not(None),
+            )
+        )
+    }
+    if not contacts:
+        return []
+    s.flush()  # the bot mails' ids
+    queued: list[BotMailForward] = []
+    seen: set[str] = set()
+    for mail in mails:
+        to = contacts.get(mail.cabinet_id) if mail.cabinet_id is not None else None
+        if to is None or to.lower() in seen:
+            continue
+        seen.add(to.lower())
+        forward = BotMailForward(
+            bot_mail_id=mail.id,
+            to_address=to,
+            status=QUEUED,
+            due_at=now,
+            attempts=0,
+            created_at=now,
+        )
+        s.add(forward)
+        queued.append(forward)
+    return queued
+
+
+# -- the wrapper message ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ForwardedMail:
+    """What the wrapper says about the original, and the original's raw bytes."""
+
+    forward_id: int
+    bot_address: str  # the bot identity that received it
+    partner_name: str | None  # the partner's display name ("MyUnisoft")
+    envelope_from: str  # MAIL FROM of the original ("" for a null sender)
+    subject: str | None  # as the filer decoded it
+    received_at: datetime
+    raw: bytes
+    sha256: str  # of `raw`, as stored with the inbound message
+
+
+def forward_message_id(forward_id: int, sha256: str, domain: str) -> str:
+    """`<bmf<id>.<sha256[:16]>@<domain>>`: stable per forward (a retry is the same mail),
+    and recognisable when it comes back (the loop guard in `queue_forwards`)."""
+    digest = sha256.lower()[:16]
+    if forward_id < 0 or not re.fullmatch(r"[0-9a-f]{16}", digest):
+        raise ValueError("a forward Message-ID needs a forward id and a sha256 hex digest")
+    return f"<bmf{forward_id}.{digest}@{domain.lower()}>"
+
+
+def compose_forward(
+    mail: ForwardedMail,
+    sender: str,
+    recipient: str,
+    date: datetime,
+    *,
+    sender_name: str | None = None,
+    zone: tzinfo = UTC,
+) -> bytes:
+    """The final, unsigned bytes of the forward of `mail` (CRLF, 7-bit, lines <= 998).
+
+    `sender` (our identity, From) and `recipient` (the cabinet contact, To) must be plain
+    addresses; ValueError otherwise. Everything taken from the original (subject, senders)
+    is cleaned of line breaks and control characters and RFC 2047-encoded when not plain
+    ASCII, so nothing in it can add a header. `zone` is how the reception time is shown.
+    """
+    from_address = plain_address(sender, "sender")
+    to_address = plain_address(recipient, "recipient")
+    domain = from_address.rpartition("@")[2]
+    message_id = forward_message_id(mail.forward_id, mail.sha256, domain)
+    if date.tzinfo is None:
+        date = date.replace(tzinfo=UTC)
+    partner = _clean(mail.partner_name or "", 100)
+    subject = _clean(mail.subject or "", _SUBJECT_MAX) or "(sans objet)"
+    tag = f"[Bot {partner}]" if partner else "[Bot]"
+
+    text = _text(mail, partner, subject, zone).replace("\n", "\r\n").encode("utf-8")
+    text_part = _TEXT_PART_HEAD + binascii.b2a_qp(text, quotetabs=False, istext=True)
+    if _NOT_7BIT.search(mail.raw) is None:
+        original_part = (
+            b"Content-Type: message/rfc822\r\n"
+            b"Content-Transfer-Encoding: 7bit\r\n"
+            b'Content-Disposition: attachment; filename="' + ORIGINAL_NAME.encode() + b'"\r\n'
+            b"\r\n" + mail.raw
+        )
+    else:  # RFC 2046 5.2.1: message/rfc822 may not be base64; an opaque file may
+        original_part = (
+            b'Content-Type: application/octet-stream; name="' + ORIGINAL_NAME.encode() + b'"\r\n'
+            b"Content-Transfer-Encoding: base64\r\n"
+            b'Content-Disposition: attachment; filename="' + ORIGINAL_NAME.encode() + b'"\r\n'
+            b"\r\n" + _base64_lines(mail.raw)
+        )
+    boundary = _boundary(f"bmf{mail.forward_id}", (text_part, original_part))
+    display = header_display_name(sender_name) if sender_name else None
+    head = (
+        _header("From", [*_phrase(display), f"<{from_address}>"] if display else [from_address])
+        + _header("To", [to_address])
+        + _header("Subject", _unstructured(f"{tag} {subject}"))
+        + _header("Date", [format_datetime(date)])
+        + _header("Message-ID", [message_id])
+        # RFC 3834: tells autoresponders (out-of-office…) to stay quiet.
+        + _header("Auto-Submitted", ["auto-forwarded"])
+        + "MIME-Version: 1.0\r\n"
+        + _header("Content-Type", ["multipart/mixed;", f'boundary="{boundary}"'])
+        + "\r\n"
+    ).encode("ascii")
+    delimiter = b"--" + boundary.encode("ascii")
+    return b"".join(
+        (
+            head,
+            delimiter + b"\r\n",
+            text_part,
+            b"\r\n" + delimiter + b"\r\n",
+            original_part,
+            b"\r\n" + delimiter + b"--\r\n",
+        )
+    )
+
+
+def _text(mail: ForwardedMail, partner: str, subject: str, zone: tzinfo) -> str:
+    bot = _clean(mail.bot_address, 320)
+    sender = _clean(_header_from(mail.raw) or "", 320)
+    envelope = _clean(mail.envelope_from, 320) or "<> (adresse vide / null sender)"
+    local = as_utc(mail.received_at).astimezone(zone)
+    shown_partner = f" ({partner})" if partner else ""
+    return (
+        "Bonjour,\n"
+        "\n"
+        f"L'identité robot {bot}{shown_partner} a reçu le message joint. Il n'a pas été "
+        "classé dans la GED : ce sont souvent des invitations ou des activations qu'une "
+        "personne du cabinet doit traiter.\n"
+        "\n"
+        f"Reçu par : {bot}\n"
+        f"De : {sender or envelope}\n"
+        f"Expéditeur (enveloppe) : {envelope}\n"
+        f"Objet : {subject}\n"
+        f"Reçu le : {local:%d/%m/%Y %H:%M} ({zone})\n"
+        "\n"
+        f"Le message d'origine est joint tel qu'il a été reçu ({ORIGINAL_NAME}).\n"
+        "\n"
+        "--\n"
+        f"The bot identity {bot}{shown_partner} received the attached message from "
+        f"{sender or envelope} on {as_utc(mail.received_at):%Y-%m-%d %H:%M} UTC. "
+        "The original is attached as it was received.\n"
+        "\n"
+        "Message transféré automatiquement par la plateforme documentaire.\n"
+        "(Forwarded automatically by the document platform.)\n"
+    )
+
+
+def _header_from(raw: bytes) -> str | None:
+    """The original's From header as a person reads it, or None if it cannot be read."""
+    try:
+        value = BytesHeaderParser(policy=default_policy).parsebytes(raw).get("from")
+        return None if value is None else str(value)
+    except Exception:  # a malformed header must not stop the forward
+        return None
+
+
+def _clean(value: str, limit: int) -> str:
+    """Text from outside (subject, addresses) made safe to show: line breaks, control and
+    format characters and lone surrogates become spaces, runs of spaces collapse, and it is
+    cut to `limit` characters."""
+    text = "".join(
+        " " if c in _BREAKS or unicodedata.category(c) in ("Cc", "Cf", "Cs") else c
+        for c in unicodedata.normalize("NFC", value)
+    )
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _printable(word: str) -> bool:
+    # "=?" would be read as the start of an encoded word (RFC 2047), so it is encoded.
+    return bool(word) and all("!" <= c <= "~" for c in word) and "=?" not in word
+
+
+def _encoded_words(text: str) -> list[str]:
+    """`text` as RFC 2047 B-encoded words of whole characters, each short enough to sit on
+    a folded line of its own (decoders join adjacent encoded words without the space)."""
+    words: list[str] = []
+    chunk = b""
+    for char in text:
+        data = char.encode("utf-8")
+        if chunk and len(chunk) + len(data) > _EW_BYTES:
+            words.append(_b_word(chunk))
+            chunk = b""
+        chunk += data
+    if chunk:
+        words.append(_b_word(chunk))
+    return words
+
+
+def _b_word(data: bytes) -> str:
+    return f"=?utf-8?b?{binascii.b2a_base64(data, newline=False).decode('ascii')}?="
+
+
+def _unstructured(text: str) -> list[str]:
+    """Words of an unstructured header (Subject): printable ASCII words as they are, each
+    run of other words (non-ASCII, "=?", very long) as encoded words holding the run's
+    inner spaces, since decoders drop the space between two encoded words. `text` has
+    single spaces only (see `_clean`)."""
+    tokens: list[str] = []
+    run: list[str] = []
+    for word in text.split(" "):
+        if _printable(word) and len(word) <= MAX_LINE - 12:
+            if run:
+                tokens += _encoded_words(" ".join(run))
+                run = []
+            tokens.append(word)
+        else:
+            run.append(word)
+    if run:
+        tokens += _encoded_words(" ".join(run))
+    return tokens
+
+
+def _phrase(name: str) -> list[str]:
+    """A display name (already checked by `header_display_name`) as a phrase: atoms, a
+    quoted-string for other printable ASCII, else encoded words."""
+    words = name.split(" ")
+    if all(_ATEXT.issuperset(w) and "=?" not in w for w in words):
+        return words
+    if all(_printable(w) for w in words) and len(name) <= MAX_LINE - 20:
+        return ['"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"']
+    return _encoded_words(name)
+
+
+def _header(name: str, words: Iterable[str]) -> str:
+    """`Name: words` + CRLF, folded at the spaces between words into lines of at most 78
+    characters (a single word longer than that stays whole: still far under 998)."""
+    lines: list[str] = []
+    line = f"{name}:"
+    for word in words:
+        if len(line) + 1 + len(word) > MAX_LINE and line != f"{name}:":
+            lines.append(line)
+            line = ""
+        line += " " + word
+    lines.append(line)
+    return "\r\n".join(lines) + "\r\n"
+
+
+def _base64_lines(content: bytes) -> bytes:
+    """base64 in lines of 76 characters, each ending in CRLF (RFC 2045 6.8)."""
+    encoded = binascii.b2a_base64(content, newline=False)
+    return b"".join(encoded[i : i + 76] + b"\r\n" for i in range(0, len(encoded), 76))
+
+
+def _boundary(seed: str, parts: tuple[bytes, ...]) -> str:
+    """A boundary fixed by `seed`, changed only if it occurs in a part (the original is
+    arbitrary text and could hold anything)."""
+    for attempt in range(1000):
+        boundary = f"=_gw.{seed}.{attempt}"
+        if not any(b"--" + boundary.encode("ascii") in part for part in parts):
+            return boundary
+    raise RuntimeError("no MIME boundary free of collisions")  # pragma: no cover
+
+
+# -- sending ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ForwardJob:
+    """One claimed forward and what composing it needs (the raw bytes are read later, one
+    job at a time, so a batch of large messages is never all in memory)."""
+
+    forward_id: int
+    attempts: int
+    created_at: datetime
+    to_address: str
+    forwarding_on: bool  # the cabinet's switch now: off stops a forward still waiting
+    bot_address: str
+    partner: str | None
+    envelope_from: str
+    subject: str | None
+    received_at: datetime
+    spool_segment: str
+    spool_offset: int
+    size: int
+    sha256: str
+
+
+class Forwarder:
+    """Sends due forwards: claim with a lease, compose, DKIM-sign last, send, record."""
+
+    def __init__(
+        self,
+        db: Database,
+        config: OutboundConfig,
+        gateway_sender: str,
+        envelope_sender: str,
+        transport: Transport,
+        signer: Signer,
+        spool_directory: Path,
+        clock: Clock,
+        worker_name: str,
+        partner_names: dict[str, str],
+        zone: tzinfo = UTC,
+    ) -> None:
+        self.db = db
+        self.config = config
+        self.gateway_sender = gateway_sender
+        self.envelope_sender = envelope_sender
+        self.transport = transport
+        self.signer = signer
+        self.spool_directory = spool_directory
+        self.clock = clock
+        self.worker_name = worker_name
+        self.partner_names = partner_names  # registry name -> display name
+        self.zone = zone
+
+    def claim(self, *, flush: bool = False, limit: int = 50) -> list[int]:
+        """Take forwards to send now (queued or deferred and due, or `sending` with an
+        expired lease: a worker that died mid-send); one guarded UPDATE, safe to race.
+        `flush` ignores the back-off."""
+        now = self.clock.now()
+        waiting = BotMailForward.status.in_([QUEUED.value, DEFERRED.value])
+        if not flush:
+            waiting = and_(waiting, BotMailForward.due_at <= now)
+        stalled = and_(BotMailForward.status == SENDING, BotMailForward.lease_until < now)
+        claimable = or_(waiting, stalled)
+        with self.db.write() as s:
+            ids = list(
+                s.execute(
+                    select(BotMailForward.id)
+                    .where(claimable)
+                    .order_by(BotMailForward.due_at, BotMailForward.id)
+                    .limit(limit)
+                ).scalars()
+            )
+            if not ids:
+                return []
+            claimed = s.execute(
+                update(BotMailForward)
+                .where(BotMailForward.id.in_(ids), claimable)
+                .values(
+                    status=SENDING,
+                    claimed_by=self.worker_name,
+                    lease_until=now + LEASE,
+                    attempts=BotMailForward.attempts + 1,
+                )
+                .returning(BotMailForward.id)
+            ).scalars()
+            return sorted(claimed)
+
+    def jobs(self, forward_ids: list[int]) -> list[ForwardJob]:
+        """The claimed forwards with their bot mail, message and cabinet, in one query."""
+        with self.db.read() as s:
+            rows = s.execute(
+                select(BotMailForward, BotMail, InboundMessage, Cabinet.forward_bot_mail)
+                .join(BotMail, BotMailForward.bot_mail_id == BotMail.id)
+                .join(InboundMessage, BotMail.inbound_message_id == InboundMessage.id)
+                .outerjoin(Cabinet, BotMail.cabinet_id == Cabinet.id)
+                .where(BotMailForward.id.in_(forward_ids))
+                .order_by(BotMailForward.id)
+            ).all()
+        return [
+            ForwardJob(
+                forward_id=f.id,
+                attempts=f.attempts,
+                created_at=as_utc(f.created_at),
+                to_address=f.to_address,
+                forwarding_on=bool(on),
+                bot_address=b.recipient,
+                partner=b.partner,
+                envelope_from=b.mail_from,
+                subject=b.subject,
+                received_at=as_utc(b.received_at),
+                spool_segment=m.spool_segment,
+                spool_offset=m.spool_offset,
+                size=m.size,
+                sha256=m.sha256,
+            )
+            for f, b, m, on in rows
+        ]
+
+    def compose(self, job: ForwardJob) -> tuple[str, bytes]:
+        """(From domain, unsigned bytes) of a job's forward; signing comes after, last."""
+        raw = read_spooled(self.spool_directory, job.spool_segment, job.spool_offset, job.size)
+        mail = ForwardedMail(
+            forward_id=job.forward_id,
+            bot_address=job.bot_address,
+            partner_name=self.partner_names.get(job.partner or "", job.partner),
+            envelope_from=job.envelope_from,
+            subject=job.subject,
+            received_at=job.received_at,
+            raw=raw,
+            sha256=job.sha256,
+        )
+        domain = (split_address(self.gateway_sender) or ("", ""))[1]
+        data = compose_forward(
+            mail,
+            self.gateway_sender,
+            job.to_address,
+            job.created_at,  # the same Date on every attempt
+            sender_name=self.config.sender_name,
+            zone=self.zone,
+        )
+        return domain, data
+
+    def prepare(self, job: ForwardJob) -> bytes:
+        domain, data = self.compose(job)
+        return self.signer.sign(data, domain)  # DKIM: the last step before the wire
+
+    async def run_once(self, *, flush: bool = False) -> int:
+        """Send the forwards due now; returns how many were tried. One at a time: forwards
+        are few (notices to people), so the dispatcher's pipeline is not worth it here."""
+        ids = await asyncio.to_thread(self.claim, flush=flush)
+        if not ids:
+            return 0
+        for job in await asyncio.to_thread(self.jobs, ids):
+            outcome: Outcome | None
+            if not job.forwarding_on:
+                outcome, reply = Outcome.PERMANENT, "not sent: forwarding was turned off"
+            else:
+                try:
+                    signed = await asyncio.to_thread(self.prepare, job)
+                except Exception as exc:  # our own problem (no DKIM key…): retried
+                    log.exception("forward_compose_failed", forward_id=job.forward_id)
+                    outcome, reply = None, f"not sent: {exc}"
+                else:
+                    result = await self.transport.send(self.envelope_sender, job.to_address, signed)
+                    outcome, reply = result.outcome, result.reply
+                    log.info(
+                        "forwarded" if outcome is Outcome.ACCEPTED else "not_forwarded",
+                        forward_id=job.forward_id,
+                        to=job.to_address,
+                        outcome=outcome.value,
+                        reply=reply,
+                    )
+            await asyncio.to_thread(self.record, job, outcome, reply)
+        return len(ids)
+
+    def record(self, job: ForwardJob, outcome: Outcome | None, reply: str) -> None:
+        """The outcome of one send, as a guarded transition from our own `sending`; one
+        refused (the lease was taken over) is logged, not raised."""
+        now = self.clock.now()
+        try:
+            with self.db.write() as s:
+                self._record(s, job, outcome, reply, now)
+        except TransitionError:
+            log.exception("forward_transition_refused", forward_id=job.forward_id)
+
+    def _record(
+        self, s: Session, job: ForwardJob, outcome: Outcome | None, reply: str, now: datetime
+    ) -> None:
+        mine = self.worker_name
+        if outcome is Outcome.ACCEPTED:
+            transition(
+                s, job.forward_id, [SENDING], SENT, claimed_by=mine, reason=reply, sent_at=now
+            )
+            return
+        if outcome is Outcome.PERMANENT:
+            transition(s, job.forward_id, [SENDING], FAILED, claimed_by=mine, reason=reply)
+            return
+        age = now - job.created_at
+        if age.total_seconds() >= self.config.lifetime_seconds:
+            why = f"gave up after {age.days} days; last reply: {reply}"
+            transition(s, job.forward_id, [SENDING], FAILED, claimed_by=mine, reason=why)
+            return
+        delay = min(
+            self.config.retry_min_seconds * 2 ** max(job.attempts - 1, 0),
+            self.config.retry_max_seconds,
+        )
+        transition(
+            s,
+            job.forward_id,
+            [SENDING],
+            DEFERRED,
+            claimed_by=mine,
+            reason=reply,
+            due_at=now + timedelta(seconds=delay),
+        )
+
+
+def transition(
+    s: Session,
+    forward_id: int,
+    sources: Iterable[ForwardStatus],
+    target: ForwardStatus,
+    *,
+    claimed_by: str | None = None,
+    **values: Any,
+) -> None:
+    """Move one forward from one of `sources` to `target` in one guarded UPDATE (and, with
+    `claimed_by`, only if that worker still holds it), or raise `TransitionError` and
+    change nothing. The lease is released with every move."""
+    sources = frozenset(sources)
+    illegal = [src for src in sources if target not in ALLOWED[src]]
+    if illegal:
+        raise TransitionError(f"no forward transition {', '.join(illegal)} -> {target}")
+    guard = [BotMailForward.id == forward_id, BotMailForward.status.in_(sources)]
+    if claimed_by is not None:
+        guard.append(BotMailForward.claimed_by == claimed_by)
+    changed = s.execute(
+        update(BotMailForward).where(*guard).values(status=target, lease_until=None, **values)
+    ).rowcount
+    if changed != 1:
+        current = s.execute(
+            select(BotMailForward.status, BotMailForward.claimed_by).where(
+                BotMailForward.id == forward_id
+            )
+        ).first()
+        state = f"{current[0]} (held by {current[1]})" if current else "missing"
+        raise TransitionError(
+            f"forward {forward_id} is {state}, not {' or '.join(sorted(sources))}"
+            + (f" held by {claimed_by}" if claimed_by else "")
+            + f": cannot move it to {target}"
+        )

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import os
 import signal
 import sys
 import threading
@@ -42,6 +41,7 @@ from gateway.outbound.dkim import (
     generate_key,
 )
 from gateway.outbound.ledger import TransitionError, retry
+from gateway.priority import run_at_idle_priority
 from gateway.routing.partners import RegistryError
 from gateway.storage.accounts import (
     AccountError,
@@ -176,25 +176,11 @@ def worker(config_path: str | None, once: bool) -> None:
             total += n
         click.echo(f"processed {total} message(s)")
         return
-    _yield_cpu_to_intake()
+    run_at_idle_priority()  # acknowledging mail comes before filing it
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     filer.run_forever(stop)
-
-
-def _yield_cpu_to_intake() -> None:
-    """Acknowledging mail comes before filing it: the filer runs on CPU nobody else wants.
-
-    SCHED_IDLE, not just nice 19: a niced task still delays a waking SMTP server by the
-    scheduler's wake-up granularity (milliseconds, on every message); an idle-class task
-    is preempted at once. Filing catches up as soon as intake pauses.
-    """
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):  # not Linux: the next best thing
-        with contextlib.suppress(OSError):
-            os.nice(19)
 
 
 # -- cabinets and companies ------------------------------------------------------------------

@@ -22,14 +22,14 @@ from multiprocessing import get_context
 from typing import Protocol
 
 import structlog
-from sqlalchemy import and_, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, insert, or_, select, update
 
 from gateway.clock import Clock, as_utc
 from gateway.config import OutboundConfig
 from gateway.outbound.compose import OutboundDocument, compose
-from gateway.outbound.ledger import TransitionError, transition
+from gateway.outbound.ledger import Move, transition_many
 from gateway.outbound.transport import Outcome, Transport
+from gateway.priority import run_at_idle_priority
 from gateway.routing.addresses import split_address
 from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database
@@ -45,8 +45,11 @@ from gateway.storage.models import (
 log = structlog.get_logger("gateway.outbound")
 
 LEASE = timedelta(minutes=5)
+CLAIM_LIMIT = 200  # deliveries per claim: a few seconds of sending, well inside the lease
 PIPELINE_DEPTH = 8  # messages composed and signed ahead of the one being sent
 PREPARE_CHUNK = 4  # composed per trip to the worker thread
+RECORD_BATCH = 32  # outcomes written in one transaction ...
+RECORD_DELAY_SECONDS = 0.05  # ... or after this long, whichever comes first
 QUEUED, SENDING, SENT = DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.SENT
 DEFERRED, FAILED = DeliveryStatus.DEFERRED, DeliveryStatus.FAILED
 
@@ -105,7 +108,7 @@ class Dispatcher:
             self.signing_pool.shutdown()
 
     def claim(
-        self, *, flush: bool = False, partner: str | None = None, limit: int = 50
+        self, *, flush: bool = False, partner: str | None = None, limit: int = CLAIM_LIMIT
     ) -> list[int]:
         """Take deliveries to send now; `flush` ignores the schedule (`postqueue -f`)."""
         now = self.clock.now()
@@ -136,15 +139,19 @@ class Dispatcher:
                     .returning(Delivery.id)
                 ).scalars()
             )
-            for delivery_id in claimed:
-                s.add(
-                    DeliveryEvent(
-                        delivery_id=delivery_id,
-                        at=now,
-                        from_status=None,
-                        to_status=SENDING,
-                        detail=f"claimed by {self.worker_name}",
-                    )
+            if claimed:
+                s.execute(
+                    insert(DeliveryEvent),
+                    [
+                        {
+                            "delivery_id": delivery_id,
+                            "at": now,
+                            "from_status": None,
+                            "to_status": SENDING.value,
+                            "detail": f"claimed by {self.worker_name}",
+                        }
+                        for delivery_id in claimed
+                    ],
                 )
             return sorted(claimed)
 
@@ -253,60 +260,51 @@ class Dispatcher:
     def record(self, outcomes: list[tuple[Job, Outcome | None, str]]) -> None:
         """Write the outcomes of several sends in one transaction (one commit, one fsync).
 
-        Each is its own guarded transition from `sending`; one that is refused (the row is
-        no longer ours: a lease taken over) is logged loudly and does not stop the others.
+        Each is a guarded transition from `sending`; one refused (the row is no longer
+        ours: a lease taken over) changes nothing, is logged as an error with the row's
+        state, and does not stop the others.
         """
         now = self.clock.now()
+        moves = [self._move(job, outcome, reply, now) for job, outcome, reply in outcomes]
         with self.db.write() as s:
-            for job, outcome, reply in outcomes:
-                try:
-                    self._transition(s, job, outcome, reply, now)
-                except TransitionError:
-                    log.exception("transition_refused", delivery_id=job.delivery_id)
+            refused = transition_many(s, SENDING, moves, now)
+            if refused:
+                states = dict(
+                    s.execute(
+                        select(Delivery.id, Delivery.status).where(
+                            Delivery.id.in_([m.delivery_id for m in refused])
+                        )
+                    ).all()
+                )
+        for m in refused:
+            log.error(
+                "transition_refused",
+                delivery_id=m.delivery_id,
+                status=states.get(m.delivery_id, "missing"),
+                wanted=m.target.value,
+            )
 
-    def _transition(
-        self, s: Session, job: Job, outcome: Outcome | None, reply: str, now: datetime
-    ) -> None:
+    def _move(self, job: Job, outcome: Outcome | None, reply: str, now: datetime) -> Move:
         if outcome is Outcome.ACCEPTED:
             # R13: sent = validated for that connection; never sent again.
-            transition(
-                s,
-                job.delivery_id,
-                [SENDING],
-                SENT,
-                now,
-                reply,
-                reason=reply,
-                lease_until=None,
-                sent_at=now,
+            return Move(
+                job.delivery_id, SENT, reply, {"reason": reply, "lease_until": None, "sent_at": now}
             )
-            return
         if outcome is Outcome.PERMANENT:
-            transition(
-                s, job.delivery_id, [SENDING], FAILED, now, reply, reason=reply, lease_until=None
-            )
-            return
+            return Move(job.delivery_id, FAILED, reply, {"reason": reply, "lease_until": None})
         age = now - job.created_at
         if age.total_seconds() >= self.config.lifetime_seconds:
             why = f"gave up after {age.days} days; last reply: {reply}"
-            transition(
-                s, job.delivery_id, [SENDING], FAILED, now, why, reason=why, lease_until=None
-            )
-            return
+            return Move(job.delivery_id, FAILED, why, {"reason": why, "lease_until": None})
         delay = min(
             self.config.retry_min_seconds * 2 ** max(job.attempts - 1, 0),
             self.config.retry_max_seconds,
         )
-        transition(
-            s,
+        return Move(
             job.delivery_id,
-            [SENDING],
             DEFERRED,
-            now,
             reply,
-            reason=reply,
-            lease_until=None,
-            due_at=now + timedelta(seconds=delay),
+            {"reason": reply, "lease_until": None, "due_at": now + timedelta(seconds=delay)},
         )
 
 
@@ -364,6 +362,7 @@ _worker_signer: list[Signer] = []
 
 def _install_signer(signer: Signer) -> None:
     _worker_signer[:] = [signer]
+    run_at_idle_priority()
 
 
 def _prepare_in_worker(
@@ -374,20 +373,30 @@ def _prepare_in_worker(
 
 class _Recorder:
     """Writes send outcomes in groups, in one thread, while sending goes on (like the
-    spool's group commit). `close` returns once every outcome added is committed."""
+    spool's group commit): a group is written once RECORD_BATCH outcomes are waiting or
+    RECORD_DELAY has passed, so a partner's 250 is on disk within ~50 ms. A crash inside
+    that window leaves the delivery `sending`: it is sent again once its lease expires
+    (at-least-once, like Postfix between the remote 250 and its queue file update).
+    `close` returns once every outcome added is committed."""
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
         self.pending: list[tuple[Job, Outcome | None, str]] = []
         self.writing: asyncio.Task[None] | None = None
+        self.full = asyncio.Event()
 
     def add(self, job: Job, outcome: Outcome | None, reply: str) -> None:
         self.pending.append((job, outcome, reply))
+        if len(self.pending) >= RECORD_BATCH:
+            self.full.set()
         if self.writing is None or self.writing.done():
             self.writing = asyncio.get_running_loop().create_task(self._write())
 
     async def _write(self) -> None:
         while self.pending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.full.wait(), RECORD_DELAY_SECONDS)
+            self.full.clear()
             batch, self.pending = self.pending, []
             try:
                 await asyncio.to_thread(self.dispatcher.record, batch)
@@ -397,5 +406,6 @@ class _Recorder:
                 log.exception("record_failed", deliveries=[j.delivery_id for j, _, _ in batch])
 
     async def close(self) -> None:
+        self.full.set()  # no more waiting for a fuller group
         while self.writing is not None and not self.writing.done():
             await self.writing

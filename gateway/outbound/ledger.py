@@ -14,11 +14,12 @@ Each transition appends a `delivery_events` row, so a delivery's history can be 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from gateway.storage.models import Delivery, DeliveryEvent, DeliveryStatus
@@ -77,6 +78,54 @@ def transition(
             delivery_id=delivery_id, at=now, from_status=current, to_status=target, detail=detail
         )
     )
+
+
+@dataclass(frozen=True)
+class Move:
+    """One transition of `transition_many`: the delivery, where it goes, the event's text and
+    the other columns to set."""
+
+    delivery_id: int
+    target: DeliveryStatus
+    detail: str | None
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def transition_many(
+    session: Session, source: DeliveryStatus, moves: Sequence[Move], now: datetime
+) -> list[Move]:
+    """`transition` for many deliveries leaving the same state, as the sender records a
+    batch: one guarded UPDATE per row (no read first) and one INSERT for all the events.
+
+    Returns the moves refused because their row was not in `source` (they change nothing);
+    the caller must report them. An illegal target raises `TransitionError` before anything.
+    """
+    illegal = sorted({m.target for m in moves if m.target not in ALLOWED[source]})
+    if illegal:
+        raise TransitionError(f"no transition {source} -> {', '.join(illegal)}")
+    refused: list[Move] = []
+    events: list[dict[str, Any]] = []
+    for m in moves:
+        changed = session.execute(
+            update(Delivery)
+            .where(Delivery.id == m.delivery_id, Delivery.status == source)
+            .values(status=m.target, **m.values)
+        ).rowcount
+        if changed != 1:
+            refused.append(m)
+            continue
+        events.append(
+            {
+                "delivery_id": m.delivery_id,
+                "at": now,
+                "from_status": source.value,
+                "to_status": m.target.value,
+                "detail": m.detail,
+            }
+        )
+    if events:
+        session.execute(insert(DeliveryEvent), events)
+    return refused
 
 
 def retry(session: Session, delivery_id: int, now: datetime) -> None:

@@ -691,13 +691,12 @@ def deliveries_flush(config_path: str | None, partner: str | None) -> None:
 
     async def flush() -> int:
         dispatcher = gw.dispatcher()
-        total = 0
         try:
-            while (n := await dispatcher.run_once(flush=True, partner=partner)) > 0:
-                total += n
+            # One pass: each waiting delivery is tried once (a partner answering 4xx is
+            # not hammered until it gives in).
+            return await dispatcher.run_once(flush=True, partner=partner)
         finally:
             await dispatcher.close()
-        return total
 
     click.echo(f"tried {asyncio.run(flush())} delivery(ies); see `gateway deliveries list`")
 

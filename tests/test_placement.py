@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import io
 import zipfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
-from gateway.outbound.ledger import TransitionError, history, retry, transition
+from gateway.clock import as_utc
+from gateway.outbound.ledger import (
+    Move,
+    TransitionError,
+    history,
+    retry,
+    transition,
+    transition_many,
+)
 from gateway.storage.accounts import AccountError
 from gateway.storage.connections import add_connection, add_document, move_document, set_switch
 from gateway.storage.models import Delivery, DeliveryStatus, Document
@@ -179,6 +187,51 @@ def test_transitions_are_guarded_and_recorded(meg, clock, tmp_path):
         ("sending", "failed"),
         ("failed", "queued"),
     ]
+
+
+def test_transition_many_is_guarded_per_row_and_keeps_each_rows_values(meg, clock, tmp_path):
+    """The sender's batch recording: one UPDATE per kind of move, yet each row gets its own
+    reply and due time, and a row not in `sending` is refused without touching the rest."""
+    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    clock.advance(minutes=1)
+    for n in range(5):
+        upload(meg, clock, tmp_path, f"m{n}.pdf", pdf(f"many {n}"))
+    ids = [d.id for d in deliveries(meg)]
+    Q, SENDING = DeliveryStatus.QUEUED, DeliveryStatus.SENDING
+    SENT, DEFERRED = DeliveryStatus.SENT, DeliveryStatus.DEFERRED
+    now = clock.now()
+    with meg.db.write() as s:
+        for i in ids[:4]:  # the fifth stays queued: its move must be refused
+            transition(s, i, [Q], SENDING, now)
+    later = [now + timedelta(seconds=300), now + timedelta(seconds=600)]
+    moves = [
+        Move(ids[0], SENT, "250 queued as A", {"reason": "250 queued as A", "sent_at": now}),
+        Move(ids[1], SENT, "250 queued as B", {"reason": "250 queued as B", "sent_at": now}),
+        Move(ids[2], DEFERRED, "451 busy", {"reason": "451 busy", "due_at": later[0]}),
+        Move(ids[3], DEFERRED, "452 full", {"reason": "452 full", "due_at": later[1]}),
+        Move(ids[4], SENT, "250 stray", {"reason": "250 stray", "sent_at": now}),
+    ]
+    with meg.db.write() as s:
+        refused = transition_many(s, SENDING, moves, now)
+    assert [m.delivery_id for m in refused] == [ids[4]]
+    rows = {d.id: d for d in deliveries(meg)}
+    assert [(rows[i].status, rows[i].reason) for i in ids] == [
+        ("sent", "250 queued as A"),
+        ("sent", "250 queued as B"),
+        ("deferred", "451 busy"),
+        ("deferred", "452 full"),
+        ("queued", None),
+    ]
+    assert [as_utc(rows[i].due_at) for i in ids[2:4]] == later
+    with meg.db.read() as s:
+        assert [e.to_status for e in history(s, ids[4])] == ["queued"]  # no event either
+        assert [(e.from_status, e.to_status, e.detail) for e in history(s, ids[3])][-1] == (
+            "sending",
+            "deferred",
+            "452 full",
+        )
+    with pytest.raises(TransitionError, match="no transition"), meg.db.write() as s:
+        transition_many(s, SENT, [Move(ids[0], DeliveryStatus.SKIPPED, None)], now)
 
 
 def test_documents_add_refuses_a_file_the_company_already_has(meg, clock, tmp_path):

@@ -46,9 +46,9 @@ log = structlog.get_logger("gateway.outbound")
 
 LEASE = timedelta(minutes=5)
 CLAIM_LIMIT = 200  # deliveries per claim: a few seconds of sending, well inside the lease
-PIPELINE_DEPTH = 8  # messages composed and signed ahead of the one being sent
-PREPARE_CHUNK = 4  # composed per trip to the worker thread
-RECORD_BATCH = 32  # outcomes written in one transaction ...
+PIPELINE_DEPTH = 16  # messages composed and signed ahead of the one being sent
+PREPARE_CHUNK = 8  # composed per trip to the worker thread
+RECORD_BATCH = 64  # outcomes written in one transaction ...
 RECORD_DELAY_SECONDS = 0.05  # ... or after this long, whichever comes first
 QUEUED, SENDING, SENT = DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.SENT
 DEFERRED, FAILED = DeliveryStatus.DEFERRED, DeliveryStatus.FAILED
@@ -60,6 +60,9 @@ class Signer(Protocol):
 
 class BounceAddressing(Protocol):
     def for_delivery(self, delivery_id: int) -> str: ...
+
+
+_Prepared = tuple["Job", tuple[str, bytes] | Exception]  # a job and its signed bytes
 
 
 @dataclass(frozen=True)
@@ -108,17 +111,26 @@ class Dispatcher:
             self.signing_pool.shutdown()
 
     def claim(
-        self, *, flush: bool = False, partner: str | None = None, limit: int = CLAIM_LIMIT
+        self,
+        *,
+        flush: bool = False,
+        partner: str | None = None,
+        limit: int = CLAIM_LIMIT,
+        after: int = 0,
     ) -> list[int]:
-        """Take deliveries to send now; `flush` ignores the schedule (`postqueue -f`)."""
+        """Take deliveries to send now; `flush` ignores the schedule (`postqueue -f`) and
+        takes ids above `after` only, so one flush tries each delivery once."""
         now = self.clock.now()
         waiting = Delivery.status.in_([QUEUED.value, DEFERRED.value])
         if not flush:
             waiting = and_(waiting, Delivery.due_at <= now)
+        else:
+            waiting = and_(waiting, Delivery.id > after)
         stalled = and_(Delivery.status == SENDING, Delivery.lease_until < now)
         claimable = or_(waiting, stalled)
         with self.db.write() as s:
-            query = select(Delivery.id).where(claimable).order_by(Delivery.due_at).limit(limit)
+            order = Delivery.id if flush else Delivery.due_at
+            query = select(Delivery.id).where(claimable).order_by(order).limit(limit)
             if partner:
                 query = query.join(Connection, Delivery.connection_id == Connection.id).where(
                     Connection.partner == partner.lower()
@@ -156,31 +168,29 @@ class Dispatcher:
             return sorted(claimed)
 
     async def run_once(self, *, flush: bool = False, partner: str | None = None) -> int:
-        """Send what is due (everything waiting, with `flush`); returns how many were tried.
+        """Send everything due now; with `flush`, everything waiting, each tried once (a
+        delivery deferred during this run waits for its next turn, as with `postqueue -f`).
+        Returns how many deliveries were tried.
 
-        A pipeline, so the connection is never idle for our own work: the claimed batch is
-        read in one query; the next messages are composed and signed in a thread while the
-        current one is on the wire; outcomes are written by a recorder that commits them in
-        groups (one transaction for what finished meanwhile), also off the event loop.
+        One pipeline, so the connection is never idle for our own work: a producer claims
+        batches (one guarded UPDATE, one query to read them) and composes and signs their
+        messages (in the signing processes) ahead of the one on the wire; a recorder writes
+        the outcomes in groups. Claimed rows not sent because we were stopped come back
+        when their lease ends.
         """
-        ids = await asyncio.to_thread(self.claim, flush=flush, partner=partner)
-        if not ids:
-            return 0
-        jobs = await asyncio.to_thread(self.jobs, ids)
-        ready: asyncio.Queue[tuple[Job, tuple[str, bytes] | Exception]] = asyncio.Queue(
-            maxsize=PIPELINE_DEPTH
-        )
-        producer = asyncio.create_task(self._prepare_all(jobs, ready))
+        ready: asyncio.Queue[_Prepared | None] = asyncio.Queue(maxsize=PIPELINE_DEPTH)
+        producer = asyncio.create_task(self._produce(flush, partner, ready))
         recorder = _Recorder(self)
+        tried = 0
         try:
-            for _ in jobs:
-                job, prepared = await ready.get()
+            while (item := await ready.get()) is not None:
+                job, prepared = item
+                tried += 1
                 if isinstance(prepared, Exception):  # our own problem (no DKIM key…)
                     recorder.add(job, None, f"not sent: {prepared}")
                     continue
-                signed = prepared[1]
                 result = await self.transport.send(
-                    self.bounces.for_delivery(job.delivery_id), job.recipient, signed
+                    self.bounces.for_delivery(job.delivery_id), job.recipient, prepared[1]
                 )
                 log.info(
                     "sent" if result.outcome is Outcome.ACCEPTED else "not_sent",
@@ -191,27 +201,49 @@ class Dispatcher:
                     reply=result.reply,
                 )
                 recorder.add(job, result.outcome, result.reply)
+            await producer  # raises what went wrong in claiming, if anything
         finally:
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await producer
             await recorder.close()
-        return len(ids)
+        return tried
 
-    async def _prepare_all(
-        self, jobs: list[Job], ready: asyncio.Queue[tuple[Job, tuple[str, bytes] | Exception]]
+    async def _produce(
+        self, flush: bool, partner: str | None, ready: asyncio.Queue[_Prepared | None]
     ) -> None:
-        for start in range(0, len(jobs), PREPARE_CHUNK):
-            chunk = jobs[start : start + PREPARE_CHUNK]
-            now, name = self.clock.now(), self.config.sender_name
-            if self.signing_pool is None:
-                prepared = await asyncio.to_thread(prepare_messages, chunk, now, name, self.signer)
-            else:
-                prepared = await self.signing_pool.prepare(chunk, now, name)
-            for job, item in zip(chunk, prepared, strict=True):
-                if isinstance(item, Exception):
-                    log.error("compose_failed", delivery_id=job.delivery_id, error=str(item))
-                await ready.put((job, item))
+        """Fill `ready`, then put None: the end (also after an error, which the consumer
+        then raises by awaiting this task; a cancelled producer has no consumer left)."""
+        try:
+            after = 0
+            while jobs := await asyncio.to_thread(self._next_batch, flush, partner, after):
+                after = max(job.delivery_id for job in jobs)
+                for start in range(0, len(jobs), PREPARE_CHUNK):
+                    chunk = jobs[start : start + PREPARE_CHUNK]
+                    for job, prepared in zip(chunk, await self._prepare(chunk), strict=True):
+                        if isinstance(prepared, Exception):
+                            log.error(
+                                "compose_failed", delivery_id=job.delivery_id, error=str(prepared)
+                            )
+                        await ready.put((job, prepared))
+                if len(jobs) < CLAIM_LIMIT:
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            await ready.put(None)
+            raise
+        await ready.put(None)
+
+    def _next_batch(self, flush: bool, partner: str | None, after: int) -> list[Job]:
+        ids = self.claim(flush=flush, partner=partner, after=after)
+        return self.jobs(ids) if ids else []
+
+    async def _prepare(self, jobs: list[Job]) -> list[tuple[str, bytes] | Exception]:
+        now, name = self.clock.now(), self.config.sender_name
+        if self.signing_pool is None:
+            return await asyncio.to_thread(prepare_messages, jobs, now, name, self.signer)
+        return await self.signing_pool.prepare(jobs, now, name)
 
     def job(self, delivery_id: int) -> Job:
         """What one delivery needs to be sent, read from its rows and the blob store."""

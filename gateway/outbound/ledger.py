@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import case, insert, select, update
 from sqlalchemy.orm import Session
 
 from gateway.storage.models import Delivery, DeliveryEvent, DeliveryStatus
@@ -95,7 +95,8 @@ def transition_many(
     session: Session, source: DeliveryStatus, moves: Sequence[Move], now: datetime
 ) -> list[Move]:
     """`transition` for many deliveries leaving the same state, as the sender records a
-    batch: one guarded UPDATE per row (no read first) and one INSERT for all the events.
+    batch: one guarded UPDATE per kind of move (no read first) and one INSERT for all the
+    events.
 
     Returns the moves refused because their row was not in `source` (they change nothing);
     the caller must report them. An illegal target raises `TransitionError` before anything.
@@ -103,29 +104,43 @@ def transition_many(
     illegal = sorted({m.target for m in moves if m.target not in ALLOWED[source]})
     if illegal:
         raise TransitionError(f"no transition {source} -> {', '.join(illegal)}")
-    refused: list[Move] = []
-    events: list[dict[str, Any]] = []
+    # One guarded UPDATE per group of moves to the same state setting the same columns;
+    # a value that differs between rows (the partner's reply) is set through CASE on id.
+    groups: dict[tuple[DeliveryStatus, tuple[str, ...]], list[Move]] = {}
     for m in moves:
-        changed = session.execute(
-            update(Delivery)
-            .where(Delivery.id == m.delivery_id, Delivery.status == source)
-            .values(status=m.target, **m.values)
-        ).rowcount
-        if changed != 1:
-            refused.append(m)
-            continue
-        events.append(
-            {
-                "delivery_id": m.delivery_id,
-                "at": now,
-                "from_status": source.value,
-                "to_status": m.target.value,
-                "detail": m.detail,
-            }
+        groups.setdefault((m.target, tuple(sorted(m.values))), []).append(m)
+    moved: set[int] = set()
+    for (target, columns), group in groups.items():
+        values: dict[str, Any] = {"status": target}
+        for column in columns:
+            distinct = {repr(m.values[column]) for m in group}
+            values[column] = (
+                group[0].values[column]
+                if len(distinct) == 1
+                else case({m.delivery_id: m.values[column] for m in group}, value=Delivery.id)
+            )
+        moved.update(
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id.in_([m.delivery_id for m in group]), Delivery.status == source)
+                .values(**values)
+                .returning(Delivery.id)
+            ).scalars()
         )
+    events = [
+        {
+            "delivery_id": m.delivery_id,
+            "at": now,
+            "from_status": source.value,
+            "to_status": m.target.value,
+            "detail": m.detail,
+        }
+        for m in moves
+        if m.delivery_id in moved
+    ]
     if events:
         session.execute(insert(DeliveryEvent), events)
-    return refused
+    return [m for m in moves if m.delivery_id not in moved]
 
 
 def retry(session: Session, delivery_id: int, now: datetime) -> None:

@@ -101,15 +101,18 @@ class LeaseLost(Exception):
 
 def connect(source: ImapSourceConfig) -> IMAPClient:
     """Open, secure and log in, as the source's configuration says."""
-    context = ssl.create_default_context()
     if source.tls == "implicit":
         client = IMAPClient(
-            source.host, source.port, ssl=True, ssl_context=context, timeout=source.timeout_seconds
+            source.host,
+            source.port,
+            ssl=True,
+            ssl_context=ssl.create_default_context(),
+            timeout=source.timeout_seconds,
         )
     else:
         client = IMAPClient(source.host, source.port, ssl=False, timeout=source.timeout_seconds)
         if source.tls == "starttls":
-            client.starttls(context)
+            client.starttls(ssl.create_default_context())
     client.normalise_times = False  # INTERNALDATE as an aware datetime
     try:
         client.login(source.user, source.password())
@@ -179,14 +182,20 @@ def fingerprint(message_id: str | None, recipients: Sequence[str], raw: bytes) -
     X-Keywords:); the recipients are part of it because a hosted mailbox keeps one copy,
     with the same Message-ID, per address the message reached.
     """
-    end = min((i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0), default=-1)
-    body = raw[end:].lstrip(b"\r\n") if end >= 0 else b""
+    end = _header_end(raw)
+    body = raw[end:].lstrip(b"\r\n")
     parts = [
         (message_id or "").strip(),
         ",".join(sorted(r.lower() for r in recipients)),
         hashlib.sha256(body).hexdigest(),
     ]
     return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _header_end(raw: bytes) -> int:
+    """Where the header block ends (the blank line), or the end of a header-only message."""
+    found = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    return min(found) if found else len(raw)
 
 
 # -- the poller --------------------------------------------------------------------------------
@@ -371,7 +380,8 @@ class MailboxPoller:
         return sorted(taken, key=lambda t: t.uid)
 
     def _route(self, uid: int, raw: bytes, data: dict[bytes, Any], refusal: str | None) -> _Taken:
-        headers = BytesHeaderParser(policy=compat32).parsebytes(raw)
+        # The header block only: the parser would otherwise walk the whole body line by line.
+        headers = BytesHeaderParser(policy=compat32).parsebytes(raw[: _header_end(raw)])
         if self.source.routes_by_recipient:
             grammar = self.recipients.grammar
             candidates = candidate_recipients(
@@ -438,6 +448,7 @@ class MailboxPoller:
                         peer=f"{self.source.host}:{self.source.port}",
                         source_mailbox=self.mailbox,
                         rejected_reason=t.refusal,
+                        sha256=t.sha256,
                     ),
                 )
             )
@@ -454,8 +465,8 @@ class MailboxPoller:
             for t in repeats:
                 outcomes[t.uid] = "duplicate"
                 rows.append(self._row(t, "duplicate", known.get(t.fingerprint), now))
-            if rows:
-                s.execute(upsert_insert(s)(ImapMessage).values(rows).on_conflict_do_nothing())
+            if rows:  # rows as parameters: one statement compiled once, executed for many
+                s.execute(upsert_insert(s)(ImapMessage).on_conflict_do_nothing(), rows)
             rejected_ids = [i for (t, _), i in zip(arrivals, ids, strict=True) if t.refusal]
             if rejected_ids:
                 s.execute(

@@ -57,6 +57,7 @@ class Arrival:
     # A message taken only to be recorded (IMAP mail no address of ours was found in) is
     # stored already rejected, with the reason the firm will read.
     rejected_reason: str | None = None
+    sha256: str | None = None  # of `content`, when the caller has it already
 
 
 # Called inside the batch's transaction with the new row ids, so that what the caller
@@ -98,7 +99,7 @@ class SpoolWriter:
                     "mail_from": a.mail_from,
                     "rcpt_tos": list(a.rcpt_tos),
                     "size": len(a.content),
-                    "sha256": hashlib.sha256(a.content).hexdigest(),
+                    "sha256": a.sha256 or hashlib.sha256(a.content).hexdigest(),
                     "spool_segment": segment,
                     "spool_offset": offset,
                     "status": (

@@ -117,6 +117,10 @@ class CaptureServer:
 
         self.accepted: list[tuple[str, list[str], bytes]] = []
         self.replies = list(replies or [])
+        # hold_first: the first DATA gets no answer (a slow partner) until the client goes
+        # away; `holding` is set while it waits, so a test can kill the sender mid-send.
+        self.hold_first = False
+        self.holding = threading.Event()
         self.sessions = 0  # EHLOs seen: one per connection (no STARTTLS here)
         capture = self
 
@@ -134,6 +138,10 @@ class CaptureServer:
                 return responses
 
             async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+                if capture.hold_first and not capture.holding.is_set():
+                    capture.holding.set()
+                    await asyncio.sleep(60)  # cancelled when the connection is lost
+                    return "451 4.3.0 held"
                 reply = capture.replies.pop(0) if capture.replies else "250 2.0.0 OK captured"
                 if reply.startswith("250"):
                     capture.accepted.append(

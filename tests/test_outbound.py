@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import email
+import os
+import signal
+import subprocess
+import sys
+from datetime import timedelta
 from email import policy
 
 import dkim
@@ -15,6 +20,7 @@ import pytest
 from sqlalchemy import select
 
 from gateway.app import Gateway
+from gateway.clock import as_utc
 from gateway.outbound.dkim import KeyStore, dns_record_name, dns_txt_value, generate_key
 from gateway.storage.connections import add_connection, add_document, set_switch
 from gateway.storage.models import Delivery
@@ -190,6 +196,34 @@ def test_worker_killed_mid_send_is_delivered_once(out_gw, clock, partner_inbox, 
     clock.advance(minutes=6)
     assert run(out_gw, flush=True, worker="alive") == 1
     assert len(partner_inbox.accepted) == 1 and delivery(out_gw).status == "sent"
+
+
+def test_sender_process_killed_mid_send_is_delivered_once(out_gw, clock, partner_inbox, tmp_path):
+    """A real `gateway deliveries flush` process is SIGKILLed while the partner holds its
+    DATA: nothing was accepted, the delivery stays `sending` under the dead process's lease,
+    and once that lease ends another sender delivers it, once."""
+    _queued_document(out_gw, clock, tmp_path)
+    partner_inbox.hold_first = True
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "deliveries", "flush", "-c", str(out_gw.config.path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its signing process goes down with it
+    )
+    try:
+        assert partner_inbox.holding.wait(30), "the sender never reached DATA"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+    d = delivery(out_gw)
+    assert d.status == "sending" and d.claimed_by != "alive"
+    assert partner_inbox.accepted == []
+    clock.moment = as_utc(d.lease_until) - timedelta(seconds=30)
+    assert run(out_gw, flush=True, worker="alive") == 0  # the dead one's lease still holds
+    clock.moment = as_utc(d.lease_until) + timedelta(seconds=1)
+    assert run(out_gw, flush=True, worker="alive") == 1
+    assert len(partner_inbox.accepted) == 1 and delivery(out_gw).status == "sent"
+    assert run(out_gw, flush=True, worker="alive") == 0
 
 
 def test_bot_partners_get_mail_from_the_bot_identity(out_gw, clock, partner_inbox, tmp_path):

@@ -26,6 +26,7 @@ from gateway.storage.connections import add_connection, add_document, set_switch
 from gateway.storage.models import Delivery
 from tests.conftest import seeded_gateway, write_config
 from tests.support import CaptureServer, RunningServer, file_all, message, pdf
+from tests.test_dkim import opendkim_results, opendkim_verify
 
 ACHATS = "Dossier comptable annuel/2026/Achats"
 
@@ -136,6 +137,10 @@ def test_mail_in_reaches_meg_signed_and_only_what_came_after_the_switch(
     assert attachment.get_filename() == "facture-117.pdf"
     assert attachment.get_content() == pdf("Facture 117")
     assert verifies(out_gw, data)
+    # ... and by OpenDKIM, software nobody here wrote, on the bytes the partner received.
+    keys = KeyStore(out_gw.config.dkim_path).keys_for("welyb.fr")
+    output = opendkim_verify(tmp_path, data, keys)
+    assert opendkim_results(output) == {keys[0].selector: "pass"}, output
     d = delivery(out_gw)
     assert d.status == "sent" and d.reason.startswith("250") and d.sent_at is not None
     assert run(out_gw, flush=True) == 0  # never sent twice

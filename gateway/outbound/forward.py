@@ -55,10 +55,7 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
-import binascii
 import re
-import string
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -78,6 +75,16 @@ from gateway.inbound.spool import read_spooled
 from gateway.outbound.compose import header_display_name, plain_address
 from gateway.outbound.dispatch import Signer
 from gateway.outbound.ledger import TransitionError
+from gateway.outbound.mime import (
+    base64_lines,
+    clean_text,
+    display_name_tokens,
+    fold,
+    multipart_mixed,
+    plain_text_word,
+    text_part,
+    tokens,
+)
 from gateway.outbound.transport import Outcome, Transport
 from gateway.routing.addresses import split_address
 from gateway.storage.db import Database
@@ -98,20 +105,11 @@ ALLOWED: dict[ForwardStatus, frozenset[ForwardStatus]] = {
 }
 
 ORIGINAL_NAME = "original.eml"
-MAX_LINE = 78  # RFC 5322 2.1.1 "SHOULD"; the hard limit is 998
 _SUBJECT_MAX = 200  # characters of the original subject kept in ours
-_EW_BYTES = 36  # UTF-8 bytes per encoded word: "=?utf-8?b?" + 48 + "?=" fits any line
-_BREAKS = frozenset("\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
-_ATEXT = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-/=?^_`{|}~")  # RFC 5322
 # What keeps the original from travelling as 7bit message/rfc822: an 8-bit byte or NUL, a CR
 # not before LF, an LF not after CR, or a line of more than 998 octets.
 _NOT_7BIT = re.compile(rb"[\x00\x80-\xff]|\r(?!\n)|(?<!\r)\n|[^\r\n]{999}")
 _FORWARD_ID_RE = re.compile(r"bmf\d+\.[0-9a-f]{16}@", re.IGNORECASE)
-_TEXT_PART_HEAD = (
-    b'Content-Type: text/plain; charset="utf-8"\r\n'
-    b"Content-Transfer-Encoding: quoted-printable\r\n"
-    b"\r\n"
-)
 
 
 # -- queueing (called by the filer) -----------------------------------------------------------
@@ -215,8 +213,7 @@ def compose_forward(
     subject = _clean(mail.subject or "", _SUBJECT_MAX) or "(sans objet)"
     tag = f"[Bot {partner}]" if partner else "[Bot]"
 
-    text = _text(mail, partner, subject, zone).replace("\n", "\r\n").encode("utf-8")
-    text_part = _TEXT_PART_HEAD + binascii.b2a_qp(text, quotetabs=False, istext=True)
+    text = text_part(_text(mail, partner, subject, zone))
     if _NOT_7BIT.search(mail.raw) is None:
         original_part = (
             b"Content-Type: message/rfc822\r\n"
@@ -229,33 +226,22 @@ def compose_forward(
             b'Content-Type: application/octet-stream; name="' + ORIGINAL_NAME.encode() + b'"\r\n'
             b"Content-Transfer-Encoding: base64\r\n"
             b'Content-Disposition: attachment; filename="' + ORIGINAL_NAME.encode() + b'"\r\n'
-            b"\r\n" + _base64_lines(mail.raw)
+            b"\r\n" + base64_lines(mail.raw)
         )
-    boundary = _boundary(f"bmf{mail.forward_id}", (text_part, original_part))
     display = header_display_name(sender_name) if sender_name else None
+    sender_tokens = [(False, from_address)]
+    if display:
+        sender_tokens = [*display_name_tokens(display), (False, f"<{from_address}>")]
     head = (
-        _header("From", [*_phrase(display), f"<{from_address}>"] if display else [from_address])
-        + _header("To", [to_address])
-        + _header("Subject", _unstructured(f"{tag} {subject}"))
-        + _header("Date", [format_datetime(date)])
-        + _header("Message-ID", [message_id])
+        fold("From", sender_tokens)
+        + fold("To", [(False, to_address)])
+        + fold("Subject", tokens(f"{tag} {subject}", plain_text_word))
+        + fold("Date", [(False, format_datetime(date))])
+        + fold("Message-ID", [(False, message_id)])
         # RFC 3834: tells autoresponders (out-of-office…) to stay quiet.
-        + _header("Auto-Submitted", ["auto-forwarded"])
-        + "MIME-Version: 1.0\r\n"
-        + _header("Content-Type", ["multipart/mixed;", f'boundary="{boundary}"'])
-        + "\r\n"
-    ).encode("ascii")
-    delimiter = b"--" + boundary.encode("ascii")
-    return b"".join(
-        (
-            head,
-            delimiter + b"\r\n",
-            text_part,
-            b"\r\n" + delimiter + b"\r\n",
-            original_part,
-            b"\r\n" + delimiter + b"--\r\n",
-        )
+        + fold("Auto-Submitted", [(False, "auto-forwarded")])
     )
+    return multipart_mixed(head, (text, original_part), f"bmf{mail.forward_id}")
 
 
 def _text(mail: ForwardedMail, partner: str, subject: str, zone: tzinfo) -> str:
@@ -299,101 +285,10 @@ def _header_from(raw: bytes) -> str | None:
 
 
 def _clean(value: str, limit: int) -> str:
-    """Text from outside (subject, addresses) made safe to show: line breaks, control and
-    format characters and lone surrogates become spaces, runs of spaces collapse, and it is
-    cut to `limit` characters."""
-    text = "".join(
-        " " if c in _BREAKS or unicodedata.category(c) in ("Cc", "Cf", "Cs") else c
-        for c in unicodedata.normalize("NFC", value)
-    )
-    text = " ".join(text.split())
+    """Text from outside (subject, addresses) made safe to show (`mime.clean_text`), cut
+    to `limit` characters."""
+    text = clean_text(value)
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
-def _printable(word: str) -> bool:
-    # "=?" would be read as the start of an encoded word (RFC 2047), so it is encoded.
-    return bool(word) and all("!" <= c <= "~" for c in word) and "=?" not in word
-
-
-def _encoded_words(text: str) -> list[str]:
-    """`text` as RFC 2047 B-encoded words of whole characters, each short enough to sit on
-    a folded line of its own (decoders join adjacent encoded words without the space)."""
-    words: list[str] = []
-    chunk = b""
-    for char in text:
-        data = char.encode("utf-8")
-        if chunk and len(chunk) + len(data) > _EW_BYTES:
-            words.append(_b_word(chunk))
-            chunk = b""
-        chunk += data
-    if chunk:
-        words.append(_b_word(chunk))
-    return words
-
-
-def _b_word(data: bytes) -> str:
-    return f"=?utf-8?b?{binascii.b2a_base64(data, newline=False).decode('ascii')}?="
-
-
-def _unstructured(text: str) -> list[str]:
-    """Words of an unstructured header (Subject): printable ASCII words as they are, each
-    run of other words (non-ASCII, "=?", very long) as encoded words holding the run's
-    inner spaces, since decoders drop the space between two encoded words. `text` has
-    single spaces only (see `_clean`)."""
-    tokens: list[str] = []
-    run: list[str] = []
-    for word in text.split(" "):
-        if _printable(word) and len(word) <= MAX_LINE - 12:
-            if run:
-                tokens += _encoded_words(" ".join(run))
-                run = []
-            tokens.append(word)
-        else:
-            run.append(word)
-    if run:
-        tokens += _encoded_words(" ".join(run))
-    return tokens
-
-
-def _phrase(name: str) -> list[str]:
-    """A display name (already checked by `header_display_name`) as a phrase: atoms, a
-    quoted-string for other printable ASCII, else encoded words."""
-    words = name.split(" ")
-    if all(_ATEXT.issuperset(w) and "=?" not in w for w in words):
-        return words
-    if all(_printable(w) for w in words) and len(name) <= MAX_LINE - 20:
-        return ['"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"']
-    return _encoded_words(name)
-
-
-def _header(name: str, words: Iterable[str]) -> str:
-    """`Name: words` + CRLF, folded at the spaces between words into lines of at most 78
-    characters (a single word longer than that stays whole: still far under 998)."""
-    lines: list[str] = []
-    line = f"{name}:"
-    for word in words:
-        if len(line) + 1 + len(word) > MAX_LINE and line != f"{name}:":
-            lines.append(line)
-            line = ""
-        line += " " + word
-    lines.append(line)
-    return "\r\n".join(lines) + "\r\n"
-
-
-def _base64_lines(content: bytes) -> bytes:
-    """base64 in lines of 76 characters, each ending in CRLF (RFC 2045 6.8)."""
-    encoded = binascii.b2a_base64(content, newline=False)
-    return b"".join(encoded[i : i + 76] + b"\r\n" for i in range(0, len(encoded), 76))
-
-
-def _boundary(seed: str, parts: tuple[bytes, ...]) -> str:
-    """A boundary fixed by `seed`, changed only if it occurs in a part (the original is
-    arbitrary text and could hold anything)."""
-    for attempt in range(1000):
-        boundary = f"=_gw.{seed}.{attempt}"
-        if not any(b"--" + boundary.encode("ascii") in part for part in parts):
-            return boundary
-    raise RuntimeError("no MIME boundary free of collisions")  # pragma: no cover
 
 
 # -- sending ----------------------------------------------------------------------------------

@@ -13,11 +13,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import dkim
 import pytest
 from sqlalchemy import create_engine, text
 
 from gateway.app import Gateway
 from gateway.config import GatewayConfig, parse_config
+from gateway.outbound.dkim import KeyStore, dns_record_name, dns_txt_value, generate_key
 from gateway.storage.accounts import add_cabinet, add_company
 from tests.support import DEFAULT_NOW, FixedClock, RunningServer
 
@@ -124,6 +126,38 @@ def seeded_gateway(config_path: Path, clock: FixedClock) -> Gateway:
         clock.now(),
     )
     return gateway
+
+
+@contextmanager
+def relaying_gateway(
+    tmp_path: Path, database_url: str, clock: FixedClock, relay_port: int
+) -> Iterator[Gateway]:
+    """A seeded gateway sending through a smarthost on `relay_port` (a CaptureServer), with
+    a DKIM key for each domain; `dkim_verifies(gateway, data)` checks what it signed."""
+    relay = {"host": "127.0.0.1", "port": relay_port, "starttls": False}
+    gateway = seeded_gateway(
+        write_config(tmp_path, database_url, outbound={"smarthost": relay}), clock
+    )
+    store = KeyStore(gateway.config.dkim_path)
+    gateway.dkim_records = {}  # type: ignore[attr-defined]
+    for domain in gateway.config.domains:
+        key = generate_key(domain, "s2026")
+        store.save(key)
+        gateway.dkim_records[dns_record_name(key)] = dns_txt_value(key)  # type: ignore[attr-defined]
+    try:
+        yield gateway
+    finally:
+        gateway.db.dispose()
+
+
+def dkim_verifies(gateway: Gateway, data: bytes) -> bool:
+    """dkimpy's verdict on `data`, with the keys of a `relaying_gateway` as the DNS."""
+    records = gateway.dkim_records  # type: ignore[attr-defined]
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        return records.get(name.decode().rstrip("."), "").encode()
+
+    return bool(dkim.verify(data, dnsfunc=dnsfunc))
 
 
 @contextmanager

@@ -19,14 +19,12 @@ from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 
-import dkim
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
 from gateway.app import Gateway
 from gateway.cli import cli
-from gateway.outbound.dkim import KeyStore, dns_record_name, dns_txt_value, generate_key
 from gateway.outbound.forward import (
     ORIGINAL_NAME,
     ForwardedMail,
@@ -36,7 +34,7 @@ from gateway.outbound.forward import (
 from gateway.outbound.ledger import TransitionError
 from gateway.storage.accounts import AccountError, add_cabinet, set_bot_mail_forwarding
 from gateway.storage.models import BotMail, BotMailForward, ForwardStatus
-from tests.conftest import seeded_gateway, write_config
+from tests.conftest import dkim_verifies, relaying_gateway
 from tests.support import CaptureServer, FixedClock, RunningServer, file_all, message, pdf
 
 BOT = "myunisoft+aecconseil@welyb.fr"
@@ -53,18 +51,8 @@ def contact_inbox():
 @pytest.fixture
 def fwd_gw(tmp_path, database_url, clock, contact_inbox):
     """A gateway relaying through the capture server, with DKIM keys for both domains."""
-    relay = {"host": "127.0.0.1", "port": contact_inbox.port, "starttls": False}
-    gateway = seeded_gateway(
-        write_config(tmp_path, database_url, outbound={"smarthost": relay}), clock
-    )
-    store = KeyStore(gateway.config.dkim_path)
-    gateway.dkim_records = {}  # type: ignore[attr-defined]
-    for domain in gateway.config.domains:
-        key = generate_key(domain, "s2026")
-        store.save(key)
-        gateway.dkim_records[dns_record_name(key)] = dns_txt_value(key)  # type: ignore[attr-defined]
-    yield gateway
-    gateway.db.dispose()
+    with relaying_gateway(tmp_path, database_url, clock, contact_inbox.port) as gateway:
+        yield gateway
 
 
 def forwarding(gateway: Gateway, on: bool = True) -> None:
@@ -116,15 +104,6 @@ def forwards(gateway: Gateway) -> list[BotMailForward]:
         return list(s.execute(select(BotMailForward).order_by(BotMailForward.id)).scalars())
 
 
-def verifies(gateway: Gateway, data: bytes) -> bool:
-    records = gateway.dkim_records  # type: ignore[attr-defined]
-
-    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
-        return records.get(name.decode().rstrip("."), "").encode()
-
-    return bool(dkim.verify(data, dnsfunc=dnsfunc))
-
-
 def assert_wire_safe(data: bytes) -> None:
     """7-bit, CRLF only, no line over 998 octets: nothing a relay would re-encode."""
     assert data.isascii()
@@ -149,7 +128,7 @@ def test_bot_mail_is_forwarded_wrapped_signed_and_once(fwd_gw, contact_inbox, tm
     assert rcpts == [CONTACT]
     assert mail_from == "postmaster@welyb.fr"  # the documented envelope sender
     assert_wire_safe(data)
-    assert verifies(fwd_gw, data)
+    assert dkim_verifies(fwd_gw, data)
     parsed = email.message_from_bytes(data, policy=policy.default)
     sender = parsed["From"].addresses[0].addr_spec
     assert sender == "documents@welyb.fr" and sender.split("@")[1] in fwd_gw.config.domains

@@ -15,16 +15,15 @@ import sys
 from datetime import timedelta
 from email import policy
 
-import dkim
 import pytest
 from sqlalchemy import select
 
 from gateway.app import Gateway
 from gateway.clock import as_utc
-from gateway.outbound.dkim import KeyStore, dns_record_name, dns_txt_value, generate_key
+from gateway.outbound.dkim import KeyStore
 from gateway.storage.connections import add_connection, add_document, set_switch
 from gateway.storage.models import Delivery
-from tests.conftest import seeded_gateway, write_config
+from tests.conftest import dkim_verifies, relaying_gateway
 from tests.support import CaptureServer, RunningServer, file_all, message, pdf
 from tests.test_dkim import opendkim_results, opendkim_verify
 
@@ -40,17 +39,8 @@ def partner_inbox():
 @pytest.fixture
 def out_gw(tmp_path, database_url, clock, partner_inbox):
     """A gateway relaying through the capture server, with DKIM keys for both domains."""
-    relay = {"host": "127.0.0.1", "port": partner_inbox.port, "starttls": False}
-    config = write_config(tmp_path, database_url, outbound={"smarthost": relay})
-    gateway = seeded_gateway(config, clock)
-    store = KeyStore(gateway.config.dkim_path)
-    gateway.dkim_records = {}  # type: ignore[attr-defined]
-    for domain in gateway.config.domains:
-        key = generate_key(domain, "s2026")
-        store.save(key)
-        gateway.dkim_records[dns_record_name(key)] = dns_txt_value(key)  # type: ignore[attr-defined]
-    yield gateway
-    gateway.db.dispose()
+    with relaying_gateway(tmp_path, database_url, clock, partner_inbox.port) as gateway:
+        yield gateway
 
 
 def run(gateway: Gateway, flush: bool = False, worker: str = "sender-1") -> int:
@@ -68,15 +58,6 @@ def delivery(gateway: Gateway) -> Delivery:
     with gateway.db.read() as s:
         [d] = s.execute(select(Delivery)).scalars().all()
         return d
-
-
-def verifies(gateway: Gateway, data: bytes) -> bool:
-    records = gateway.dkim_records  # type: ignore[attr-defined]
-
-    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
-        return records.get(name.decode().rstrip("."), "").encode()
-
-    return bool(dkim.verify(data, dnsfunc=dnsfunc))
 
 
 def place(gateway: Gateway, clock, tmp_path, name: str) -> None:
@@ -136,7 +117,7 @@ def test_mail_in_reaches_meg_signed_and_only_what_came_after_the_switch(
     [attachment] = list(parsed.iter_attachments())
     assert attachment.get_filename() == "facture-117.pdf"
     assert attachment.get_content() == pdf("Facture 117")
-    assert verifies(out_gw, data)
+    assert dkim_verifies(out_gw, data)
     # ... and by OpenDKIM, software nobody here wrote, on the bytes the partner received.
     keys = KeyStore(out_gw.config.dkim_path).keys_for("welyb.fr")
     output = opendkim_verify(tmp_path, data, keys)
@@ -250,7 +231,7 @@ def test_bot_partners_get_mail_from_the_bot_identity(out_gw, clock, partner_inbo
     parsed = email.message_from_bytes(data, policy=policy.default)
     assert parsed["From"].addresses[0].addr_spec == "quickbooks+dupont-maconnerie@welyb.com"
     assert b"d=welyb.com" in data.split(b"\r\n\r\n", 1)[0]
-    assert verifies(out_gw, data)
+    assert dkim_verifies(out_gw, data)
 
 
 def test_without_a_dkim_key_nothing_leaves_unsigned(out_gw, clock, partner_inbox, tmp_path):

@@ -40,6 +40,7 @@ from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database
 from gateway.storage.directory import CompanyRef
 from gateway.storage.folders import ensure_folder
+from gateway.storage.leases import claim_rows
 from gateway.storage.models import (
     BotMail,
     DeliveryEvent,
@@ -191,21 +192,16 @@ class Filer:
             candidates = (
                 select(InboundMessage.id).where(claimable).order_by(InboundMessage.id).limit(limit)
             )
-            ids = [row[0] for row in s.execute(candidates)]
-            if not ids:
-                return []
-            result = s.execute(
-                update(InboundMessage)
-                .where(InboundMessage.id.in_(ids), claimable)
-                .values(
-                    status=MessageStatus.FILING,
-                    claimed_by=self.worker_name,
-                    lease_until=now + LEASE,
-                    attempts=InboundMessage.attempts + 1,
-                )
-                .returning(InboundMessage.id)
+            return claim_rows(
+                s,
+                InboundMessage,
+                candidates,
+                claimable,
+                status=MessageStatus.FILING,
+                claimed_by=self.worker_name,
+                lease_until=now + LEASE,
+                attempts=InboundMessage.attempts + 1,
             )
-            return sorted(row[0] for row in result)
 
     # -- filing ---------------------------------------------------------------------------
 

@@ -596,10 +596,15 @@ class MailboxPoller:
 
     # -- checkpoint and lease ---------------------------------------------------------------
 
+    def _this_mailbox(self) -> Any:
+        return and_(ImapCheckpoint.source == self.source.name, ImapCheckpoint.folder == self.folder)
+
+    def _held_by_us(self) -> Any:
+        return and_(self._this_mailbox(), ImapCheckpoint.claimed_by == self.worker_name)
+
     def _claimable(self, now: datetime) -> Any:
         return and_(
-            ImapCheckpoint.source == self.source.name,
-            ImapCheckpoint.folder == self.folder,
+            self._this_mailbox(),
             or_(
                 ImapCheckpoint.claimed_by.is_(None),
                 ImapCheckpoint.claimed_by == self.worker_name,
@@ -641,11 +646,7 @@ class MailboxPoller:
     def _guarded(self, s: Session, now: datetime, **values: Any) -> None:
         done = s.execute(
             update(ImapCheckpoint)
-            .where(
-                ImapCheckpoint.source == self.source.name,
-                ImapCheckpoint.folder == self.folder,
-                ImapCheckpoint.claimed_by == self.worker_name,
-            )
+            .where(self._held_by_us())
             .values(**values)
             .returning(ImapCheckpoint.id)
         ).first()
@@ -654,11 +655,7 @@ class MailboxPoller:
 
     def _checkpoint(self, s: Session) -> ImapCheckpoint:
         checkpoint = s.execute(
-            select(ImapCheckpoint).where(
-                ImapCheckpoint.source == self.source.name,
-                ImapCheckpoint.folder == self.folder,
-                ImapCheckpoint.claimed_by == self.worker_name,
-            )
+            select(ImapCheckpoint).where(self._held_by_us())
         ).scalar_one_or_none()
         if checkpoint is None:
             raise LeaseLost(self.mailbox)
@@ -668,11 +665,7 @@ class MailboxPoller:
         with contextlib.suppress(Exception), self.db.write() as s:
             s.execute(
                 update(ImapCheckpoint)
-                .where(
-                    ImapCheckpoint.source == self.source.name,
-                    ImapCheckpoint.folder == self.folder,
-                    ImapCheckpoint.claimed_by == self.worker_name,
-                )
+                .where(self._held_by_us())
                 .values(claimed_by=None, lease_until=None)
             )
 
@@ -680,14 +673,7 @@ class MailboxPoller:
         text = explain(self.source, exc)
         self._log.warning("imap_error", error=text)
         with contextlib.suppress(Exception), self.db.write() as s:
-            s.execute(
-                update(ImapCheckpoint)
-                .where(
-                    ImapCheckpoint.source == self.source.name,
-                    ImapCheckpoint.folder == self.folder,
-                )
-                .values(last_error=text)
-            )
+            s.execute(update(ImapCheckpoint).where(self._this_mailbox()).values(last_error=text))
 
 
 # -- `gateway imap test` -------------------------------------------------------------------------

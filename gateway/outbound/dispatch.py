@@ -22,7 +22,7 @@ from multiprocessing import get_context
 from typing import Protocol
 
 import structlog
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, insert, or_, select
 
 from gateway.clock import Clock, as_utc
 from gateway.config import OutboundConfig
@@ -33,6 +33,7 @@ from gateway.priority import run_at_idle_priority
 from gateway.routing.addresses import split_address
 from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database
+from gateway.storage.leases import claim_rows
 from gateway.storage.models import (
     Company,
     Connection,
@@ -135,21 +136,15 @@ class Dispatcher:
                 query = query.join(Connection, Delivery.connection_id == Connection.id).where(
                     Connection.partner == partner.lower()
                 )
-            ids = list(s.execute(query).scalars())
-            if not ids:
-                return []
-            claimed = list(
-                s.execute(
-                    update(Delivery)
-                    .where(Delivery.id.in_(ids), claimable)
-                    .values(
-                        status=SENDING,
-                        claimed_by=self.worker_name,
-                        lease_until=now + LEASE,
-                        attempts=Delivery.attempts + 1,
-                    )
-                    .returning(Delivery.id)
-                ).scalars()
+            claimed = claim_rows(
+                s,
+                Delivery,
+                query,
+                claimable,
+                status=SENDING,
+                claimed_by=self.worker_name,
+                lease_until=now + LEASE,
+                attempts=Delivery.attempts + 1,
             )
             if claimed:
                 s.execute(
@@ -165,7 +160,7 @@ class Dispatcher:
                         for delivery_id in claimed
                     ],
                 )
-            return sorted(claimed)
+            return claimed
 
     async def run_once(self, *, flush: bool = False, partner: str | None = None) -> int:
         """Send everything due now; with `flush`, everything waiting, each tried once (a
@@ -324,20 +319,33 @@ class Dispatcher:
             )
         if outcome is Outcome.PERMANENT:
             return Move(job.delivery_id, FAILED, reply, {"reason": reply, "lease_until": None})
-        age = now - job.created_at
-        if age.total_seconds() >= self.config.lifetime_seconds:
-            why = f"gave up after {age.days} days; last reply: {reply}"
+        retry_at = next_attempt(self.config, job.attempts, job.created_at, now)
+        if retry_at is None:
+            why = gave_up(job.created_at, now, reply)
             return Move(job.delivery_id, FAILED, why, {"reason": why, "lease_until": None})
-        delay = min(
-            self.config.retry_min_seconds * 2 ** max(job.attempts - 1, 0),
-            self.config.retry_max_seconds,
-        )
         return Move(
             job.delivery_id,
             DEFERRED,
             reply,
-            {"reason": reply, "lease_until": None, "due_at": now + timedelta(seconds=delay)},
+            {"reason": reply, "lease_until": None, "due_at": retry_at},
         )
+
+
+def next_attempt(
+    config: OutboundConfig, attempts: int, created_at: datetime, now: datetime
+) -> datetime | None:
+    """When a send that failed temporarily is tried again: `retry_min_seconds` doubling with
+    each attempt up to `retry_max_seconds` (Postfix's back-off), or None once the first
+    queueing is older than `lifetime_seconds` (give up). Deliveries and forwards alike."""
+    if (now - created_at).total_seconds() >= config.lifetime_seconds:
+        return None
+    delay = min(config.retry_min_seconds * 2 ** max(attempts - 1, 0), config.retry_max_seconds)
+    return now + timedelta(seconds=delay)
+
+
+def gave_up(created_at: datetime, now: datetime, reply: str) -> str:
+    """The reason recorded when `next_attempt` says to give up."""
+    return f"gave up after {(now - created_at).days} days; last reply: {reply}"
 
 
 def compose_job(job: Job, date: datetime, sender_name: str) -> tuple[str, bytes]:

@@ -73,7 +73,7 @@ from gateway.clock import Clock, as_utc
 from gateway.config import OutboundConfig
 from gateway.inbound.spool import read_spooled
 from gateway.outbound.compose import header_display_name, plain_address
-from gateway.outbound.dispatch import Signer
+from gateway.outbound.dispatch import Signer, gave_up, next_attempt
 from gateway.outbound.ledger import TransitionError
 from gateway.outbound.mime import (
     base64_lines,
@@ -88,6 +88,7 @@ from gateway.outbound.mime import (
 from gateway.outbound.transport import Outcome, Transport
 from gateway.routing.addresses import split_address
 from gateway.storage.db import Database
+from gateway.storage.leases import claim_rows
 from gateway.storage.models import BotMail, BotMailForward, Cabinet, ForwardStatus, InboundMessage
 
 log = structlog.get_logger("gateway.forward")
@@ -355,28 +356,19 @@ class Forwarder:
         stalled = and_(BotMailForward.status == SENDING, BotMailForward.lease_until < now)
         claimable = or_(waiting, stalled)
         with self.db.write() as s:
-            ids = list(
-                s.execute(
-                    select(BotMailForward.id)
-                    .where(claimable)
-                    .order_by(BotMailForward.due_at, BotMailForward.id)
-                    .limit(limit)
-                ).scalars()
+            return claim_rows(
+                s,
+                BotMailForward,
+                select(BotMailForward.id)
+                .where(claimable)
+                .order_by(BotMailForward.due_at, BotMailForward.id)
+                .limit(limit),
+                claimable,
+                status=SENDING,
+                claimed_by=self.worker_name,
+                lease_until=now + LEASE,
+                attempts=BotMailForward.attempts + 1,
             )
-            if not ids:
-                return []
-            claimed = s.execute(
-                update(BotMailForward)
-                .where(BotMailForward.id.in_(ids), claimable)
-                .values(
-                    status=SENDING,
-                    claimed_by=self.worker_name,
-                    lease_until=now + LEASE,
-                    attempts=BotMailForward.attempts + 1,
-                )
-                .returning(BotMailForward.id)
-            ).scalars()
-            return sorted(claimed)
 
     def jobs(self, forward_ids: list[int]) -> list[ForwardJob]:
         """The claimed forwards with their bot mail, message and cabinet, in one query."""
@@ -488,15 +480,11 @@ class Forwarder:
         if outcome is Outcome.PERMANENT:
             transition(s, job.forward_id, [SENDING], FAILED, claimed_by=mine, reason=reply)
             return
-        age = now - job.created_at
-        if age.total_seconds() >= self.config.lifetime_seconds:
-            why = f"gave up after {age.days} days; last reply: {reply}"
+        retry_at = next_attempt(self.config, job.attempts, job.created_at, now)
+        if retry_at is None:
+            why = gave_up(job.created_at, now, reply)
             transition(s, job.forward_id, [SENDING], FAILED, claimed_by=mine, reason=why)
             return
-        delay = min(
-            self.config.retry_min_seconds * 2 ** max(job.attempts - 1, 0),
-            self.config.retry_max_seconds,
-        )
         transition(
             s,
             job.forward_id,
@@ -504,7 +492,7 @@ class Forwarder:
             DEFERRED,
             claimed_by=mine,
             reason=reply,
-            due_at=now + timedelta(seconds=delay),
+            due_at=retry_at,
         )
 
 

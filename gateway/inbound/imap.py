@@ -693,12 +693,13 @@ def check_source(source: ImapSourceConfig, connector: Connector = connect) -> li
         lines.append(
             f"logged in as {source.user} on {source.host}:{source.port} (tls {source.tls})"
         )
-        idle = client.has_capability("IDLE")
-        move = client.has_capability("MOVE")
-        lines.append(
-            f"server offers IDLE: {'yes' if idle else 'no (polling every '}"
-            f"{'' if idle else f'{source.poll_seconds:g} s)'}, MOVE: {'yes' if move else 'no'}"
+        idle = (
+            "yes"
+            if client.has_capability("IDLE")
+            else f"no (polling every {source.poll_seconds:g} s)"
         )
+        move = "yes" if client.has_capability("MOVE") else "no"
+        lines.append(f"server offers IDLE: {idle}, MOVE: {move}")
         names = [_folder_name(entry) for entry in client.list_folders()]
         missing = [f for f in source.folders if f not in names]
         if missing:

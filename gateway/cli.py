@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 from gateway.app import Gateway
 from gateway.clock import as_utc
-from gateway.config import ConfigError, default_toml, load_config, resolve_config_path
+from gateway.config import default_toml, load_config, resolve_config_path
 from gateway.dnsrecords import (
     DnsLookup,
     DnsLookupError,
@@ -31,10 +31,10 @@ from gateway.dnsrecords import (
     check_records,
     expected_records,
 )
+from gateway.errors import GatewayError
 from gateway.inbound.imap import ImapProblem, MailboxPoller, check_source
 from gateway.logs import configure_logging
 from gateway.outbound.dkim import (
-    DkimError,
     KeyStore,
     dns_record_name,
     dns_txt_value,
@@ -42,9 +42,7 @@ from gateway.outbound.dkim import (
 )
 from gateway.outbound.ledger import TransitionError, retry
 from gateway.priority import run_at_idle_priority
-from gateway.routing.partners import RegistryError
 from gateway.storage.accounts import (
-    AccountError,
     add_cabinet,
     add_company,
     company_id_of,
@@ -56,7 +54,7 @@ from gateway.storage.connections import (
     move_document,
     set_switch,
 )
-from gateway.storage.folders import FolderPathError, normalise_path
+from gateway.storage.folders import normalise_path
 from gateway.storage.models import (
     BotMail,
     BotMailForward,
@@ -116,7 +114,7 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except (ConfigError, RegistryError, AccountError, FolderPathError, DkimError) as exc:
+    except GatewayError as exc:  # ours: one line, exit 1; anything else is a bug (traceback)
         click.echo(f"gateway: {exc}", err=True)
         sys.exit(1)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from gateway.errors import GatewayError
 from gateway.routing.addresses import split_address
 from gateway.routing.slugs import DOMAIN_RE, SLUG_RE
 
@@ -32,7 +33,7 @@ DEFAULT_JOURNALS: dict[str, str] = {
 }
 
 
-class ConfigError(Exception):
+class ConfigError(GatewayError):
     """The configuration is wrong; the message says which key and how to fix it."""
 
 

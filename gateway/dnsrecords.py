@@ -44,6 +44,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
 from gateway.outbound.dkim import KeyStore, dns_record_name, dns_txt_value
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ class Outcome(StrEnum):
     FAILURE = "server failure"  # SERVFAIL, REFUSED, no server reachable
 
 
-class DnsLookupError(Exception):
+class DnsLookupError(GatewayError):
     def __init__(self, outcome: Outcome, name: str, rdtype: str, detail: str = "") -> None:
         self.outcome = outcome
         self.name = name

@@ -82,6 +82,8 @@ from urllib.parse import unquote_to_bytes
 import filetype
 from tnefparse import TNEF
 
+from gateway.errors import GatewayError
+
 # --------------------------------------------------------------------------- public types
 
 
@@ -440,7 +442,7 @@ _T = TypeVar("_T")
 # --------------------------------------------------------------------------- run state
 
 
-class _Refusal(Exception):
+class _Refusal(GatewayError):
     """Raised inside archive handling when a limit is exceeded; the message is the reason."""
 
 

@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session
 
 from gateway.clock import Clock
 from gateway.config import ConfigError, ImapSourceConfig
+from gateway.errors import GatewayError
 from gateway.inbound.recipients import Recipients
 from gateway.inbound.spool import Arrival, SpoolWriter, new_queue_id
 from gateway.routing.addresses import AddressKind
@@ -91,11 +92,11 @@ class MailboxClient(Protocol):
 Connector = Callable[[ImapSourceConfig], MailboxClient]
 
 
-class ImapProblem(Exception):
+class ImapProblem(GatewayError):
     """Something a mail admin must fix or wait for, said in plain words."""
 
 
-class LeaseLost(Exception):
+class LeaseLost(GatewayError):
     """Another poller took this mailbox over (our lease expired): stop at once."""
 
 

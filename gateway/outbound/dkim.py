@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from gateway.clock import Clock, SystemClock
+from gateway.errors import GatewayError
 
 RSA_SHA256 = "rsa-sha256"
 ED25519_SHA256 = "ed25519-sha256"
@@ -76,7 +77,7 @@ _WSP_RUN = re.compile(rb"[ \t]+")
 _FIELD_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 
 
-class DkimError(Exception):
+class DkimError(GatewayError):
     """Signing cannot happen as asked; the message says what to fix."""
 
 

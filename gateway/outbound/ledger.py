@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import case, insert, select, update
 from sqlalchemy.orm import Session
 
+from gateway.errors import GatewayError
 from gateway.storage.models import Delivery, DeliveryEvent, DeliveryStatus
 
 Q, SENDING, SENT = DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.SENT
@@ -39,7 +40,7 @@ ALLOWED: dict[DeliveryStatus, frozenset[DeliveryStatus]] = {
 }
 
 
-class TransitionError(RuntimeError):
+class TransitionError(GatewayError, RuntimeError):
     """A delivery was not in a state the transition may start from."""
 
 

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from gateway.errors import GatewayError
 from gateway.routing.addresses import AddressGrammar, AddressKind, split_address
 from gateway.routing.partners import AliasForm, LocalPattern, Partner, RegistryError
 from gateway.routing.slugs import DOMAIN_RE, slug_problem
@@ -53,7 +54,7 @@ _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 _MAX_LOCAL_LENGTH = 64  # RFC 5321 4.5.3.1.1
 
 
-class ConnectionAddressError(ValueError):
+class ConnectionAddressError(GatewayError, ValueError):
     """Refused input; the message says what is wrong and what would be right, in plain words."""
 
 

@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.errors import GatewayError
 from gateway.routing.slugs import SLUG_RE
 
 
-class RegistryError(Exception):
+class RegistryError(GatewayError):
     """The partner registry file is wrong; the message names the partner and the key."""
 
 

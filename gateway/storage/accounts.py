@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from gateway.errors import GatewayError
 from gateway.routing.addresses import AddressGrammar, split_address
 from gateway.routing.slugs import slug_problem
 from gateway.storage.db import Database
@@ -18,7 +19,7 @@ _MM_DD = re.compile(r"(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])")
 _DAYS = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31}
 
 
-class AccountError(ValueError):
+class AccountError(GatewayError, ValueError):
     """Input a person must correct; the message says how."""
 
 

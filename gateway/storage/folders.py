@@ -7,11 +7,12 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from gateway.errors import GatewayError
 from gateway.storage.db import upsert_insert
 from gateway.storage.models import Folder
 
 
-class FolderPathError(ValueError):
+class FolderPathError(GatewayError, ValueError):
     """A folder path that cannot be stored; the message says why."""
 
 

@@ -1,13 +1,16 @@
 """Fixtures. Database tests run on SQLite and on PostgreSQL (R8 and friends hold on both).
 
 PostgreSQL comes from $GATEWAY_TEST_POSTGRES_URL (default: the local server, database
-`gateway_test`). Where it cannot be reached the PostgreSQL variants are skipped, unless
-$GATEWAY_TEST_REQUIRE_POSTGRES=1 (as in .ci/run), where that is an error.
+`gateway_test`): each run creates its own database beside it (`gateway_test_<unique>`) and
+drops it at the end, so two runs on one server never interfere. Where it cannot be reached
+the PostgreSQL variants are skipped, unless $GATEWAY_TEST_REQUIRE_POSTGRES=1 (as in
+.ci/run), where that is an error.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +18,7 @@ from typing import Any
 
 import dkim
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 from gateway.app import Gateway
 from gateway.config import GatewayConfig, parse_config
@@ -23,10 +26,39 @@ from gateway.outbound.dkim import KeyStore, dns_record_name, dns_txt_value, gene
 from gateway.storage.accounts import add_cabinet, add_company
 from tests.support import DEFAULT_NOW, FixedClock, RunningServer
 
-POSTGRES_URL = os.environ.get(
-    "GATEWAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/gateway_test"
+BASE_POSTGRES_URL = make_url(
+    os.environ.get(
+        "GATEWAY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/gateway_test"
+    )
 )
+# This run's own database: the base name, the process id and a random part.
+POSTGRES_URL = BASE_POSTGRES_URL.set(
+    database=f"{BASE_POSTGRES_URL.database}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+).render_as_string(hide_password=False)
 REQUIRE_POSTGRES = os.environ.get("GATEWAY_TEST_REQUIRE_POSTGRES") == "1"
+
+
+def _admin(statement: str) -> None:
+    engine = create_engine(BASE_POSTGRES_URL.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str | Exception]:
+    """Creates this run's database on first use and drops it at the end; an exception
+    instead when the server cannot be reached."""
+    name = make_url(POSTGRES_URL).database
+    try:
+        _admin(f'CREATE DATABASE "{name}"')
+    except Exception as exc:
+        yield exc
+        return
+    yield POSTGRES_URL
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _reset_postgres(url: str) -> None:
@@ -40,16 +72,20 @@ def _reset_postgres(url: str) -> None:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_database: str | Exception
+) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'gateway.db'}"
     try:
-        _reset_postgres(POSTGRES_URL)
+        if isinstance(postgres_database, Exception):
+            raise postgres_database
+        _reset_postgres(postgres_database)
     except Exception as exc:
         if REQUIRE_POSTGRES:
             raise
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}")
-    return POSTGRES_URL
+    return postgres_database
 
 
 def write_config(tmp_path: Path, database_url: str, **sections: dict[str, Any]) -> Path:

@@ -24,13 +24,6 @@ from sqlalchemy import func, select
 from gateway.app import Gateway
 from gateway.clock import as_utc
 from gateway.config import default_toml, load_config, resolve_config_path
-from gateway.dnsrecords import (
-    DnsLookup,
-    DnsLookupError,
-    DnspythonLookup,
-    check_records,
-    expected_records,
-)
 from gateway.errors import GatewayError
 from gateway.inbound.imap import ImapProblem, MailboxPoller, check_source
 from gateway.logs import configure_logging
@@ -40,7 +33,13 @@ from gateway.outbound.dkim import (
     dns_txt_value,
     generate_key,
 )
-from gateway.outbound.ledger import TransitionError, retry
+from gateway.outbound.dnsrecords import (
+    DnsLookup,
+    DnsLookupError,
+    DnspythonLookup,
+    check_records,
+    expected_records,
+)
 from gateway.priority import run_at_idle_priority
 from gateway.storage.accounts import (
     add_cabinet,
@@ -71,6 +70,7 @@ from gateway.storage.models import (
     MessageStatus,
     Switch,
 )
+from gateway.storage.queues.deliveries import TransitionError, retry
 
 
 class Context:

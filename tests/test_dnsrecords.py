@@ -21,7 +21,14 @@ from click.testing import CliRunner
 
 from gateway.cli import _dns_check, cli
 from gateway.config import GatewayConfig
-from gateway.dnsrecords import (
+from gateway.outbound.dkim import (
+    ED25519_SHA256,
+    DkimKey,
+    KeyStore,
+    dns_txt_value,
+    generate_key,
+)
+from gateway.outbound.dnsrecords import (
     DnsLookupError,
     DnspythonLookup,
     DnsRecord,
@@ -30,13 +37,6 @@ from gateway.dnsrecords import (
     Status,
     check_records,
     expected_records,
-)
-from gateway.outbound.dkim import (
-    ED25519_SHA256,
-    DkimKey,
-    KeyStore,
-    dns_txt_value,
-    generate_key,
 )
 from tests.conftest import load, write_config
 

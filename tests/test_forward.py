@@ -25,15 +25,10 @@ from sqlalchemy import select
 
 from gateway.app import Gateway
 from gateway.cli import cli
-from gateway.outbound.forward import (
-    ORIGINAL_NAME,
-    ForwardedMail,
-    compose_forward,
-    transition,
-)
-from gateway.outbound.ledger import TransitionError
+from gateway.outbound.forward import ORIGINAL_NAME, ForwardedMail, compose_forward
 from gateway.storage.accounts import AccountError, add_cabinet, set_bot_mail_forwarding
 from gateway.storage.models import BotMail, BotMailForward, ForwardStatus
+from gateway.storage.queues.forwards import TransitionError, transition
 from tests.conftest import dkim_verifies, relaying_gateway
 from tests.support import CaptureServer, FixedClock, RunningServer, file_all, message, pdf
 

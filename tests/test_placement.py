@@ -13,7 +13,10 @@ import pytest
 from sqlalchemy import select
 
 from gateway.clock import as_utc
-from gateway.outbound.ledger import (
+from gateway.storage.accounts import AccountError
+from gateway.storage.connections import add_connection, add_document, move_document, set_switch
+from gateway.storage.models import Delivery, DeliveryStatus, Document
+from gateway.storage.queues.deliveries import (
     Move,
     TransitionError,
     history,
@@ -21,9 +24,6 @@ from gateway.outbound.ledger import (
     transition,
     transition_many,
 )
-from gateway.storage.accounts import AccountError
-from gateway.storage.connections import add_connection, add_document, move_document, set_switch
-from gateway.storage.models import Delivery, DeliveryStatus, Document
 from tests.support import file_all, message, pdf
 from tests.test_filing import arrive
 

@@ -17,9 +17,9 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy import select, text
 
 from gateway.app import Gateway
-from gateway.inbound.spool import read_spooled
 from gateway.storage.connections import add_connection
 from gateway.storage.models import BotMail, Company, Document, Folder, InboundMessage
+from gateway.storage.rawmail import read_spooled
 from tests.conftest import custom_server
 from tests.support import RunningServer, file_all, message, pdf
 

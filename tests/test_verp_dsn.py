@@ -1,4 +1,4 @@
-"""Bounce addresses (gateway.outbound.verp) and bounce reading (gateway.outbound.dsn).
+"""Bounce addresses (gateway.outbound.verp) and bounce reading (gateway.mail.dsn).
 
 R17: a partner's refusal that comes back later as a bounce marks the delivery bounced with
 the partner's words.  The VERP address says which delivery; the DSN says what happened.
@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from gateway.mail.dsn import BounceReport, parse_bounce
 from gateway.outbound.compose import OutboundDocument, compose
-from gateway.outbound.dsn import BounceReport, parse_bounce
 from gateway.outbound.verp import BounceAddresses
 
 SECRET = b"0123456789abcdef0123456789abcdef"

@@ -18,7 +18,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import structlog
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,30 +31,26 @@ from gateway.inbound.extract import (
     extract_documents,
 )
 from gateway.inbound.recipients import Destination, Recipients
-from gateway.inbound.spool import read_spooled
-from gateway.outbound.dsn import BounceReport, parse_bounce
-from gateway.outbound.forward import queue_forwards
-from gateway.outbound.ledger import TransitionError, transition
+from gateway.mail.dsn import BounceReport, parse_bounce
 from gateway.routing.partners import PartnerRegistry
 from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database
 from gateway.storage.directory import CompanyRef
 from gateway.storage.folders import ensure_folder
-from gateway.storage.leases import claim_rows
 from gateway.storage.models import (
     BotMail,
-    DeliveryEvent,
-    DeliveryStatus,
     Document,
     DuplicateDocument,
     InboundMessage,
     MessageStatus,
 )
 from gateway.storage.placement import record_placement
+from gateway.storage.queues import deliveries, forwards
+from gateway.storage.queues import inbound as inbound_queue
+from gateway.storage.rawmail import read_spooled
 
 log = structlog.get_logger("gateway.filing")
 
-LEASE = timedelta(minutes=5)
 RETRY_BASE = timedelta(seconds=30)
 
 
@@ -183,25 +179,8 @@ class Filer:
 
     def claim(self, limit: int = 20) -> list[int]:
         """Take up to `limit` messages waiting for filing; one guarded UPDATE, safe to race."""
-        now = self.clock.now()
-        claimable = or_(
-            InboundMessage.status == MessageStatus.RECEIVED,
-            and_(InboundMessage.status == MessageStatus.FILING, InboundMessage.lease_until < now),
-        )
         with self.db.write() as s:
-            candidates = (
-                select(InboundMessage.id).where(claimable).order_by(InboundMessage.id).limit(limit)
-            )
-            return claim_rows(
-                s,
-                InboundMessage,
-                candidates,
-                claimable,
-                status=MessageStatus.FILING,
-                claimed_by=self.worker_name,
-                lease_until=now + LEASE,
-                attempts=InboundMessage.attempts + 1,
-            )
+            return inbound_queue.claim_waiting(s, self.worker_name, self.clock.now(), limit)
 
     # -- filing ---------------------------------------------------------------------------
 
@@ -330,18 +309,7 @@ class Filer:
         now = self.clock.now()
         with self.db.write() as s:
             # Guarded first: a message whose lease another worker took over gets nothing.
-            owned = set(
-                s.execute(
-                    update(InboundMessage)
-                    .where(
-                        InboundMessage.id.in_([p.message.id for p in batch]),
-                        InboundMessage.status == MessageStatus.FILING,
-                        InboundMessage.claimed_by == self.worker_name,
-                    )
-                    .values(lease_until=now + LEASE)
-                    .returning(InboundMessage.id)
-                ).scalars()
-            )
+            owned = inbound_queue.renew(s, [p.message.id for p in batch], self.worker_name, now)
             filed_here: dict[tuple[int, str], int] = {}  # the same file twice in this batch
             for p in batch:
                 p.owned = p.message.id in owned
@@ -407,21 +375,19 @@ class Filer:
         if bot_mails:
             # R6: forwarded to the cabinet's contact if it asked for it; queued in this
             # transaction, so a bot mail and its forward exist together or not at all.
-            queue_forwards(s, bot_mails, now, p.extraction.message_id)
+            forwards.enqueue(s, bot_mails, now, p.extraction.message_id)
         for dest in p.bounces:
             assert dest.delivery_id is not None
             outcome.bounces.append(_apply_bounce(s, dest.delivery_id, p.bounce_report, now))
-        s.execute(
-            update(InboundMessage)
-            .where(InboundMessage.id == message.id)
-            .values(
-                status=outcome.status(),
-                reason=outcome.reason(),
-                processed_at=now,
-                lease_until=None,
-                header_message_id=_clip(p.extraction.message_id, 998),
-                subject=p.extraction.subject,
-            )
+        inbound_queue.finish(
+            s,
+            message.id,
+            self.worker_name,
+            outcome.status(),
+            now,
+            reason=outcome.reason(),
+            header_message_id=_clip(p.extraction.message_id, 998),
+            subject=p.extraction.subject,
         )
 
     def _folder_id(self, company_id: int, path: str, now: datetime) -> int:
@@ -449,23 +415,15 @@ class Filer:
     def _release_after_failure(self, message: InboundMessage, error: Exception) -> None:
         """Retry later with back-off (the row stays claimable once `lease_until` passes)."""
         reason = f"filing failed (attempt {message.attempts}): {error!r}"
-        values: dict[str, object]
+        retry_at: datetime | None = None
         if message.attempts >= self.config.max_attempts:
             reason += "; held for an administrator after too many attempts"
-            values = {"status": MessageStatus.HELD, "lease_until": None}
         else:
             retry_at = self.clock.now() + RETRY_BASE * 2 ** (message.attempts - 1)
             reason += f"; will retry after {retry_at:%Y-%m-%d %H:%M:%S}Z"
-            values = {"claimed_by": None, "lease_until": retry_at}
         with self.db.write() as s:
-            s.execute(
-                update(InboundMessage)
-                .where(
-                    InboundMessage.id == message.id,
-                    InboundMessage.status == MessageStatus.FILING,
-                    InboundMessage.claimed_by == self.worker_name,
-                )
-                .values(reason=reason, **values)
+            inbound_queue.release_after_failure(
+                s, message.id, self.worker_name, reason, retry_at=retry_at
             )
 
 
@@ -476,30 +434,8 @@ def _apply_bounce(s: Session, delivery_id: int, report: BounceReport | None, now
         return f"delivery #{delivery_id}: not a delivery report (an auto-reply?), kept only"
     words = report.diagnostic or report.status or "bounced"
     if not report.permanent:
-        s.add(
-            DeliveryEvent(
-                delivery_id=delivery_id,
-                at=now,
-                from_status=DeliveryStatus.SENT,
-                to_status=DeliveryStatus.SENT,
-                detail=f"delay reported: {words}",
-            )
-        )
-        return f"delivery #{delivery_id}: delay reported ({words})"
-    try:
-        with s.begin_nested():
-            transition(
-                s,
-                delivery_id,
-                [DeliveryStatus.SENT],
-                DeliveryStatus.BOUNCED,
-                now,
-                words,
-                reason=words,
-            )
-    except TransitionError as exc:
-        return f"delivery #{delivery_id}: bounce not applied ({exc})"
-    return f"delivery #{delivery_id} bounced: {words}"
+        return deliveries.note_delay(s, delivery_id, words, now)
+    return deliveries.bounce(s, delivery_id, words, now)
 
 
 def _clip(value: str | None, limit: int) -> str | None:

@@ -27,11 +27,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from gateway.storage.db import Database
-from gateway.storage.models import InboundMessage, MessageStatus
+from gateway.storage.queues import inbound as inbound_queue
 
 SEGMENT_MAX_BYTES = 64 * 1024 * 1024
 
@@ -102,22 +101,12 @@ class SpoolWriter:
                     "sha256": a.sha256 or hashlib.sha256(a.content).hexdigest(),
                     "spool_segment": segment,
                     "spool_offset": offset,
-                    "status": (
-                        MessageStatus.REJECTED if a.rejected_reason else MessageStatus.RECEIVED
-                    ).value,
-                    "reason": a.rejected_reason,
-                    "attempts": 0,
+                    "reason": a.rejected_reason,  # refused at intake: stored `rejected`
                 }
                 for a, (segment, offset) in zip(arrivals, placed, strict=True)
             ]
             with self.db.write() as session:
-                result = session.execute(
-                    insert(InboundMessage).returning(
-                        InboundMessage.id, sort_by_parameter_order=True
-                    ),
-                    rows,
-                )
-                ids = [row[0] for row in result]
+                ids = inbound_queue.enqueue(session, rows)
                 if also is not None:
                     also(session, ids)
                 return ids
@@ -174,15 +163,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def read_spooled(directory: Path, segment: str, offset: int, size: int) -> bytes:
-    with open(directory / segment, "rb") as f:
-        f.seek(offset)
-        data = f.read(size)
-    if len(data) != size:
-        raise OSError(f"spool segment {segment} is short: wanted {size} bytes at {offset}")
-    return data
 
 
 class Spool:

@@ -17,42 +17,39 @@ import asyncio
 import contextlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from multiprocessing import get_context
 from typing import Protocol
 
 import structlog
-from sqlalchemy import and_, insert, or_, select
+from sqlalchemy import select
 
 from gateway.clock import Clock, as_utc
 from gateway.config import OutboundConfig
 from gateway.outbound.compose import OutboundDocument, compose
-from gateway.outbound.ledger import Move, transition_many
+from gateway.outbound.settle import settle
 from gateway.outbound.transport import Outcome, Transport
 from gateway.priority import run_at_idle_priority
 from gateway.routing.addresses import split_address
 from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database
-from gateway.storage.leases import claim_rows
 from gateway.storage.models import (
     Company,
     Connection,
     Delivery,
-    DeliveryEvent,
     DeliveryStatus,
     Document,
 )
+from gateway.storage.queues import deliveries
 
 log = structlog.get_logger("gateway.outbound")
 
-LEASE = timedelta(minutes=5)
 CLAIM_LIMIT = 200  # deliveries per claim: a few seconds of sending, well inside the lease
 PIPELINE_DEPTH = 16  # messages composed and signed ahead of the one being sent
 PREPARE_CHUNK = 8  # composed per trip to the worker thread
 RECORD_BATCH = 64  # outcomes written in one transaction ...
 RECORD_DELAY_SECONDS = 0.05  # ... or after this long, whichever comes first
-QUEUED, SENDING, SENT = DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.SENT
-DEFERRED, FAILED = DeliveryStatus.DEFERRED, DeliveryStatus.FAILED
+SENDING = DeliveryStatus.SENDING
 
 
 class Signer(Protocol):
@@ -121,46 +118,16 @@ class Dispatcher:
     ) -> list[int]:
         """Take deliveries to send now; `flush` ignores the schedule (`postqueue -f`) and
         takes ids above `after` only, so one flush tries each delivery once."""
-        now = self.clock.now()
-        waiting = Delivery.status.in_([QUEUED.value, DEFERRED.value])
-        if not flush:
-            waiting = and_(waiting, Delivery.due_at <= now)
-        else:
-            waiting = and_(waiting, Delivery.id > after)
-        stalled = and_(Delivery.status == SENDING, Delivery.lease_until < now)
-        claimable = or_(waiting, stalled)
         with self.db.write() as s:
-            order = Delivery.id if flush else Delivery.due_at
-            query = select(Delivery.id).where(claimable).order_by(order).limit(limit)
-            if partner:
-                query = query.join(Connection, Delivery.connection_id == Connection.id).where(
-                    Connection.partner == partner.lower()
-                )
-            claimed = claim_rows(
+            return deliveries.claim_due(
                 s,
-                Delivery,
-                query,
-                claimable,
-                status=SENDING,
-                claimed_by=self.worker_name,
-                lease_until=now + LEASE,
-                attempts=Delivery.attempts + 1,
+                self.worker_name,
+                self.clock.now(),
+                limit=limit,
+                flush=flush,
+                partner=partner,
+                after=after,
             )
-            if claimed:
-                s.execute(
-                    insert(DeliveryEvent),
-                    [
-                        {
-                            "delivery_id": delivery_id,
-                            "at": now,
-                            "from_status": None,
-                            "to_status": SENDING.value,
-                            "detail": f"claimed by {self.worker_name}",
-                        }
-                        for delivery_id in claimed
-                    ],
-                )
-            return claimed
 
     async def run_once(self, *, flush: bool = False, partner: str | None = None) -> int:
         """Send everything due now; with `flush`, everything waiting, each tried once (a
@@ -294,15 +261,8 @@ class Dispatcher:
         now = self.clock.now()
         moves = [self._move(job, outcome, reply, now) for job, outcome, reply in outcomes]
         with self.db.write() as s:
-            refused = transition_many(s, SENDING, moves, now)
-            if refused:
-                states = dict(
-                    s.execute(
-                        select(Delivery.id, Delivery.status).where(
-                            Delivery.id.in_([m.delivery_id for m in refused])
-                        )
-                    ).all()
-                )
+            refused = deliveries.transition_many(s, SENDING, moves, now, claimant=self.worker_name)
+            states = deliveries.states_of(s, [m.delivery_id for m in refused]) if refused else {}
         for m in refused:
             log.error(
                 "transition_refused",
@@ -311,41 +271,16 @@ class Dispatcher:
                 wanted=m.target.value,
             )
 
-    def _move(self, job: Job, outcome: Outcome | None, reply: str, now: datetime) -> Move:
-        if outcome is Outcome.ACCEPTED:
-            # R13: sent = validated for that connection; never sent again.
-            return Move(
-                job.delivery_id, SENT, reply, {"reason": reply, "lease_until": None, "sent_at": now}
-            )
-        if outcome is Outcome.PERMANENT:
-            return Move(job.delivery_id, FAILED, reply, {"reason": reply, "lease_until": None})
-        retry_at = next_attempt(self.config, job.attempts, job.created_at, now)
-        if retry_at is None:
-            why = gave_up(job.created_at, now, reply)
-            return Move(job.delivery_id, FAILED, why, {"reason": why, "lease_until": None})
-        return Move(
-            job.delivery_id,
-            DEFERRED,
-            reply,
-            {"reason": reply, "lease_until": None, "due_at": retry_at},
-        )
-
-
-def next_attempt(
-    config: OutboundConfig, attempts: int, created_at: datetime, now: datetime
-) -> datetime | None:
-    """When a send that failed temporarily is tried again: `retry_min_seconds` doubling with
-    each attempt up to `retry_max_seconds` (Postfix's back-off), or None once the first
-    queueing is older than `lifetime_seconds` (give up). Deliveries and forwards alike."""
-    if (now - created_at).total_seconds() >= config.lifetime_seconds:
-        return None
-    delay = min(config.retry_min_seconds * 2 ** max(attempts - 1, 0), config.retry_max_seconds)
-    return now + timedelta(seconds=delay)
-
-
-def gave_up(created_at: datetime, now: datetime, reply: str) -> str:
-    """The reason recorded when `next_attempt` says to give up."""
-    return f"gave up after {(now - created_at).days} days; last reply: {reply}"
+    def _move(
+        self, job: Job, outcome: Outcome | None, reply: str, now: datetime
+    ) -> deliveries.Move:
+        done = settle(self.config, outcome, reply, job.attempts, job.created_at, now)
+        values: dict[str, object] = {"reason": done.reason, "lease_until": None}
+        if done.target == "sent":
+            values["sent_at"] = now  # R13: sent = validated for that connection
+        if done.retry_at is not None:
+            values["due_at"] = done.retry_at
+        return deliveries.Move(job.delivery_id, DeliveryStatus(done.target), done.reason, values)
 
 
 def compose_job(job: Job, date: datetime, sender_name: str) -> tuple[str, bytes]:

@@ -7,21 +7,13 @@ forward is a new message *from us*: From is the gateway's sender identity on our
 (`config.gateway_sender`, as for documents), DKIM-signed for that domain like any outbound
 message (R15), and the original rides along untouched as an attachment.
 
-The queue, `bot_mail_forwards`, is a small state machine like the delivery ledger:
-
-    queued ──> sending ──> sent
-                  │ ╲
-                  │  ╲──> failed     (5xx from the contact's server, or given up)
-                  └────> deferred ──> sending (retried after back-off)
-
-The filer queues a forward in the transaction that writes the bot mail (`queue_forwards`),
-when the cabinet has forwarding on and a contact address: one forward per bot mail, and one
-per message and address when a message reached several bot identities of the cabinet. A
-`Forwarder` (run by `gateway sender`, beside the dispatcher) claims due forwards with a
-lease, composes, signs last, sends through the same `Transport` as deliveries and records
-the outcome with a guarded update (`… WHERE id = ? AND status IN (…) AND claimed_by = ?`):
-accepted -> sent; permanent -> failed with the server's words; temporary -> deferred with
-the back-off and lifetime of `[outbound]` (300 s doubling to 4000 s, failed after 5 days).
+The queue, `bot_mail_forwards`, is owned by `gateway/storage/queues/forwards.py` (its state
+table, the filer's `enqueue` in the transaction that writes the bot mail, the claim and every
+status write). A `Forwarder` (run by `gateway sender`, beside the dispatcher) claims due
+forwards with a lease, composes, signs last, sends through the same `Transport` as
+deliveries and records the outcome with a transition guarded by its claim, mapped as for
+deliveries (`gateway/outbound/settle.py`): accepted -> sent; permanent -> failed with the
+server's words; temporary -> deferred with the back-off and lifetime of `[outbound]`.
 A worker killed between the server's 250 and the record sends the forward again once its
 lease expires: at least once, with the same Message-ID, as for deliveries.
 
@@ -56,25 +48,21 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, tzinfo
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
 
 import structlog
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.clock import Clock, as_utc
 from gateway.config import OutboundConfig
-from gateway.inbound.spool import read_spooled
 from gateway.outbound.compose import header_display_name, plain_address
-from gateway.outbound.dispatch import Signer, gave_up, next_attempt
-from gateway.outbound.ledger import TransitionError
+from gateway.outbound.dispatch import Signer
 from gateway.outbound.mime import (
     base64_lines,
     clean_text,
@@ -85,81 +73,24 @@ from gateway.outbound.mime import (
     text_part,
     tokens,
 )
+from gateway.outbound.settle import settle
 from gateway.outbound.transport import Outcome, Transport
 from gateway.routing.addresses import split_address
 from gateway.storage.db import Database
-from gateway.storage.leases import claim_rows
 from gateway.storage.models import BotMail, BotMailForward, Cabinet, ForwardStatus, InboundMessage
+from gateway.storage.queues import forwards
+from gateway.storage.queues.forwards import TransitionError, forward_message_id
+from gateway.storage.rawmail import read_spooled
 
 log = structlog.get_logger("gateway.forward")
 
-LEASE = timedelta(minutes=5)
-QUEUED, SENDING, SENT = ForwardStatus.QUEUED, ForwardStatus.SENDING, ForwardStatus.SENT
-DEFERRED, FAILED = ForwardStatus.DEFERRED, ForwardStatus.FAILED
-
-ALLOWED: dict[ForwardStatus, frozenset[ForwardStatus]] = {
-    QUEUED: frozenset({SENDING}),
-    SENDING: frozenset({SENT, DEFERRED, FAILED}),
-    DEFERRED: frozenset({SENDING, FAILED}),
-    SENT: frozenset(),
-    FAILED: frozenset(),
-}
+SENDING = ForwardStatus.SENDING
 
 ORIGINAL_NAME = "original.eml"
 _SUBJECT_MAX = 200  # characters of the original subject kept in ours
 # What keeps the original from travelling as 7bit message/rfc822: an 8-bit byte or NUL, a CR
 # not before LF, an LF not after CR, or a line of more than 998 octets.
 _NOT_7BIT = re.compile(rb"[\x00\x80-\xff]|\r(?!\n)|(?<!\r)\n|[^\r\n]{999}")
-_FORWARD_ID_RE = re.compile(r"bmf\d+\.[0-9a-f]{16}@", re.IGNORECASE)
-
-
-# -- queueing (called by the filer) -----------------------------------------------------------
-
-
-def queue_forwards(
-    s: Session, mails: Sequence[BotMail], now: datetime, message_id: str | None = None
-) -> list[BotMailForward]:
-    """Queue, in the caller's transaction, the forwards these bot mails (of one inbound
-    message, just added to `s`) call for: one per bot mail of a cabinet with forwarding on
-    and a contact address, and one per contact address for the whole message (a message
-    to two bot identities of one cabinet reaches the contact once). `message_id` is the
-    inbound Message-ID: one of our own forwards coming back is not forwarded again."""
-    if message_id and _FORWARD_ID_RE.match(message_id):
-        return []
-    cabinet_ids = {m.cabinet_id for m in mails if m.cabinet_id is not None}
-    if not cabinet_ids:
-        return []
-    contacts: dict[int, str] = {
-        cabinet_id: contact
-        for cabinet_id, contact in s.execute(
-            select(Cabinet.id, Cabinet.contact_email).where(
-                Cabinet.id.in_(cabinet_ids),
-                Cabinet.forward_bot_mail.is_(True),
-                Cabinet.contact_email.is_not(None),
-            )
-        )
-    }
-    if not contacts:
-        return []
-    s.flush()  # the bot mails' ids
-    queued: list[BotMailForward] = []
-    seen: set[str] = set()
-    for mail in mails:
-        to = contacts.get(mail.cabinet_id) if mail.cabinet_id is not None else None
-        if to is None or to.lower() in seen:
-            continue
-        seen.add(to.lower())
-        forward = BotMailForward(
-            bot_mail_id=mail.id,
-            to_address=to,
-            status=QUEUED,
-            due_at=now,
-            attempts=0,
-            created_at=now,
-        )
-        s.add(forward)
-        queued.append(forward)
-    return queued
 
 
 # -- the wrapper message ----------------------------------------------------------------------
@@ -177,15 +108,6 @@ class ForwardedMail:
     received_at: datetime
     raw: bytes
     sha256: str  # of `raw`, as stored with the inbound message
-
-
-def forward_message_id(forward_id: int, sha256: str, domain: str) -> str:
-    """`<bmf<id>.<sha256[:16]>@<domain>>`: stable per forward (a retry is the same mail),
-    and recognisable when it comes back (the loop guard in `queue_forwards`)."""
-    digest = sha256.lower()[:16]
-    if forward_id < 0 or not re.fullmatch(r"[0-9a-f]{16}", digest):
-        raise ValueError("a forward Message-ID needs a forward id and a sha256 hex digest")
-    return f"<bmf{forward_id}.{digest}@{domain.lower()}>"
 
 
 def compose_forward(
@@ -349,25 +271,9 @@ class Forwarder:
         """Take forwards to send now (queued or deferred and due, or `sending` with an
         expired lease: a worker that died mid-send); one guarded UPDATE, safe to race.
         `flush` ignores the back-off."""
-        now = self.clock.now()
-        waiting = BotMailForward.status.in_([QUEUED.value, DEFERRED.value])
-        if not flush:
-            waiting = and_(waiting, BotMailForward.due_at <= now)
-        stalled = and_(BotMailForward.status == SENDING, BotMailForward.lease_until < now)
-        claimable = or_(waiting, stalled)
         with self.db.write() as s:
-            return claim_rows(
-                s,
-                BotMailForward,
-                select(BotMailForward.id)
-                .where(claimable)
-                .order_by(BotMailForward.due_at, BotMailForward.id)
-                .limit(limit),
-                claimable,
-                status=SENDING,
-                claimed_by=self.worker_name,
-                lease_until=now + LEASE,
-                attempts=BotMailForward.attempts + 1,
+            return forwards.claim_due(
+                s, self.worker_name, self.clock.now(), limit=limit, flush=flush
             )
 
     def jobs(self, forward_ids: list[int]) -> list[ForwardJob]:
@@ -471,62 +377,17 @@ class Forwarder:
     def _record(
         self, s: Session, job: ForwardJob, outcome: Outcome | None, reply: str, now: datetime
     ) -> None:
-        mine = self.worker_name
-        if outcome is Outcome.ACCEPTED:
-            transition(
-                s, job.forward_id, [SENDING], SENT, claimed_by=mine, reason=reply, sent_at=now
-            )
-            return
-        if outcome is Outcome.PERMANENT:
-            transition(s, job.forward_id, [SENDING], FAILED, claimed_by=mine, reason=reply)
-            return
-        retry_at = next_attempt(self.config, job.attempts, job.created_at, now)
-        if retry_at is None:
-            why = gave_up(job.created_at, now, reply)
-            transition(s, job.forward_id, [SENDING], FAILED, claimed_by=mine, reason=why)
-            return
-        transition(
+        done = settle(self.config, outcome, reply, job.attempts, job.created_at, now)
+        values: dict[str, object] = {"reason": done.reason}
+        if done.target == "sent":
+            values["sent_at"] = now
+        if done.retry_at is not None:
+            values["due_at"] = done.retry_at
+        forwards.transition(
             s,
             job.forward_id,
             [SENDING],
-            DEFERRED,
-            claimed_by=mine,
-            reason=reply,
-            due_at=retry_at,
-        )
-
-
-def transition(
-    s: Session,
-    forward_id: int,
-    sources: Iterable[ForwardStatus],
-    target: ForwardStatus,
-    *,
-    claimed_by: str | None = None,
-    **values: Any,
-) -> None:
-    """Move one forward from one of `sources` to `target` in one guarded UPDATE (and, with
-    `claimed_by`, only if that worker still holds it), or raise `TransitionError` and
-    change nothing. The lease is released with every move."""
-    sources = frozenset(sources)
-    illegal = [src for src in sources if target not in ALLOWED[src]]
-    if illegal:
-        raise TransitionError(f"no forward transition {', '.join(illegal)} -> {target}")
-    guard = [BotMailForward.id == forward_id, BotMailForward.status.in_(sources)]
-    if claimed_by is not None:
-        guard.append(BotMailForward.claimed_by == claimed_by)
-    changed = s.execute(
-        update(BotMailForward).where(*guard).values(status=target, lease_until=None, **values)
-    ).rowcount
-    if changed != 1:
-        current = s.execute(
-            select(BotMailForward.status, BotMailForward.claimed_by).where(
-                BotMailForward.id == forward_id
-            )
-        ).first()
-        state = f"{current[0]} (held by {current[1]})" if current else "missing"
-        raise TransitionError(
-            f"forward {forward_id} is {state}, not {' or '.join(sorted(sources))}"
-            + (f" held by {claimed_by}" if claimed_by else "")
-            + f": cannot move it to {target}"
+            ForwardStatus(done.target),
+            claimed_by=self.worker_name,
+            **values,
         )

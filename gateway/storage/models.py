@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -9,6 +10,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -23,6 +25,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: DateTime(timezone=True)}
+
+
+def one_of(table: str, column: str, values: Iterable[str]) -> CheckConstraint:
+    """The database refuses any other value in `column` (migration 0005 adds the same)."""
+    allowed = ", ".join(f"'{v}'" for v in values)
+    return CheckConstraint(f"{column} IN ({allowed})", name=f"ck_{table}_{column}")
 
 
 class MessageStatus(StrEnum):
@@ -78,7 +86,10 @@ class InboundMessage(Base):
     """The inbound log: one row per message acknowledged (SMTP) or taken (IMAP)."""
 
     __tablename__ = "inbound_messages"
-    __table_args__ = (Index("ix_inbound_messages_status_lease", "status", "lease_until"),)
+    __table_args__ = (
+        Index("ix_inbound_messages_status_lease", "status", "lease_until"),
+        one_of("inbound_messages", "status", MessageStatus),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     queue_id: Mapped[str] = mapped_column(String(32), unique=True)
     source: Mapped[str] = mapped_column(String(16))  # smtp | imap
@@ -153,7 +164,7 @@ class BotMail(Base):
 
 
 class ForwardStatus(StrEnum):
-    """A bot mail forward's state machine; see gateway/outbound/forward.py."""
+    """A bot mail forward's state machine; see gateway/storage/queues/forwards.py."""
 
     QUEUED = "queued"
     SENDING = "sending"
@@ -167,7 +178,10 @@ class BotMailForward(Base):
     the transaction that writes the bot mail; at most one per bot mail."""
 
     __tablename__ = "bot_mail_forwards"
-    __table_args__ = (Index("ix_bot_mail_forwards_status_due", "status", "due_at"),)
+    __table_args__ = (
+        Index("ix_bot_mail_forwards_status_due", "status", "due_at"),
+        one_of("bot_mail_forwards", "status", ForwardStatus),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     bot_mail_id: Mapped[int] = mapped_column(ForeignKey("bot_mail.id"), unique=True)
     to_address: Mapped[str] = mapped_column(String(320))  # the contact when it was queued
@@ -213,7 +227,7 @@ class Switch(Base):
 
 
 class DeliveryStatus(StrEnum):
-    """The delivery state machine; see gateway/outbound/ledger.py for the transitions."""
+    """The delivery state machine; see gateway/storage/queues/deliveries.py for the transitions."""
 
     QUEUED = "queued"
     SENDING = "sending"
@@ -231,6 +245,7 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("document_id", "connection_id"),
         Index("ix_deliveries_status_due", "status", "due_at"),
+        one_of("deliveries", "status", DeliveryStatus),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     document_id: Mapped[int] = mapped_column(ForeignKey("documents.id"))
@@ -280,6 +295,14 @@ class ImapCheckpoint(Base):
     last_sync_at: Mapped[datetime | None]
 
 
+class ImapOutcome(StrEnum):
+    """What became of a message taken from an IMAP folder."""
+
+    STORED = "stored"  # in the inbound queue
+    REJECTED = "rejected"  # stored `rejected`: nothing we can route
+    DUPLICATE = "duplicate"  # read before (same fingerprint): not filed again
+
+
 class ImapMessage(Base):
     """One message taken from an IMAP folder: what became of it, and whether it has been
     moved (or flagged) on the server yet. Its fingerprints let a folder recreated under a
@@ -289,6 +312,7 @@ class ImapMessage(Base):
     __table_args__ = (
         UniqueConstraint("source", "folder", "uidvalidity", "uid"),
         Index("ix_imap_messages_source_fingerprint", "source", "fingerprint"),
+        one_of("imap_messages", "outcome", ImapOutcome),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     source: Mapped[str] = mapped_column(String(63))

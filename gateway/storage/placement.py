@@ -17,16 +17,8 @@ from sqlalchemy.orm import Session
 
 from gateway.clock import as_utc
 from gateway.routing.partners import PartnerRegistry
-from gateway.storage.db import upsert_insert
-from gateway.storage.models import (
-    Connection,
-    Delivery,
-    DeliveryEvent,
-    DeliveryStatus,
-    Document,
-    Folder,
-    Switch,
-)
+from gateway.storage.models import Connection, DeliveryStatus, Document, Folder, Switch
+from gateway.storage.queues import deliveries
 
 
 def covering_switches(
@@ -67,30 +59,17 @@ def record_placement(
             problem = partner.limit_problem(document.size, document.media_type)
             due = partner.next_run(now)
         status = DeliveryStatus.SKIPPED if problem else DeliveryStatus.QUEUED
-        delivery_id = session.execute(
-            upsert_insert(session)(Delivery)
-            .values(
-                document_id=document.id,
-                connection_id=connection.id,
-                status=status,
-                due_at=due,
-                attempts=0,
-                reason=problem,
-                created_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=["document_id", "connection_id"])
-            .returning(Delivery.id)
-        ).scalar_one_or_none()
+        delivery_id = deliveries.create(
+            session,
+            document.id,
+            connection.id,
+            status,
+            due,
+            problem,
+            problem or f"placed in {folder_path}; due at the next run",
+            now,
+        )
         if delivery_id is None:  # already delivered or waiting: one delivery per pair
             continue
-        session.add(
-            DeliveryEvent(
-                delivery_id=delivery_id,
-                at=now,
-                from_status=None,
-                to_status=status,
-                detail=problem or f"placed in {folder_path}; due at the next run",
-            )
-        )
         created.append(delivery_id)
     return created

@@ -1,0 +1,78 @@
+"""What every queue module has in common: its state table, the one-statement claim, and the
+guarded move that fails loudly.
+
+A queue is a table of work rows with a `status` column. Its module (one per queue, beside
+this one) is the only code that writes that column: it declares the allowed transitions as
+a `StateTable`, claims rows for a worker in ONE statement, and moves rows with an UPDATE
+guarded by the expected status and, for a worker's own moves, by the claimant — a worker
+whose lease was taken over changes nothing, and is told so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, update
+from sqlalchemy.orm import Session
+
+from gateway.errors import GatewayError
+
+
+class TransitionError(GatewayError, RuntimeError):
+    """A row was not in a state the transition may start from, or no longer held by the
+    worker that asked: nothing was changed."""
+
+
+class StateTable:
+    """The allowed transitions of one queue: `{from: {to, …}}`. `kind` names the rows in
+    error messages ("no forward transition …"); the ledger's say just "no transition …"."""
+
+    def __init__(self, kind: str, allowed: Mapping[StrEnum, Iterable[StrEnum]]) -> None:
+        self.kind = kind
+        self.allowed = {source: frozenset(targets) for source, targets in allowed.items()}
+
+    def check(self, sources: Iterable[StrEnum], target: StrEnum) -> None:
+        """Raise `TransitionError` unless `target` may follow every one of `sources`."""
+        illegal = sorted(s.value for s in sources if target not in self.allowed[s])  # type: ignore[index]
+        if illegal:
+            kind = f"{self.kind} " if self.kind else ""
+            raise TransitionError(f"no {kind}transition {', '.join(illegal)} -> {target}")
+
+
+def claim(
+    s: Session,
+    model: Any,
+    candidates: Select[Any],
+    claimable: ColumnElement[bool],
+    **values: Any,
+) -> list[int]:
+    """Take the rows `candidates` selects (ids, in its order and limit) in ONE statement,
+    setting `values`; returns their ids, sorted.
+
+    PostgreSQL: `WITH picked AS MATERIALIZED (SELECT … FOR UPDATE SKIP LOCKED) UPDATE … FROM
+    picked WHERE id = picked.id AND claimable RETURNING id`. SKIP LOCKED makes concurrent
+    workers take different rows instead of all reaching for the lowest ids and all but one
+    coming back empty; MATERIALIZED makes the pick run once (a LIMIT sub-select inside
+    `IN (…)` may be re-scanned, and each re-scan, skipping the rows this very statement
+    has just changed, would take `limit` more). SQLite has one writer at a time, so the
+    guarded `UPDATE … WHERE id IN (SELECT …) AND claimable` is atomic as it stands.
+    """
+    if s.get_bind().dialect.name == "postgresql":
+        picked = (
+            candidates.with_for_update(skip_locked=True, of=model)
+            .cte("picked")
+            .prefix_with("MATERIALIZED")
+        )
+        chosen = model.id == picked.c.id
+    else:
+        chosen = model.id.in_(candidates.scalar_subquery())
+    claimed = s.execute(
+        update(model)
+        .where(chosen, claimable)
+        .values(**values)
+        .returning(model.id)
+        .execution_options(synchronize_session=False)
+    ).scalars()
+    return sorted(claimed)

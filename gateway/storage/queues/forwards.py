@@ -1,0 +1,162 @@
+"""The bot-mail forwards queue: the one module that writes `bot_mail_forwards.status`.
+
+    (new) ──> queued ──> sending ──> sent
+                           │ ╲
+                           │  ╲──> failed     (5xx from the contact's server, or given up)
+                           └────> deferred ──> sending (retried after back-off)
+
+The filer queues a forward in the transaction that writes the bot mail (`enqueue`), when
+the cabinet has forwarding on and a contact address: one forward per bot mail, and one per
+message and address when a message reached several bot identities of the cabinet. A sender
+claims due forwards with a lease (`claim_due`, one statement) and records each outcome with
+`transition`, guarded by the expected status and by the claimant: a worker whose lease was
+taken over is refused (`TransitionError`) and changes nothing. Every move releases the lease.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from gateway.storage.models import BotMail, BotMailForward, Cabinet, ForwardStatus
+from gateway.storage.queues.base import StateTable, TransitionError, claim
+
+__all__ = ["LEASE", "STATES", "TransitionError"]
+
+QUEUED, SENDING, SENT = ForwardStatus.QUEUED, ForwardStatus.SENDING, ForwardStatus.SENT
+DEFERRED, FAILED = ForwardStatus.DEFERRED, ForwardStatus.FAILED
+
+LEASE = timedelta(minutes=5)
+STATES = StateTable(
+    "forward",
+    {
+        QUEUED: {SENDING},
+        SENDING: {SENT, DEFERRED, FAILED},
+        DEFERRED: {SENDING, FAILED},
+        SENT: set(),
+        FAILED: set(),
+    },
+)
+ALLOWED = STATES.allowed
+
+# A forward's Message-ID, `<bmf<id>.<sha256[:16]>@<domain>>`: stable per forward (a retry is
+# the same mail) and recognisable when it comes back to a bot identity (the loop guard).
+_FORWARD_ID_RE = re.compile(r"bmf\d+\.[0-9a-f]{16}@", re.IGNORECASE)
+
+
+def forward_message_id(forward_id: int, sha256: str, domain: str) -> str:
+    """The Message-ID of forward `forward_id` of a message whose bytes hash to `sha256`."""
+    digest = sha256.lower()[:16]
+    if forward_id < 0 or not re.fullmatch(r"[0-9a-f]{16}", digest):
+        raise ValueError("a forward Message-ID needs a forward id and a sha256 hex digest")
+    return f"<bmf{forward_id}.{digest}@{domain.lower()}>"
+
+
+def enqueue(
+    s: Session, mails: Sequence[BotMail], now: datetime, message_id: str | None = None
+) -> list[BotMailForward]:
+    """Queue, in the caller's transaction, the forwards these bot mails (of one inbound
+    message, just added to `s`) call for: one per bot mail of a cabinet with forwarding on
+    and a contact address, and one per contact address for the whole message (a message
+    to two bot identities of one cabinet reaches the contact once). `message_id` is the
+    inbound Message-ID: one of our own forwards coming back is not forwarded again."""
+    if message_id and _FORWARD_ID_RE.match(message_id):
+        return []
+    cabinet_ids = {m.cabinet_id for m in mails if m.cabinet_id is not None}
+    if not cabinet_ids:
+        return []
+    contacts: dict[int, str] = {
+        cabinet_id: contact
+        for cabinet_id, contact in s.execute(
+            select(Cabinet.id, Cabinet.contact_email).where(
+                Cabinet.id.in_(cabinet_ids),
+                Cabinet.forward_bot_mail.is_(True),
+                Cabinet.contact_email.is_not(None),
+            )
+        )
+    }
+    if not contacts:
+        return []
+    s.flush()  # the bot mails' ids
+    queued: list[BotMailForward] = []
+    seen: set[str] = set()
+    for mail in mails:
+        to = contacts.get(mail.cabinet_id) if mail.cabinet_id is not None else None
+        if to is None or to.lower() in seen:
+            continue
+        seen.add(to.lower())
+        forward = BotMailForward(
+            bot_mail_id=mail.id,
+            to_address=to,
+            status=QUEUED,
+            due_at=now,
+            attempts=0,
+            created_at=now,
+        )
+        s.add(forward)
+        queued.append(forward)
+    return queued
+
+
+def claim_due(
+    s: Session, worker: str, now: datetime, *, limit: int, flush: bool = False
+) -> list[int]:
+    """Take forwards to send now (queued or deferred and due, or `sending` with an expired
+    lease: a worker that died mid-send), in one statement. `flush` ignores the back-off."""
+    waiting = BotMailForward.status.in_([QUEUED.value, DEFERRED.value])
+    if not flush:
+        waiting = and_(waiting, BotMailForward.due_at <= now)
+    stalled = and_(BotMailForward.status == SENDING, BotMailForward.lease_until < now)
+    claimable = or_(waiting, stalled)
+    return claim(
+        s,
+        BotMailForward,
+        select(BotMailForward.id)
+        .where(claimable)
+        .order_by(BotMailForward.due_at, BotMailForward.id)
+        .limit(limit),
+        claimable,
+        status=SENDING,
+        claimed_by=worker,
+        lease_until=now + LEASE,
+        attempts=BotMailForward.attempts + 1,
+    )
+
+
+def transition(
+    s: Session,
+    forward_id: int,
+    sources: Iterable[ForwardStatus],
+    target: ForwardStatus,
+    *,
+    claimed_by: str | None = None,
+    **values: Any,
+) -> None:
+    """Move one forward from one of `sources` to `target` in one guarded UPDATE (and, with
+    `claimed_by`, only if that worker still holds it), or raise `TransitionError` and
+    change nothing. The lease is released with every move."""
+    sources = frozenset(sources)
+    STATES.check(sources, target)
+    guard = [BotMailForward.id == forward_id, BotMailForward.status.in_(sources)]
+    if claimed_by is not None:
+        guard.append(BotMailForward.claimed_by == claimed_by)
+    changed = s.execute(
+        update(BotMailForward).where(*guard).values(status=target, lease_until=None, **values)
+    ).rowcount
+    if changed != 1:
+        current = s.execute(
+            select(BotMailForward.status, BotMailForward.claimed_by).where(
+                BotMailForward.id == forward_id
+            )
+        ).first()
+        state = f"{current[0]} (held by {current[1]})" if current else "missing"
+        raise TransitionError(
+            f"forward {forward_id} is {state}, not {' or '.join(sorted(sources))}"
+            + (f" held by {claimed_by}" if claimed_by else "")
+            + f": cannot move it to {target}"
+        )

@@ -1,0 +1,163 @@
+"""The inbound messages queue: the one module that writes `inbound_messages.status`.
+
+    (new) ──> received ──> filing ──> filed | partly_filed | duplicate | rejected
+       │                    │  ↺           | bot_mail | bounce
+       │                    └──> held     (filing kept failing: moved aside for an admin)
+       └──> rejected                      (IMAP intake: nothing we can route; kept, visible)
+
+A filing worker claims `received` rows, or `filing` rows whose lease ran out (a worker that
+died, or a failed attempt's back-off that has passed), in one statement (`claim`). Before
+writing a batch it renews the lease of the rows it still holds (`renew`: the guard), and
+each message's final status is written by `finish`, guarded by `filing` and the claimant.
+A failed attempt either releases the row for a retry after back-off (`filing` ↺, no
+claimant, `lease_until` = the retry time) or, after `max_attempts`, moves it aside (`held`).
+There is no event table for this queue: a message's story is its row (status, reason,
+attempts, processed_at) and the structured log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.orm import Session
+
+from gateway.storage.models import FINAL_STATUSES, InboundMessage, MessageStatus
+from gateway.storage.queues.base import StateTable, TransitionError, claim
+
+__all__ = ["LEASE", "STATES", "TransitionError"]
+
+RECEIVED, FILING, HELD = MessageStatus.RECEIVED, MessageStatus.FILING, MessageStatus.HELD
+REJECTED = MessageStatus.REJECTED
+
+LEASE = timedelta(minutes=5)
+STATES = StateTable(
+    "inbound message",
+    {
+        RECEIVED: {FILING},
+        FILING: {FILING} | (FINAL_STATUSES - {FILING}),  # FILING ↺: released for a retry
+        **{final: set() for final in FINAL_STATUSES},
+    },
+)
+
+
+def enqueue(session: Session, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert the rows of messages just made durable (`received`), or taken and refused at
+    intake (`rejected`: the row has a `reason`); their ids, in order."""
+    result = session.execute(
+        insert(InboundMessage).returning(InboundMessage.id, sort_by_parameter_order=True),
+        [
+            {
+                **row,
+                "status": (REJECTED if row.get("reason") else RECEIVED).value,
+                "attempts": 0,
+            }
+            for row in rows
+        ],
+    )
+    return [row[0] for row in result]
+
+
+def claim_waiting(session: Session, worker: str, now: datetime, limit: int) -> list[int]:
+    """Take up to `limit` messages waiting for filing, with a lease, in one statement."""
+    claimable = or_(
+        InboundMessage.status == RECEIVED,
+        and_(InboundMessage.status == FILING, InboundMessage.lease_until < now),
+    )
+    return claim(
+        session,
+        InboundMessage,
+        select(InboundMessage.id).where(claimable).order_by(InboundMessage.id).limit(limit),
+        claimable,
+        status=FILING,
+        claimed_by=worker,
+        lease_until=now + LEASE,
+        attempts=InboundMessage.attempts + 1,
+    )
+
+
+def renew(session: Session, message_ids: Iterable[int], worker: str, now: datetime) -> set[int]:
+    """Renew the lease of those of `message_ids` that `worker` still holds; returns them.
+    Called first in a batch's write transaction: a message another worker took over
+    is left alone."""
+    return set(
+        session.execute(
+            update(InboundMessage)
+            .where(
+                InboundMessage.id.in_(list(message_ids)),
+                InboundMessage.status == FILING,
+                InboundMessage.claimed_by == worker,
+            )
+            .values(lease_until=now + LEASE)
+            .returning(InboundMessage.id)
+        ).scalars()
+    )
+
+
+def finish(
+    session: Session,
+    message_id: int,
+    worker: str,
+    status: MessageStatus,
+    now: datetime,
+    **values: Any,
+) -> None:
+    """Write a filed message's final `status` (with `reason`, `subject`… in `values`),
+    guarded by `filing` and the claimant; `TransitionError` if the row is not ours."""
+    STATES.check([FILING], status)
+    if status in (FILING, HELD):
+        raise TransitionError(f"{status} is not the end of filing")
+    _move(session, message_id, worker, status, processed_at=now, lease_until=None, **values)
+
+
+def release_after_failure(
+    session: Session,
+    message_id: int,
+    worker: str,
+    reason: str,
+    *,
+    retry_at: datetime | None,
+) -> None:
+    """A failed filing attempt: released for a retry at `retry_at` (the row stays `filing`
+    with no claimant until then), or moved aside (`held`) when `retry_at` is None. A row
+    the worker no longer holds is left alone (its new owner decides)."""
+    if retry_at is None:
+        values: dict[str, Any] = {"status": HELD, "lease_until": None}
+    else:
+        values = {"claimed_by": None, "lease_until": retry_at}
+    session.execute(
+        update(InboundMessage)
+        .where(
+            InboundMessage.id == message_id,
+            InboundMessage.status == FILING,
+            InboundMessage.claimed_by == worker,
+        )
+        .values(reason=reason, **values)
+    )
+
+
+def _move(
+    session: Session, message_id: int, worker: str, target: MessageStatus, **values: Any
+) -> None:
+    changed = session.execute(
+        update(InboundMessage)
+        .where(
+            InboundMessage.id == message_id,
+            InboundMessage.status == FILING,
+            InboundMessage.claimed_by == worker,
+        )
+        .values(status=target, **values)
+    ).rowcount
+    if changed != 1:
+        current = session.execute(
+            select(InboundMessage.status, InboundMessage.claimed_by).where(
+                InboundMessage.id == message_id
+            )
+        ).first()
+        state = f"{current[0]} (held by {current[1]})" if current else "missing"
+        raise TransitionError(
+            f"inbound message {message_id} is {state}, not filing held by {worker}: "
+            f"cannot move it to {target}"
+        )

@@ -7,7 +7,6 @@ every listing takes --json. Errors are one line on stderr that says what to fix,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import signal
@@ -41,6 +40,7 @@ from gateway.outbound.dnsrecords import (
     expected_records,
 )
 from gateway.priority import run_at_idle_priority
+from gateway.runner import Runner, in_thread
 from gateway.storage.accounts import (
     add_cabinet,
     add_company,
@@ -168,17 +168,21 @@ def worker(config_path: str | None, once: bool) -> None:
     # Filing is idempotent (a lost commit is redone), so it need not fsync each commit.
     gw = Context(config_path, durable_commits=False).gateway
     filer = gw.filer()
+    runner = Runner("filing", [in_thread(filer.run_once)], gw.config.filing.poll_seconds)
     if once:
-        total = 0
-        while (n := filer.run_once()) > 0:
-            total += n
-        click.echo(f"processed {total} message(s)")
+        click.echo(f"processed {asyncio.run(runner.drain())} message(s)")
         return
     run_at_idle_priority()  # acknowledging mail comes before filing it
-    stop = threading.Event()
+    asyncio.run(_until_signalled(runner))
+
+
+async def _until_signalled(runner: Runner) -> None:
+    """Run `runner` until SIGTERM or SIGINT; it stops between two passes."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    filer.run_forever(stop)
+        loop.add_signal_handler(sig, stop.set)
+    await runner.run(stop)
 
 
 # -- cabinets and companies ------------------------------------------------------------------
@@ -709,26 +713,13 @@ def sender(config_path: str | None, once: bool, interval: float) -> None:
     """Run a sending worker: due deliveries out on each partner's schedule (R12), and bot
     mail forwards to cabinet contacts (R6)."""
     gw = Context(config_path).gateway
-    stop = asyncio.Event()
 
     async def loop() -> None:
-        running = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            running.add_signal_handler(sig, stop.set)
         dispatcher = gw.dispatcher()
         forwarder = gw.forwarder(dispatcher.transport)  # one connection pool for both
+        runner = Runner("sending", [dispatcher.run_once, forwarder.run_once], interval)
         try:
-            while True:
-                while await dispatcher.run_once() > 0:
-                    pass
-                while await forwarder.run_once() > 0:
-                    pass
-                if once:
-                    return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), interval)
-                if stop.is_set():
-                    return
+            await (runner.drain() if once else _until_signalled(runner))
         finally:
             await dispatcher.close()
 

@@ -32,7 +32,7 @@ from gateway.outbound.dnsrecords import (
     DnsLookupError,
     DnspythonLookup,
     DnsRecord,
-    Outcome,
+    LookupFailure,
     RecordCheck,
     Status,
     check_records,
@@ -83,10 +83,10 @@ class FakeLookup:
         with self._lock:
             self.asked.append((rdtype, name))
         if name not in self.mx_answers and name not in self.txt_answers:
-            raise DnsLookupError(Outcome.NXDOMAIN, name, rdtype)
+            raise DnsLookupError(LookupFailure.NXDOMAIN, name, rdtype)
         answer = answers.get(name)
         if answer is None:
-            raise DnsLookupError(Outcome.NO_ANSWER, name, rdtype)
+            raise DnsLookupError(LookupFailure.NO_ANSWER, name, rdtype)
         if isinstance(answer, DnsLookupError):
             raise answer
         return answer
@@ -277,7 +277,9 @@ def test_two_spf_records_are_reported(expected, rsa_key):
 
 def test_spf_mx_cannot_be_judged_when_the_mx_lookup_failed(expected, rsa_key):
     lookup = published(rsa_key, spf=["v=spf1 mx -all"])
-    lookup.mx_answers["welyb.fr"] = DnsLookupError(Outcome.FAILURE, "welyb.fr", "MX", "SERVFAIL")
+    lookup.mx_answers["welyb.fr"] = DnsLookupError(
+        LookupFailure.FAILURE, "welyb.fr", "MX", "SERVFAIL"
+    )
     fr = by_purpose(check_records(expected, lookup))
     assert fr["mx"].status is Status.ERROR and "SERVFAIL" in fr["mx"].detail
     assert fr["spf"].status is Status.DIFFERENT and "not followed" in fr["spf"].detail
@@ -323,7 +325,7 @@ def test_dmarc(expected, rsa_key, dmarc, status, said):
 
 def test_timeout_is_an_error_not_a_missing_record(expected, rsa_key):
     lookup = published(rsa_key)
-    timeout = DnsLookupError(Outcome.TIMEOUT, "_dmarc.welyb.fr", "TXT", "no answer within 5s")
+    timeout = DnsLookupError(LookupFailure.TIMEOUT, "_dmarc.welyb.fr", "TXT", "no answer within 5s")
     lookup.txt_answers["_dmarc.welyb.fr"] = timeout
     fr = by_purpose(check_records(expected, lookup))
     assert fr["dmarc"].status is Status.ERROR
@@ -432,9 +434,9 @@ def test_dnspython_lookup_reads_mx_and_joins_txt_strings(dns_server):
 @pytest.mark.parametrize(
     ("name", "rdtype", "outcome"),
     [
-        ("nowhere.welyb.fr", "txt", Outcome.NXDOMAIN),
-        ("s1._domainkey.welyb.fr", "mx", Outcome.NO_ANSWER),
-        ("silent.welyb.fr", "txt", Outcome.TIMEOUT),
+        ("nowhere.welyb.fr", "txt", LookupFailure.NXDOMAIN),
+        ("s1._domainkey.welyb.fr", "mx", LookupFailure.NO_ANSWER),
+        ("silent.welyb.fr", "txt", LookupFailure.TIMEOUT),
     ],
 )
 def test_dnspython_lookup_outcomes(dns_server, name, rdtype, outcome):
@@ -442,4 +444,4 @@ def test_dnspython_lookup_outcomes(dns_server, name, rdtype, outcome):
     with pytest.raises(DnsLookupError) as raised:
         getattr(lookup, rdtype)(name)
     assert raised.value.outcome is outcome
-    assert raised.value.not_published is (outcome is not Outcome.TIMEOUT)
+    assert raised.value.not_published is (outcome is not LookupFailure.TIMEOUT)

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Sequence
 
 from gateway.config import SmarthostConfig
-from gateway.outbound.transport import DirectMxTransport, Outcome, SmarthostTransport
+from gateway.outbound.transport import DirectMxTransport, SendOutcome, SmarthostTransport
 from tests.support import CaptureServer
 from tests.test_serve import free_port
 
@@ -46,7 +46,7 @@ def test_smarthost_reuses_one_connection_for_several_messages():
             SmarthostConfig(host="127.0.0.1", port=inbox.port, starttls=False), timeout=10
         )
         results = send_all(transport, count=5)
-    assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 5
+    assert [r.outcome for r in results] == [SendOutcome.ACCEPTED] * 5
     assert len(inbox.accepted) == 5 and inbox.sessions == 1
 
 
@@ -55,7 +55,7 @@ def test_smarthost_refusing_connections_is_temporary():
         SmarthostConfig(host="127.0.0.1", port=free_port(), starttls=False), timeout=5
     )
     [result] = send_all(transport)
-    assert result.outcome is Outcome.TEMPORARY and "smarthost 127.0.0.1" in result.reply
+    assert result.outcome is SendOutcome.TEMPORARY and "smarthost 127.0.0.1" in result.reply
 
 
 def test_direct_mx_tries_hosts_by_preference_and_falls_back():
@@ -65,7 +65,7 @@ def test_direct_mx_tries_hosts_by_preference_and_falls_back():
     with CaptureServer(host="127.0.0.3", port=port) as backup:
         resolver = FakeResolver({"factures-meg.fr": [(20, "127.0.0.3"), (10, "127.0.0.2")]})
         [result] = send_all(DirectMxTransport(resolver, timeout=5, port=port))
-    assert result.outcome is Outcome.ACCEPTED
+    assert result.outcome is SendOutcome.ACCEPTED
     assert resolver.asked == ["factures-meg.fr"] and len(backup.accepted) == 1
 
 
@@ -77,7 +77,7 @@ def test_direct_mx_permanent_refusal_is_not_retried_elsewhere():
     ):
         resolver = FakeResolver({"factures-meg.fr": [(10, "127.0.0.2"), (20, "127.0.0.3")]})
         [result] = send_all(DirectMxTransport(resolver, timeout=5, port=port))
-    assert result.outcome is Outcome.PERMANENT and result.reply.startswith("550 5.1.1")
+    assert result.outcome is SendOutcome.PERMANENT and result.reply.startswith("550 5.1.1")
     assert first.accepted == [] and second.accepted == []
 
 
@@ -89,14 +89,14 @@ def test_direct_mx_temporary_refusal_tries_the_next_host():
     ):
         resolver = FakeResolver({"factures-meg.fr": [(10, "127.0.0.2"), (20, "127.0.0.3")]})
         [result] = send_all(DirectMxTransport(resolver, timeout=5, port=port))
-    assert result.outcome is Outcome.ACCEPTED
+    assert result.outcome is SendOutcome.ACCEPTED
     assert first.accepted == [] and len(second.accepted) == 1
 
 
 def test_dns_failure_is_temporary():
     transport = DirectMxTransport(FakeResolver(TimeoutError("no answer")), timeout=5)
     [result] = send_all(transport)
-    assert result.outcome is Outcome.TEMPORARY and "MX lookup" in result.reply
+    assert result.outcome is SendOutcome.TEMPORARY and "MX lookup" in result.reply
 
 
 def test_malformed_recipient_is_refused_before_any_connection():
@@ -105,4 +105,4 @@ def test_malformed_recipient_is_refused_before_any_connection():
         DirectMxTransport(resolver, timeout=5),
         recipient="x@factures-meg.fr\r\nRCPT TO:<victim@example.org>",
     )
-    assert result.outcome is Outcome.PERMANENT and resolver.asked == []
+    assert result.outcome is SendOutcome.PERMANENT and resolver.asked == []

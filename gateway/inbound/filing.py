@@ -12,7 +12,6 @@ keeps failing is moved aside (`held`) after `filing.max_attempts` tries instead 
 from __future__ import annotations
 
 import hashlib
-import threading
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -33,6 +32,7 @@ from gateway.inbound.extract import (
 from gateway.inbound.recipients import Destination, Recipients
 from gateway.mail.dsn import BounceReport, parse_bounce
 from gateway.routing.partners import PartnerRegistry
+from gateway.runner import Backoff
 from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database
 from gateway.storage.directory import CompanyRef
@@ -51,7 +51,7 @@ from gateway.storage.rawmail import read_spooled
 
 log = structlog.get_logger("gateway.filing")
 
-RETRY_BASE = timedelta(seconds=30)
+RETRY_FIRST = timedelta(seconds=30)
 
 
 def fiscal_year(received: date, fiscal_year_end: str) -> int:
@@ -85,7 +85,9 @@ def folder_path(
 
 
 @dataclass
-class Outcome:
+class FilingReport:
+    """What became of one message's parts: gives its final status and its reason."""
+
     filed: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
@@ -141,7 +143,7 @@ class Prepared:
 
     message: InboundMessage
     extraction: Extraction
-    outcome: Outcome
+    outcome: FilingReport
     plan: list[Placement]
     known: dict[tuple[int, str], int]
     bots: list[Destination]
@@ -173,6 +175,8 @@ class Filer:
         self.spool_directory = spool_directory
         self.clock = clock
         self.worker_name = worker_name
+        # 30 s doubling; moved aside (`held`) after `max_attempts` tries.
+        self.backoff = Backoff(first=RETRY_FIRST, max_attempts=config.max_attempts)
         self._folders: dict[tuple[int, str], int] = {}
 
     # -- claiming -------------------------------------------------------------------------
@@ -190,16 +194,6 @@ class Filer:
         if ids:
             self._file_batch(self._load(ids))
         return len(ids)
-
-    def run_forever(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                busy = self.run_once()
-            except Exception:
-                log.exception("filing_loop_error")
-                busy = 0
-            if not busy:
-                stop.wait(self.config.poll_seconds)
 
     def file(self, message_id: int) -> None:
         """File one message this worker has claimed."""
@@ -272,7 +266,7 @@ class Filer:
         )
         destinations = [self.recipients.resolve(r) for r in message.rcpt_tos]
         extraction = extract_documents(raw, self.limits)
-        outcome = Outcome()
+        outcome = FilingReport()
         outcome.recipients_refused = [
             f"{d.address.address}: {d.refusal}" for d in destinations if not d.accepted
         ]
@@ -415,11 +409,12 @@ class Filer:
     def _release_after_failure(self, message: InboundMessage, error: Exception) -> None:
         """Retry later with back-off (the row stays claimable once `lease_until` passes)."""
         reason = f"filing failed (attempt {message.attempts}): {error!r}"
-        retry_at: datetime | None = None
-        if message.attempts >= self.config.max_attempts:
+        retry_at = self.backoff.next_try(
+            message.attempts, as_utc(message.received_at), self.clock.now()
+        )
+        if retry_at is None:
             reason += "; held for an administrator after too many attempts"
         else:
-            retry_at = self.clock.now() + RETRY_BASE * 2 ** (message.attempts - 1)
             reason += f"; will retry after {retry_at:%Y-%m-%d %H:%M:%S}Z"
         with self.db.write() as s:
             inbound_queue.release_after_failure(

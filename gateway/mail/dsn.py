@@ -20,7 +20,7 @@ import binascii
 import html
 import quopri
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from email import policy as email_policy
 from email.header import decode_header, make_header
@@ -210,7 +210,8 @@ def _status_blocks(part: Message) -> list[dict[str, str]]:
         )
         data = _decode_transfer(text, encoding)
     else:
-        data = part.get_payload(decode=True) or b""
+        decoded = part.get_payload(decode=True)
+        data = decoded if isinstance(decoded, bytes) else b""
     return _text_blocks(_decode_charset(data, part.get_content_charset()))
 
 
@@ -239,7 +240,7 @@ def _decode_transfer(text: str, encoding: str) -> bytes:
     return quopri.decodestring(data)
 
 
-def _fields(items: list[tuple[str, object]]) -> dict[str, str]:
+def _fields(items: Sequence[tuple[str, object]]) -> dict[str, str]:
     fields: dict[str, str] = {}
     for name, value in items:
         key = str(name).strip().lower()
@@ -343,14 +344,14 @@ def _from_text(message: Message) -> BounceReport | None:
             recipient=_address_near(line, texts),
             action="failed" if permanent else "delayed",
         )
-    line = next(
+    failure_line = next(
         (ln for t in texts for ln in _logical_lines(t) if _FAILURE_WORDS_RE.search(ln)), None
     )
     return BounceReport(
         permanent=not delayed,
         status=None,
-        diagnostic=_clip(line or subject or None),
-        recipient=_address_near(line, texts) if line else None,
+        diagnostic=_clip(failure_line or subject or None),
+        recipient=_address_near(failure_line, texts) if failure_line else None,
         action="delayed" if delayed else "failed",
     )
 

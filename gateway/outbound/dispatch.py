@@ -28,7 +28,7 @@ from gateway.clock import Clock, as_utc
 from gateway.config import OutboundConfig
 from gateway.outbound.compose import OutboundDocument, compose
 from gateway.outbound.settle import settle
-from gateway.outbound.transport import Outcome, Transport
+from gateway.outbound.transport import SendOutcome, Transport
 from gateway.priority import run_at_idle_priority
 from gateway.routing.addresses import split_address
 from gateway.storage.blobs import BlobStore
@@ -155,7 +155,7 @@ class Dispatcher:
                     self.bounces.for_delivery(job.delivery_id), job.recipient, prepared[1]
                 )
                 log.info(
-                    "sent" if result.outcome is Outcome.ACCEPTED else "not_sent",
+                    "sent" if result.outcome is SendOutcome.ACCEPTED else "not_sent",
                     delivery_id=job.delivery_id,
                     partner=job.partner,
                     to=job.recipient,
@@ -251,7 +251,7 @@ class Dispatcher:
         """(From domain, unsigned message bytes) for a job; signing comes after, last."""
         return compose_job(job, self.clock.now(), self.config.sender_name)
 
-    def record(self, outcomes: list[tuple[Job, Outcome | None, str]]) -> None:
+    def record(self, outcomes: list[tuple[Job, SendOutcome | None, str]]) -> None:
         """Write the outcomes of several sends in one transaction (one commit, one fsync).
 
         Each is a guarded transition from `sending`; one refused (the row is no longer
@@ -272,7 +272,7 @@ class Dispatcher:
             )
 
     def _move(
-        self, job: Job, outcome: Outcome | None, reply: str, now: datetime
+        self, job: Job, outcome: SendOutcome | None, reply: str, now: datetime
     ) -> deliveries.Move:
         done = settle(self.config, outcome, reply, job.attempts, job.created_at, now)
         values: dict[str, object] = {"reason": done.reason, "lease_until": None}
@@ -356,11 +356,11 @@ class _Recorder:
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
-        self.pending: list[tuple[Job, Outcome | None, str]] = []
+        self.pending: list[tuple[Job, SendOutcome | None, str]] = []
         self.writing: asyncio.Task[None] | None = None
         self.full = asyncio.Event()
 
-    def add(self, job: Job, outcome: Outcome | None, reply: str) -> None:
+    def add(self, job: Job, outcome: SendOutcome | None, reply: str) -> None:
         self.pending.append((job, outcome, reply))
         if len(self.pending) >= RECORD_BATCH:
             self.full.set()

@@ -103,7 +103,7 @@ def expected_records(config: GatewayConfig, keys: KeyStore) -> list[DnsRecord]:
 # --- looking up -----------------------------------------------------------------------------
 
 
-class Outcome(StrEnum):
+class LookupFailure(StrEnum):
     """Why a lookup gave no records. The first two mean "not published" (`missing`), the
     others that DNS could not be asked (`error`): an admin must not read a timeout as an
     absent record, nor the reverse."""
@@ -115,7 +115,7 @@ class Outcome(StrEnum):
 
 
 class DnsLookupError(GatewayError):
-    def __init__(self, outcome: Outcome, name: str, rdtype: str, detail: str = "") -> None:
+    def __init__(self, outcome: LookupFailure, name: str, rdtype: str, detail: str = "") -> None:
         self.outcome = outcome
         self.name = name
         self.rdtype = rdtype
@@ -124,7 +124,7 @@ class DnsLookupError(GatewayError):
 
     @property
     def not_published(self) -> bool:
-        return self.outcome in (Outcome.NXDOMAIN, Outcome.NO_ANSWER)
+        return self.outcome in (LookupFailure.NXDOMAIN, LookupFailure.NO_ANSWER)
 
 
 class DnsLookup(Protocol):
@@ -151,7 +151,7 @@ class DnspythonLookup:
             self._resolver = dns.resolver.Resolver(configure=not nameservers)
         except dns.resolver.NoResolverConfiguration as exc:
             raise DnsLookupError(
-                Outcome.FAILURE, "-", "-", f"no system resolver ({exc}); pass a name server"
+                LookupFailure.FAILURE, "-", "-", f"no system resolver ({exc}); pass a name server"
             ) from None
         if nameservers:
             self._resolver.port = port  # read when the name servers are set, so first
@@ -171,15 +171,18 @@ class DnspythonLookup:
         try:
             return self._resolver.resolve(name, rdtype, search=False)
         except dns.resolver.NXDOMAIN:
-            raise DnsLookupError(Outcome.NXDOMAIN, name, rdtype) from None
+            raise DnsLookupError(LookupFailure.NXDOMAIN, name, rdtype) from None
         except dns.resolver.NoAnswer:
-            raise DnsLookupError(Outcome.NO_ANSWER, name, rdtype) from None
+            raise DnsLookupError(LookupFailure.NO_ANSWER, name, rdtype) from None
         except dns.exception.Timeout:
             raise DnsLookupError(
-                Outcome.TIMEOUT, name, rdtype, f"no answer within {self._resolver.lifetime:g}s"
+                LookupFailure.TIMEOUT,
+                name,
+                rdtype,
+                f"no answer within {self._resolver.lifetime:g}s",
             ) from None
         except dns.exception.DNSException as exc:  # NoNameservers: SERVFAIL, refused, ...
-            raise DnsLookupError(Outcome.FAILURE, name, rdtype, str(exc)) from None
+            raise DnsLookupError(LookupFailure.FAILURE, name, rdtype, str(exc)) from None
 
     def mx(self, name: str) -> list[tuple[int, str]]:
         return [(int(r.preference), r.exchange.to_text()) for r in self._resolve(name, "MX")]
@@ -222,7 +225,7 @@ class _Answers:
         if isinstance(result, DnsLookupError):
             raise result
         if not result:
-            raise DnsLookupError(Outcome.NO_ANSWER, name, rdtype)
+            raise DnsLookupError(LookupFailure.NO_ANSWER, name, rdtype)
         return result
 
 
@@ -406,7 +409,7 @@ def _mx_hosts(answers: _Answers, domain: str) -> set[str] | None:
 
 def _tags(value: str) -> dict[str, str]:
     """`k=v; k=v` tag lists (RFC 6376 §3.2, RFC 7489 §6.4): names lower-cased, trimmed."""
-    tags = {}
+    tags: dict[str, str] = {}
     for part in value.split(";"):
         name, sep, tag_value = part.partition("=")
         if sep:

@@ -74,7 +74,7 @@ from gateway.outbound.mime import (
     tokens,
 )
 from gateway.outbound.settle import settle
-from gateway.outbound.transport import Outcome, Transport
+from gateway.outbound.transport import SendOutcome, Transport
 from gateway.routing.addresses import split_address
 from gateway.storage.db import Database
 from gateway.storage.models import BotMail, BotMailForward, Cabinet, ForwardStatus, InboundMessage
@@ -342,9 +342,9 @@ class Forwarder:
         if not ids:
             return 0
         for job in await asyncio.to_thread(self.jobs, ids):
-            outcome: Outcome | None
+            outcome: SendOutcome | None
             if not job.forwarding_on:
-                outcome, reply = Outcome.PERMANENT, "not sent: forwarding was turned off"
+                outcome, reply = SendOutcome.PERMANENT, "not sent: forwarding was turned off"
             else:
                 try:
                     signed = await asyncio.to_thread(self.prepare, job)
@@ -355,7 +355,7 @@ class Forwarder:
                     result = await self.transport.send(self.envelope_sender, job.to_address, signed)
                     outcome, reply = result.outcome, result.reply
                     log.info(
-                        "forwarded" if outcome is Outcome.ACCEPTED else "not_forwarded",
+                        "forwarded" if outcome is SendOutcome.ACCEPTED else "not_forwarded",
                         forward_id=job.forward_id,
                         to=job.to_address,
                         outcome=outcome.value,
@@ -364,7 +364,7 @@ class Forwarder:
             await asyncio.to_thread(self.record, job, outcome, reply)
         return len(ids)
 
-    def record(self, job: ForwardJob, outcome: Outcome | None, reply: str) -> None:
+    def record(self, job: ForwardJob, outcome: SendOutcome | None, reply: str) -> None:
         """The outcome of one send, as a guarded transition from our own `sending`; one
         refused (the lease was taken over) is logged, not raised."""
         now = self.clock.now()
@@ -375,7 +375,7 @@ class Forwarder:
             log.exception("forward_transition_refused", forward_id=job.forward_id)
 
     def _record(
-        self, s: Session, job: ForwardJob, outcome: Outcome | None, reply: str, now: datetime
+        self, s: Session, job: ForwardJob, outcome: SendOutcome | None, reply: str, now: datetime
     ) -> None:
         done = settle(self.config, outcome, reply, job.attempts, job.created_at, now)
         values: dict[str, object] = {"reason": done.reason}

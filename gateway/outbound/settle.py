@@ -16,7 +16,8 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from gateway.config import OutboundConfig
-from gateway.outbound.transport import Outcome
+from gateway.outbound.transport import SendOutcome
+from gateway.runner import Backoff
 
 Target = Literal["sent", "failed", "deferred"]  # the same words in both queues' states
 
@@ -30,34 +31,32 @@ class Settlement:
 
 def settle(
     config: OutboundConfig,
-    outcome: Outcome | None,
+    outcome: SendOutcome | None,
     reply: str,
     attempts: int,
     created_at: datetime,
     now: datetime,
 ) -> Settlement:
-    if outcome is Outcome.ACCEPTED:
+    if outcome is SendOutcome.ACCEPTED:
         return Settlement("sent", reply)
-    if outcome is Outcome.PERMANENT:
+    if outcome is SendOutcome.PERMANENT:
         return Settlement("failed", reply)
-    retry_at = next_attempt(config, attempts, created_at, now)
+    retry_at = backoff(config).next_try(attempts, created_at, now)
     if retry_at is None:
         return Settlement("failed", gave_up(created_at, now, reply))
     return Settlement("deferred", reply, retry_at)
 
 
-def next_attempt(
-    config: OutboundConfig, attempts: int, created_at: datetime, now: datetime
-) -> datetime | None:
-    """When a send that failed temporarily is tried again: `retry_min_seconds` doubling with
-    each attempt up to `retry_max_seconds` (Postfix's back-off), or None once the first
-    queueing is older than `lifetime_seconds` (give up)."""
-    if (now - created_at).total_seconds() >= config.lifetime_seconds:
-        return None
-    delay = min(config.retry_min_seconds * 2 ** max(attempts - 1, 0), config.retry_max_seconds)
-    return now + timedelta(seconds=delay)
+def backoff(config: OutboundConfig) -> Backoff:
+    """Postfix's: `retry_min_seconds` doubling up to `retry_max_seconds`, given up after
+    `lifetime_seconds` from the first queueing."""
+    return Backoff(
+        first=timedelta(seconds=config.retry_min_seconds),
+        maximum=timedelta(seconds=config.retry_max_seconds),
+        lifetime=timedelta(seconds=config.lifetime_seconds),
+    )
 
 
 def gave_up(created_at: datetime, now: datetime, reply: str) -> str:
-    """The reason recorded when `next_attempt` says to give up."""
+    """The reason recorded when the back-off says to give up."""
     return f"gave up after {(now - created_at).days} days; last reply: {reply}"

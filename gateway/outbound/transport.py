@@ -24,7 +24,9 @@ from gateway.config import SmarthostConfig
 from gateway.routing.addresses import split_address
 
 
-class Outcome(StrEnum):
+class SendOutcome(StrEnum):
+    """How a send ended, as an MTA classifies it (see the module's docstring)."""
+
     ACCEPTED = "accepted"
     TEMPORARY = "temporary"
     PERMANENT = "permanent"
@@ -32,7 +34,7 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class SendResult:
-    outcome: Outcome
+    outcome: SendOutcome
     reply: str  # the remote server's words ("250 2.0.0 Ok: queued as 4Xy"), or why we failed
 
 
@@ -129,11 +131,11 @@ async def _transaction(
     if errors:
         code, text = next(iter(errors.values()))
         return _classified(code, text)
-    return SendResult(Outcome.ACCEPTED, f"250 {reply}")
+    return SendResult(SendOutcome.ACCEPTED, f"250 {reply}")
 
 
 def _classified(code: int, text: str) -> SendResult:
-    outcome = Outcome.PERMANENT if 500 <= code < 600 else Outcome.TEMPORARY
+    outcome = SendOutcome.PERMANENT if 500 <= code < 600 else SendOutcome.TEMPORARY
     return SendResult(outcome, f"{code} {text}")
 
 
@@ -153,12 +155,12 @@ class SmarthostTransport:
                     c.host, c.port, c.starttls, c.username, self.password
                 )
                 result = await _transaction(smtp, envelope_from, recipient, data)
-                if result.outcome is not Outcome.ACCEPTED:
+                if result.outcome is not SendOutcome.ACCEPTED:
                     await _reset(smtp)
                 return result
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 self.connections.drop(c.host, c.port)
-                return SendResult(Outcome.TEMPORARY, f"smarthost {c.host}:{c.port}: {exc}")
+                return SendResult(SendOutcome.TEMPORARY, f"smarthost {c.host}:{c.port}: {exc}")
 
     async def close(self) -> None:
         await self.connections.close()
@@ -177,12 +179,14 @@ class DirectMxTransport:
     async def send(self, envelope_from: str, recipient: str, data: bytes) -> SendResult:
         parts = split_address(recipient)
         if parts is None:
-            return SendResult(Outcome.PERMANENT, f"not a valid recipient address: {recipient!r}")
+            return SendResult(
+                SendOutcome.PERMANENT, f"not a valid recipient address: {recipient!r}"
+            )
         try:
             hosts = await self.resolver.mx_hosts(parts[1])
         except Exception as exc:  # DNS trouble is temporary
-            return SendResult(Outcome.TEMPORARY, f"MX lookup for {parts[1]} failed: {exc}")
-        last = SendResult(Outcome.TEMPORARY, f"no MX host for {parts[1]}")
+            return SendResult(SendOutcome.TEMPORARY, f"MX lookup for {parts[1]} failed: {exc}")
+        last = SendResult(SendOutcome.TEMPORARY, f"no MX host for {parts[1]}")
         for _, host in sorted(hosts):  # best preference first
             async with self.connections.lock(host, self.port):
                 try:
@@ -190,11 +194,11 @@ class DirectMxTransport:
                     result = await _transaction(smtp, envelope_from, recipient, data)
                 except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                     self.connections.drop(host, self.port)
-                    last = SendResult(Outcome.TEMPORARY, f"{host}: {exc}")
+                    last = SendResult(SendOutcome.TEMPORARY, f"{host}: {exc}")
                     continue
-                if result.outcome is not Outcome.ACCEPTED:
+                if result.outcome is not SendOutcome.ACCEPTED:
                     await _reset(smtp)
-                if result.outcome is Outcome.TEMPORARY:
+                if result.outcome is SendOutcome.TEMPORARY:
                     last = result
                     continue  # the next MX may take it
                 return result

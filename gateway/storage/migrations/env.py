@@ -15,6 +15,8 @@ def run_migrations() -> None:
     connection = config.attributes.get("connection")
     if connection is None:  # `alembic` CLI use: the URL is given on the command line
         url = config.attributes.get("connection_url") or config.get_main_option("sqlalchemy.url")
+        if not url:
+            raise SystemExit("alembic: give the database URL (-x or sqlalchemy.url)")
         with create_engine(url).connect() as conn:
             context.configure(
                 connection=conn, target_metadata=target_metadata, render_as_batch=True

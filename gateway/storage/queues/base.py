@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Select, update
+from sqlalchemy import ColumnElement, CursorResult, Executable, Select, update
 from sqlalchemy.orm import Session
 
 from gateway.errors import GatewayError
@@ -35,7 +35,7 @@ class StateTable:
 
     def check(self, sources: Iterable[StrEnum], target: StrEnum) -> None:
         """Raise `TransitionError` unless `target` may follow every one of `sources`."""
-        illegal = sorted(s.value for s in sources if target not in self.allowed[s])  # type: ignore[index]
+        illegal = sorted(s.value for s in sources if target not in self.allowed[s])
         if illegal:
             kind = f"{self.kind} " if self.kind else ""
             raise TransitionError(f"no {kind}transition {', '.join(illegal)} -> {target}")
@@ -76,3 +76,8 @@ def claim(
         .execution_options(synchronize_session=False)
     ).scalars()
     return sorted(claimed)
+
+
+def rows_changed(s: Session, statement: Executable) -> int:
+    """Run an UPDATE and say how many rows it changed (the guard of a single-row move)."""
+    return cast(CursorResult[Any], s.execute(statement)).rowcount

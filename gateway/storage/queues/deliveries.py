@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.storage.db import upsert_insert
 from gateway.storage.models import Connection, Delivery, DeliveryEvent, DeliveryStatus
-from gateway.storage.queues.base import StateTable, TransitionError, claim
+from gateway.storage.queues.base import StateTable, TransitionError, claim, rows_changed
 
 __all__ = ["LEASE", "STATES", "Move", "TransitionError"]
 
@@ -97,7 +97,7 @@ def claim_due(
     """Take deliveries to send now for `worker`, with a lease, in one statement: queued or
     deferred and due (`flush`: whatever their due time, ids above `after` only, so one flush
     tries each delivery once), or `sending` with an expired lease (a worker that died)."""
-    waiting = Delivery.status.in_([Q.value, DEFERRED.value])
+    waiting: ColumnElement[bool] = Delivery.status.in_([Q.value, DEFERRED.value])
     waiting = and_(waiting, Delivery.id > after) if flush else and_(waiting, Delivery.due_at <= now)
     stalled = and_(Delivery.status == SENDING, Delivery.lease_until < now)
     claimable = or_(waiting, stalled)
@@ -152,11 +152,12 @@ def transition(
     # Guarded on the state just read: a concurrent transition makes this match nothing.
     changed = 0
     if current in sources:
-        changed = session.execute(
+        changed = rows_changed(
+            session,
             update(Delivery)
             .where(Delivery.id == delivery_id, Delivery.status == current)
-            .values(status=target, **values)
-        ).rowcount
+            .values(status=target, **values),
+        )
     if changed != 1:
         raise TransitionError(
             f"delivery {delivery_id} is {current or 'missing'}, "
@@ -241,7 +242,7 @@ def states_of(session: Session, delivery_ids: Iterable[int]) -> dict[int, str]:
     return dict(
         session.execute(
             select(Delivery.id, Delivery.status).where(Delivery.id.in_(list(delivery_ids)))
-        ).all()  # type: ignore[arg-type]
+        ).tuples()
     )
 
 

@@ -20,11 +20,11 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.storage.models import BotMail, BotMailForward, Cabinet, ForwardStatus
-from gateway.storage.queues.base import StateTable, TransitionError, claim
+from gateway.storage.queues.base import StateTable, TransitionError, claim, rows_changed
 
 __all__ = ["LEASE", "STATES", "TransitionError"]
 
@@ -79,6 +79,7 @@ def enqueue(
                 Cabinet.contact_email.is_not(None),
             )
         )
+        if contact is not None
     }
     if not contacts:
         return []
@@ -108,7 +109,7 @@ def claim_due(
 ) -> list[int]:
     """Take forwards to send now (queued or deferred and due, or `sending` with an expired
     lease: a worker that died mid-send), in one statement. `flush` ignores the back-off."""
-    waiting = BotMailForward.status.in_([QUEUED.value, DEFERRED.value])
+    waiting: ColumnElement[bool] = BotMailForward.status.in_([QUEUED.value, DEFERRED.value])
     if not flush:
         waiting = and_(waiting, BotMailForward.due_at <= now)
     stalled = and_(BotMailForward.status == SENDING, BotMailForward.lease_until < now)
@@ -145,9 +146,9 @@ def transition(
     guard = [BotMailForward.id == forward_id, BotMailForward.status.in_(sources)]
     if claimed_by is not None:
         guard.append(BotMailForward.claimed_by == claimed_by)
-    changed = s.execute(
-        update(BotMailForward).where(*guard).values(status=target, lease_until=None, **values)
-    ).rowcount
+    changed = rows_changed(
+        s, update(BotMailForward).where(*guard).values(status=target, lease_until=None, **values)
+    )
     if changed != 1:
         current = s.execute(
             select(BotMailForward.status, BotMailForward.claimed_by).where(

@@ -25,7 +25,7 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.storage.models import FINAL_STATUSES, InboundMessage, MessageStatus
-from gateway.storage.queues.base import StateTable, TransitionError, claim
+from gateway.storage.queues.base import StateTable, TransitionError, claim, rows_changed
 
 __all__ = ["LEASE", "STATES", "TransitionError"]
 
@@ -37,7 +37,7 @@ STATES = StateTable(
     "inbound message",
     {
         RECEIVED: {FILING},
-        FILING: {FILING} | (FINAL_STATUSES - {FILING}),  # FILING ↺: released for a retry
+        FILING: {FILING} | FINAL_STATUSES,  # FILING ↺: released for a retry
         **{final: set() for final in FINAL_STATUSES},
     },
 )
@@ -141,15 +141,16 @@ def release_after_failure(
 def _move(
     session: Session, message_id: int, worker: str, target: MessageStatus, **values: Any
 ) -> None:
-    changed = session.execute(
+    changed = rows_changed(
+        session,
         update(InboundMessage)
         .where(
             InboundMessage.id == message_id,
             InboundMessage.status == FILING,
             InboundMessage.claimed_by == worker,
         )
-        .values(status=target, **values)
-    ).rowcount
+        .values(status=target, **values),
+    )
     if changed != 1:
         current = session.execute(
             select(InboundMessage.status, InboundMessage.claimed_by).where(

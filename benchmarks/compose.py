@@ -26,7 +26,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from gateway.inbound.extract import sanitize_filename
+from gateway.mail.names import sanitize_filename
 from gateway.outbound.compose import (
     OutboundDocument,
     _body,

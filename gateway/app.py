@@ -11,7 +11,7 @@ from functools import cached_property
 
 from gateway.clock import Clock, SystemClock
 from gateway.config import ConfigError, GatewayConfig, ImapSourceConfig
-from gateway.inbound.extract import ExtractionLimits
+from gateway.inbound.extraction import ExtractionLimits
 from gateway.inbound.filing import Filer
 from gateway.inbound.imap import Connector, MailboxPoller, connect
 from gateway.inbound.recipients import Recipients

@@ -27,7 +27,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.inbound.extract import sanitize_filename
+from gateway.mail.names import sanitize_filename
 from gateway.outbound.compose import (
     OutboundDocument,
     _body,

@@ -1,4 +1,4 @@
-"""Extraction of documents from received mail (gateway.inbound.extract).
+"""Extraction of documents from received mail (gateway.inbound.extraction).
 
 R4 = "Every attachment becomes one document; signature logos and inline images referenced
 from the HTML are not documents; an inline PDF is; a message with no attachment keeps its
@@ -14,14 +14,14 @@ import zipfile
 
 import pytest
 
-from gateway.inbound.extract import (
+from gateway.inbound.extraction import (
     ExtractedDocument,
     Extraction,
     ExtractionLimits,
     extract_documents,
-    sanitize_filename,
-    sniff_media_type,
 )
+from gateway.mail.names import sanitize_filename
+from gateway.mail.sniff import sniff_media_type
 from tests.corpus import make_corpus as corpus
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from gateway.clock import Clock, as_utc
 from gateway.config import FilingConfig
-from gateway.inbound.extract import (
+from gateway.inbound.extraction import (
     ExtractedDocument,
     Extraction,
     ExtractionLimits,

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from gateway.inbound.extract import sanitize_filename
+from gateway.mail.names import sanitize_filename
 from gateway.outbound.mime import (
     BREAKS,
     base64_lines,

@@ -12,7 +12,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from gateway.inbound.extract import sanitize_filename, sniff_media_type
+from gateway.mail.names import sanitize_filename
+from gateway.mail.sniff import sniff_media_type
 from gateway.routing.addresses import AddressGrammar
 from gateway.routing.connections import ConnectionAddressError, parse_connection_address
 from gateway.storage.accounts import AccountError, company_id_of

@@ -1,0 +1,79 @@
+"""File names that are safe to store and to send, whatever the sender chose.
+
+Used wherever a name from outside becomes a stored or sent file name: extraction of
+received mail, documents composed for partners, uploads.
+"""
+
+import re
+import unicodedata
+from typing import Final
+
+from gateway.mail.text import WHITESPACE_RE, fix_surrogates
+
+_WINDOWS_RESERVED: Final = frozenset(
+    {
+        "CON",
+        "PRN",
+        "AUX",
+        "NUL",
+        "CONIN$",
+        "CONOUT$",
+        *(f"COM{digit}" for digit in "0123456789¹²³"),
+        *(f"LPT{digit}" for digit in "0123456789¹²³"),
+    }
+)
+_PATH_SEP_RE: Final = re.compile(r"[/\\]")
+_ILLEGAL_CHARS_RE: Final = re.compile(r'[<>:"/\\|?*]')
+_LONG_EXTENSION_RE: Final = re.compile(r"^[A-Za-z0-9]{1,10}$")
+
+
+def sanitize_filename(name: str | None, fallback: str, max_length: int = 150) -> str:
+    """Make a sender-chosen name safe to store on any OS; never returns an empty string.
+
+    NFC-normalised; only the last path component is kept (``/`` and ``\\``); control and
+    format characters (incl. bidi overrides) and ``<>:"/\\|?*`` removed; whitespace
+    collapsed; leading/trailing dots and spaces stripped; Windows reserved names (CON, NUL,
+    COM1...) prefixed with ``_``; cut to ``max_length`` characters keeping the extension.
+    ``fallback`` (sanitised the same way) is used when nothing is left.
+    """
+    max_length = max(1, max_length)
+    cleaned = clean_filename(name if isinstance(name, str) else "", max_length)
+    if cleaned:
+        return cleaned
+    return clean_filename(fallback, max_length) or "document"[:max_length]
+
+
+def clean_filename(name: str, max_length: int) -> str:
+    """The sanitising rules; may return '' (callers supply the fallback)."""
+    text = unicodedata.normalize("NFC", fix_surrogates(name))
+    text = WHITESPACE_RE.sub(" ", text)
+    components = _PATH_SEP_RE.split(text)
+    text = next((c for c in reversed(components) if c.strip(" .")), "")
+    text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cc", "Cf", "Cs"))
+    text = _ILLEGAL_CHARS_RE.sub("", text)
+    text = WHITESPACE_RE.sub(" ", text).strip(" .")
+    if not text:
+        return ""
+    text = bound_length(text, max_length)
+    if text.split(".", 1)[0].rstrip(" ").upper() in _WINDOWS_RESERVED:
+        text = bound_length(f"_{text}", max_length)
+    return text
+
+
+def bound_length(name: str, max_length: int) -> str:
+    """Cut a name to max_length characters, keeping its extension."""
+    if len(name) <= max_length:
+        return name
+    stem, dot, extension = name.rpartition(".")
+    if dot and stem and _LONG_EXTENSION_RE.match(extension) and len(extension) + 2 <= max_length:
+        cut = stem[: max_length - len(extension) - 1].rstrip(" .")
+        if cut:
+            return f"{cut}.{extension}"
+    return name[:max_length].rstrip(" .") or name[:max_length]
+
+
+def last_path_component(name: str | None) -> str:
+    """What follows the last ``/`` or ``\\`` (senders' names may carry their folders)."""
+    if not name:
+        return ""
+    return _PATH_SEP_RE.split(name)[-1]

@@ -205,7 +205,8 @@ def _guess_binary(head: bytes) -> str | None:
         return None
     if kind is None:
         return None
-    return _TYPE_ALIASES.get(kind.mime, kind.mime)
+    mime: str = kind.mime
+    return _TYPE_ALIASES.get(mime, mime)
 
 
 def _same_family(guessed: str, candidate: str) -> bool:

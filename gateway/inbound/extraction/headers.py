@@ -163,9 +163,9 @@ def _param_from_raw(raw: str, key: str) -> str | None:
         return _decode_rfc2231([(True, params[f"{key}*"])])
     pieces: list[tuple[int, bool, str]] = []
     for param, value in params.items():
-        match = re.fullmatch(rf"{re.escape(key)}\*(\d{{1,3}})(\*?)", param)
-        if match:
-            pieces.append((int(match.group(1)), bool(match.group(2)), value))
+        numbered = re.fullmatch(rf"{re.escape(key)}\*(\d{{1,3}})(\*?)", param)
+        if numbered:
+            pieces.append((int(numbered.group(1)), bool(numbered.group(2)), value))
     if pieces:
         pieces.sort()
         return _decode_rfc2231([(encoded, value) for _i, encoded, value in pieces])

@@ -129,7 +129,10 @@ def _mapi_text(attachment: object, prop_id: int) -> str | None:
     for prop in getattr(attachment, "mapi_attrs", []):
         if getattr(prop, "name", None) != prop_id:
             continue
-        value = guard(lambda p=prop: p.data, None)
+        try:
+            value: object = prop.data  # decoded by tnefparse on access: garbage may raise
+        except Exception:
+            continue
         if isinstance(value, bytes):
             value = bytes_to_text(value)
         if isinstance(value, str):

@@ -7,11 +7,12 @@ containers are handed to :mod:`.tnef` and :mod:`.archives`, which give their mem
 
 import binascii
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from email import policy as email_policy
 from email.generator import BytesGenerator
 from email.message import Message
 from email.parser import BytesParser
+from email.policy import Policy
 from typing import Final
 
 from gateway.inbound.extraction.archives import expand_zip, is_zip_archive
@@ -294,10 +295,11 @@ def _add_eml(
 
 def _serialize(msg: Message) -> bytes | None:
     """Bytes of a parsed (sub)message, headers kept as received rather than refolded."""
-    for make_policy in (
-        lambda: msg.policy.clone(refold_source="none", linesep="\r\n"),
+    attempts: tuple[Callable[[], Policy], ...] = (
+        lambda: _as_received(msg.policy),
         lambda: email_policy.compat32.clone(linesep="\r\n"),
-    ):
+    )
+    for make_policy in attempts:
         try:
             buffer = io.BytesIO()
             BytesGenerator(buffer, mangle_from_=False, policy=make_policy()).flatten(msg)
@@ -305,6 +307,13 @@ def _serialize(msg: Message) -> bytes | None:
         except Exception:  # try the next, more lenient serialisation
             continue
     return None
+
+
+def _as_received(policy: Policy) -> Policy:
+    """The message's own policy with headers kept as received (only EmailPolicy can)."""
+    if not isinstance(policy, email_policy.EmailPolicy):
+        raise TypeError(f"{type(policy).__name__} cannot keep headers as received")
+    return policy.clone(refold_source="none", linesep="\r\n")
 
 
 def _note_defects(run: Run, label: str, defects: Iterable[object]) -> None:

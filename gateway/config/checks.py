@@ -1,0 +1,118 @@
+"""Checks of one setting's value: each returns the value to use or raises Invalid.
+
+The reader (`declare.TableReader`) adds the key's name to the message, so a message here
+says only what is wrong and what would be right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from gateway.config.declare import Invalid
+from gateway.routing.addresses import split_address
+from gateway.routing.slugs import DOMAIN_RE, SLUG_RE
+
+DEFAULT_JOURNALS: dict[str, str] = {
+    "compta": "Achats",
+    "achats": "Achats",
+    "ventes": "Ventes",
+    "social": "Social",
+    "banque": "Banque",
+}
+
+
+def domains(value: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    if not value:
+        raise Invalid("list at least one mail domain to serve")
+    for d in value:
+        if not isinstance(d, str) or not DOMAIN_RE.fullmatch(d.lower()):
+            raise Invalid(f"{d!r} is not a domain name (e.g. 'welyb.fr')")
+    return tuple(d.lower() for d in value)
+
+
+def database_scheme(url: str) -> str:
+    if url.startswith("postgresql:"):
+        # psycopg 3 is what we install; SQLAlchemy's bare scheme means psycopg2.
+        return "postgresql+psycopg:" + url[len("postgresql:") :]
+    if url.startswith(("sqlite:", "postgresql+psycopg:")):
+        return url
+    raise Invalid(
+        f"{url!r} is not supported; use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+    )
+
+
+def sqlite_in_folder(url: str, base: Path) -> str:
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        rest = url[len("sqlite:///") :]
+        if rest and rest != ":memory:":
+            return "sqlite:///" + str(base / rest)
+    return url
+
+
+def folder_template(template: str) -> str:
+    try:
+        template.format(fiscal_year="2026", journal_folder="Achats", month="01", journal="achats")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise Invalid(
+            f"{template!r} uses an unknown placeholder ({exc}); "
+            "known: {fiscal_year}, {journal_folder}, {journal}, {month}"
+        ) from exc
+    return template
+
+
+def time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise Invalid(f"unknown time zone {name!r} (e.g. 'Europe/Paris')") from exc
+    return name
+
+
+def journals(value: Mapping[str, Any]) -> dict[str, str]:
+    journals: dict[str, str] = {}
+    for name, folder in (value or DEFAULT_JOURNALS).items():
+        if not SLUG_RE.fullmatch(name):
+            raise Invalid(
+                f"{name!r} is not a valid journal name (lower-case letters, digits and hyphens)"
+            )
+        if not isinstance(folder, str) or not folder.strip() or "/" in folder:
+            raise Invalid("folder must be a non-empty name without '/'", subkey=name)
+        journals[name] = folder.strip()
+    return journals
+
+
+def address(value: str) -> str:
+    if split_address(value) is None:
+        raise Invalid(f"{value!r} is not an address (e.g. documents@welyb.fr)")
+    return value
+
+
+def folders(value: list[Any] | tuple[Any, ...]) -> tuple[str, ...]:
+    if not value or not all(isinstance(f, str) and f.strip() for f in value):
+        raise Invalid('list the folders to read, e.g. ["INBOX"]')
+    if len(set(value)) != len(value):
+        raise Invalid("a folder is listed twice")
+    return tuple(f.strip() for f in value)
+
+
+def imap_keyword(flag: str) -> str:
+    if not flag or any(c in flag for c in ' ()"{%*]\\') or not flag.isascii():
+        raise Invalid(f"an IMAP keyword such as '$Filed'; got {flag!r}")
+    return flag
+
+
+def positive(value: float) -> float:
+    if value <= 0:
+        raise Invalid("must be positive")
+    return value
+
+
+def stripped(value: str) -> str:
+    return value.strip()
+
+
+def lower(value: str) -> str:
+    return value.lower()

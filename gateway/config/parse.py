@@ -1,0 +1,173 @@
+"""Reading gateway.toml: finding the file, then every table through its declarations.
+
+Each table is read by `TableReader.values` from the dataclass that declares it
+(`settings.py`); what is left here are the rules that tie several keys together, and the
+two shapes that are not one table per dataclass: `[outbound.smarthost]` (present or not)
+and `[imap.sources.NAME]` (a table of tables, one per mailbox, whose `route` is checked
+against the domains served).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.config.declare import ConfigError, TableReader
+from gateway.config.settings import (
+    LOOPBACK_HOSTS,
+    ExtractionConfig,
+    FilingConfig,
+    GatewayConfig,
+    ImapSourceConfig,
+    LoggingConfig,
+    OutboundConfig,
+    SmarthostConfig,
+    SmtpConfig,
+)
+from gateway.routing.addresses import split_address
+from gateway.routing.slugs import SLUG_RE
+
+CONFIG_ENV = "GATEWAY_CONFIG"
+DEFAULT_CONFIG_NAME = "gateway.toml"
+
+T = TypeVar("T")
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    return Path.cwd() / DEFAULT_CONFIG_NAME
+
+
+def load_config(path: Path) -> GatewayConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"{path}: no such configuration file (create one with `gateway init DIR`, "
+            f"or pass -c FILE / set ${CONFIG_ENV})"
+        ) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(data, base=path.resolve().parent, path=path)
+
+
+def parse_config(data: Mapping[str, Any], base: Path, path: Path | None = None) -> GatewayConfig:
+    root = TableReader(data, "top level")
+    top: dict[str, Any] = {}
+    for name in ("gateway", "database", "storage"):
+        table = root.table(name)
+        top.update(table.values(GatewayConfig, base))
+        table.finish()
+    smtp = _smtp(root.table("smtp"), base)
+    filing = _read(root.table("filing"), FilingConfig, base)
+    extraction = _read(root.table("extraction"), ExtractionConfig, base)
+    outbound = _outbound(root.table("outbound"), base)
+    imap_sources = _imap(root.table("imap"), base, top["domains"])
+    logging = _read(root.table("logging"), LoggingConfig, base)
+    root.finish()
+    return GatewayConfig(
+        path=path,
+        smtp=smtp,
+        filing=filing,
+        extraction=extraction,
+        logging=logging,
+        outbound=outbound,
+        imap_sources=imap_sources,
+        **top,
+    )
+
+
+def _read(table: TableReader, cls: type[T], base: Path) -> T:
+    """A table that is exactly its dataclass's settings."""
+    config = cls(**table.values(cls, base))
+    table.finish()
+    return config
+
+
+def _smtp(table: TableReader, base: Path) -> SmtpConfig:
+    values = table.values(SmtpConfig, base)
+    cert, key = values["tls_certificate"], values["tls_key"]
+    if (cert is None) != (key is None):
+        raise ConfigError("smtp.tls_certificate and smtp.tls_key: set both or neither")
+    for name, p in (("tls_certificate", cert), ("tls_key", key)):
+        if p is not None and not p.is_file():
+            raise ConfigError(f"smtp.{name}: {p} does not exist or is not a file")
+    table.finish()
+    return SmtpConfig(**values)
+
+
+def _outbound(table: TableReader, base: Path) -> OutboundConfig:
+    values = table.values(OutboundConfig, base)
+    relay = table.table("smarthost")
+    if relay.data:
+        values["smarthost"] = smarthost = _read(relay, SmarthostConfig, base)
+        if smarthost.username and not smarthost.password_env:
+            raise ConfigError(
+                "outbound.smarthost.password_env: name the environment variable that holds "
+                "the password (it is never written in the TOML)"
+            )
+    if values["retry_max_seconds"] < values["retry_min_seconds"]:
+        raise ConfigError("outbound.retry_max_seconds: must be at least retry_min_seconds")
+    table.finish()
+    return OutboundConfig(**values)
+
+
+def _imap(table: TableReader, base: Path, domains: tuple[str, ...]) -> dict[str, ImapSourceConfig]:
+    sources_table = table.table("sources")
+    table.finish()
+    sources: dict[str, ImapSourceConfig] = {}
+    for name in sources_table.data:
+        if not SLUG_RE.fullmatch(name):
+            raise ConfigError(
+                f"imap.sources.{name}: a source name is lower-case letters, digits and hyphens"
+            )
+        sources[name] = _imap_source(sources_table.table(name), name, base, domains)
+    return sources
+
+
+def _imap_source(
+    table: TableReader, name: str, base: Path, domains: tuple[str, ...]
+) -> ImapSourceConfig:
+    v = table.values(ImapSourceConfig, base, "imap.sources.NAME")
+    if v["tls"] == "none" and v["host"].lower() not in LOOPBACK_HOSTS:
+        # A password in clear over the network is refused, not warned about.
+        raise ConfigError(
+            f"{table.key('tls')}: 'none' sends the password in clear and is only allowed for "
+            f"a loopback host (127.0.0.1, ::1, localhost); use implicit or starttls for "
+            f"{v['host']}"
+        )
+    if "port" not in table.data and v["tls"] != "implicit":
+        v["port"] = 143
+    if (v["password_env"] is None) == (v["password_file"] is None):
+        raise ConfigError(
+            f"imap.sources.{name}: set exactly one of password_env (an environment variable "
+            "holding the password) or password_file (a file holding it); the password itself "
+            "never goes in this file"
+        )
+    route = v["route"]
+    if route != "recipient":
+        parts = split_address(route)
+        if parts is None or parts[1] not in domains:
+            raise ConfigError(
+                f"{table.key('route')}: 'recipient' or one of our collection addresses "
+                f"(@{' / @'.join(domains)}), e.g. 'compta+dupont-maconnerie@{domains[0]}'; "
+                f"got {route!r}"
+            )
+    processed, rejected = v["processed_folder"], v["rejected_folder"]
+    named = processed and rejected and not {processed, rejected} & set(v["folders"])
+    if v["after"] == "move" and not named:
+        raise ConfigError(
+            f"imap.sources.{name}: processed_folder and rejected_folder must be named and "
+            "differ from the folders read (or mail would be read again)"
+        )
+    table.finish()
+    return ImapSourceConfig(name=name, **v)

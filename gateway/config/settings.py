@@ -1,0 +1,443 @@
+"""Every setting of gateway.toml, declared once: its default, bounds, check and help text.
+
+One frozen dataclass per table of the file; `TABLES` lists the tables in the order
+`gateway init`'s TOML and the README show them. A declaration's check looks at one value
+(`checks.py`); rules that tie several keys together (TLS certificate and key, retry bounds,
+an IMAP source's password, folders and route) are in `parse.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+from gateway.config import checks
+from gateway.config.checks import DEFAULT_JOURNALS
+from gateway.config.declare import (
+    ConfigError,
+    Declared,
+    computed,
+    declared,
+    in_folder,
+    required,
+    setting,
+)
+
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_PARTNER_REGISTRY = SOURCE_ROOT / "config" / "partners.toml"
+
+ImapTls = Literal["implicit", "starttls", "none"]
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+# -- the tables ------------------------------------------------------------------------------
+# `setting`, `computed` and `required` return a dataclasses.field, as field() does; ruff
+# cannot see through them, hence the RUF009 exemptions where a type is not a builtin.
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str = setting("127.0.0.1", "Address the SMTP server listens on.")
+    port: int = setting(2525, "Port it listens on (0: any free port).", low=0, high=65535)
+    hostname: str = computed(
+        socket.getfqdn,
+        "Name in the banner and the EHLO reply; the MX record names it.",
+        default_text="this host's fully qualified name",
+        example="mx.welyb.fr",
+    )
+    max_message_size: int = setting(
+        25 * 1024 * 1024,
+        "Largest message accepted, in bytes; advertised in EHLO SIZE, 552 5.3.4 beyond.",
+        low=1024,
+        high=2**31,
+        unit="bytes",
+    )
+    max_recipients: int = setting(50, "Recipients per message; 452 4.5.3 beyond.", low=1, high=1000)
+    timeout_seconds: int = setting(
+        300, "Seconds of silence after which a session is closed.", low=5, high=3600
+    )
+    tls_certificate: Path | None = setting(  # noqa: RUF009
+        None,
+        "PEM certificate (chain) for STARTTLS, offered when this and tls_key are both set.",
+        resolve=in_folder,
+        default_text="unset (no STARTTLS)",
+        example="/etc/ssl/mx.pem",
+    )
+    tls_key: Path | None = setting(  # noqa: RUF009
+        None,
+        "PEM private key of tls_certificate.",
+        resolve=in_folder,
+        default_text="unset",
+        example="/etc/ssl/mx.key",
+    )
+
+
+@dataclass(frozen=True)
+class FilingConfig:
+    folder_template: str = setting(
+        "Dossier comptable annuel/{fiscal_year}/{journal_folder}/{month}",
+        "Where a journal's documents are filed in the company's folders; placeholders "
+        "{fiscal_year}, {journal_folder}, {journal}, {month}.",
+        check=checks.folder_template,
+    )
+    unsorted_folder: str = setting(
+        "A classer", "Where mail to a bare company address (company@) is filed (R2)."
+    )
+    timezone: str = setting(
+        "Europe/Paris", "The reception month is taken in this time zone.", check=checks.time_zone
+    )
+    journals: Mapping[str, str] = setting(
+        DEFAULT_JOURNALS,
+        "Journal (the local part before '+') -> its folder (R2); an empty table means these.",
+        check=checks.journals,
+    )
+    workers: int = setting(
+        1, "Filing worker processes `serve` starts beside it (0: none here).", low=0, high=16
+    )
+    poll_seconds: float = setting(
+        0.2, "Seconds an idle filing worker waits before it looks for new mail again."
+    )
+    max_attempts: int = setting(
+        5,
+        "Tries before a message that keeps failing is held (back-off 30 s, doubling).",
+        low=1,
+        high=100,
+    )
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+@dataclass(frozen=True)
+class ExtractionConfig:
+    max_documents: int = setting(
+        100, "Documents kept from one message, after expansion.", low=1, high=10_000
+    )
+    max_zip_members: int = setting(
+        200, "Files in one ZIP archive; more refuses the archive.", low=1, high=100_000
+    )
+    max_zip_total_bytes: int = setting(
+        100 * 1024 * 1024,
+        "Uncompressed bytes of one ZIP archive; more refuses the archive.",
+        low=1024,
+        high=2**40,
+        unit="bytes",
+    )
+    max_zip_ratio: int = setting(
+        100,
+        "Uncompressed/compressed size of a member or an archive; more is a zip bomb.",
+        low=2,
+        high=100_000,
+    )
+    max_nesting_depth: int = setting(
+        3, "Levels of ZIP, forwarded mail and TNEF opened inside each other.", low=0, high=10
+    )
+
+
+@dataclass(frozen=True)
+class SmarthostConfig:
+    host: str = required(
+        "The relay's host name.", missing="give the relay's host name", example="smtp.example.net"
+    )
+    port: int = setting(587, "The relay's port.", low=1, high=65535)
+    starttls: bool = setting(True, "Use STARTTLS when the relay offers it.")
+    username: str | None = setting(
+        None,
+        "Login on the relay (SMTP AUTH); needs password_env.",
+        default_text="unset (no login)",
+        example="gateway",
+    )
+    password_env: str | None = setting(
+        None,
+        "Environment variable holding the relay's password (never written in this file).",
+        default_text="unset",
+        example="GATEWAY_SMARTHOST_PASSWORD",
+    )
+
+
+@dataclass(frozen=True)
+class OutboundConfig:
+    """Sending documents to partners (R12–R17)."""
+
+    sender: str | None = setting(
+        None,
+        "From of what the gateway sends as itself: documents to partners whose registry "
+        'entry says sender = "gateway", and bot-mail forwards.',
+        check=checks.address,
+        default_text="documents@(first domain)",
+        example="documents@welyb.fr",
+    )
+    sender_name: str = setting("Welyb", "Display name beside that From.")
+    # [outbound.smarthost], read by parse.py; None: straight to the destination's MX.
+    smarthost: SmarthostConfig | None = None
+    timeout_seconds: int = setting(
+        60, "Timeout of each step of an SMTP conversation.", low=1, high=3600
+    )
+    retry_min_seconds: int = setting(
+        300,
+        "First wait after a temporary failure; it doubles at each try (Postfix's "
+        "minimal_backoff_time).",
+        low=1,
+        high=86400,
+    )
+    retry_max_seconds: int = setting(
+        4000,
+        "Longest wait between tries, at least retry_min_seconds (maximal_backoff_time).",
+        low=1,
+        high=86400,
+    )
+    lifetime_seconds: int = setting(
+        5 * 24 * 3600,
+        "A delivery still failing after this long is failed: 5 days (maximal_queue_lifetime).",
+        low=60,
+        high=60 * 24 * 3600,
+    )
+    workers: int = setting(
+        1, "Sending workers `serve` starts beside it (0: none here).", low=0, high=16
+    )
+    signing_processes: int = setting(
+        1,
+        "Helper processes per sender that compose and DKIM-sign ahead (0: a thread).",
+        low=0,
+        high=16,
+    )
+
+
+@dataclass(frozen=True)
+class ImapSourceConfig:
+    """An existing mailbox the gateway pulls mail from (issue: IMAP sources).
+
+    `route` is "recipient" (each message goes where it was delivered: Delivered-To,
+    X-Original-To, then To/Cc, matched against the address grammar) or one collection
+    address that takes the whole mailbox. The password is read from `password_env` or
+    `password_file`, never from the TOML.
+    """
+
+    name: str
+    host: str = required(
+        "The IMAP server's host name.",
+        missing="give the IMAP server's host name",
+        example="imap.example.net",
+        check=checks.stripped,
+    )
+    user: str = required(
+        "The mailbox's login.",
+        missing="give the login of the mailbox",
+        example="factures@cabinet.fr",
+    )
+    port: int = setting(
+        993,
+        "The server's port.",
+        low=1,
+        high=65535,
+        default_text="993; 143 when tls is starttls or none",
+        example=993,
+    )
+    tls: ImapTls = setting(  # noqa: RUF009
+        "implicit",
+        "implicit (TLS from the first byte), starttls, or none (only to a loopback host).",
+        choices=("implicit", "starttls", "none"),
+    )
+    password_env: str | None = setting(
+        None,
+        "Environment variable holding the password; set this or password_file.",
+        default_text="unset",
+        example="GATEWAY_IMAP_FACTURES_PASSWORD",
+    )
+    password_file: Path | None = setting(  # noqa: RUF009
+        None,
+        "File holding the password, read at each login; set this or password_env.",
+        resolve=in_folder,
+        default_text="unset",
+        example="/run/secrets/imap-factures",
+    )
+    folders: tuple[str, ...] = setting(
+        ("INBOX",), "Folders read, one connection each.", check=checks.folders
+    )
+    route: str = setting(
+        "recipient",
+        "recipient: each message goes where it was delivered (Delivered-To, X-Original-To, "
+        "then To/Cc); or one collection address taking the whole mailbox, e.g. "
+        "compta+dupont-maconnerie@welyb.fr.",
+        check=checks.stripped,
+    )
+    after: Literal["move", "flag"] = setting(
+        "move",
+        "What is done to a message once stored: moved to processed_folder (rejected_folder "
+        "when no address of ours was found), or flagged; never deleted.",
+        choices=("move", "flag"),
+    )
+    processed_folder: str = setting(
+        "Processed", "Where stored messages are moved (after = move).", check=checks.stripped
+    )
+    rejected_folder: str = setting(
+        "Rejected", "Where rejected messages are moved (after = move).", check=checks.stripped
+    )
+    flag: str = setting(
+        "$Filed", "IMAP keyword set on stored messages (after = flag).", check=checks.imap_keyword
+    )
+    idle: bool = setting(True, "Wait with IDLE when the server offers it; poll otherwise.")
+    poll_seconds: float = setting(
+        60.0, "Seconds between polls when IDLE is not used.", check=checks.positive
+    )
+    batch_size: int = setting(50, "Messages fetched per command.", low=1, high=1000)
+    timeout_seconds: int = setting(60, "Network timeout of the connection.", low=1, high=3600)
+
+    @property
+    def routes_by_recipient(self) -> bool:
+        return self.route == "recipient"
+
+    def mailbox(self, folder: str) -> str:
+        """How documents and messages name where they came from."""
+        return f"imap://{self.user}@{self.host}/{folder}"
+
+    def password(self) -> str:
+        """The password, read now (a rotated secret file is picked up on reconnect)."""
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"imap.sources.{self.name}.password_file: cannot read "
+                    f"{self.password_file}: {exc.strerror or exc}"
+                ) from exc
+        assert self.password_env is not None
+        value = os.environ.get(self.password_env)
+        if not value:
+            raise ConfigError(
+                f"imap.sources.{self.name}.password_env: the environment variable "
+                f"{self.password_env} is not set (export it before starting the gateway)"
+            )
+        return value
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = setting(
+        "info",
+        "Least severe level logged.",
+        choices=("debug", "info", "warning", "error"),
+        check=checks.lower,
+    )
+    format: str = setting(
+        "auto",
+        "auto: JSON lines when stderr is not a terminal, readable lines otherwise.",
+        choices=("auto", "json", "console"),
+    )
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The whole file; the keys of [gateway], [database] and [storage] are declared here."""
+
+    path: Path | None
+    domains: tuple[str, ...] = setting(
+        ("welyb.fr", "welyb.com"),
+        "Mail domains served; every local part means the same on each (R1).",
+        check=checks.domains,
+        table="gateway",
+    )
+    database_url: str = setting(
+        "sqlite:///gateway.db",
+        "sqlite:///PATH (a relative PATH is in the configuration file's folder) or "
+        "postgresql+psycopg://USER@HOST/DB.",
+        check=checks.database_scheme,
+        resolve=checks.sqlite_in_folder,
+        table="database",
+        key="url",
+    )
+    storage_path: Path = setting(  # noqa: RUF009
+        Path("storage"),
+        "Raw messages (spool) and filed documents; shared by every node.",
+        resolve=in_folder,
+        table="storage",
+        key="path",
+    )
+    node_name: str = computed(
+        socket.gethostname,
+        "This node's name in spool files and claims; must differ between nodes.",
+        default_text="this host's name",
+        example="mx1",
+        table="gateway",
+    )
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    filing: FilingConfig = field(default_factory=FilingConfig)
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    partner_registry: Path = setting(  # noqa: RUF009
+        DEFAULT_PARTNER_REGISTRY,
+        "The partner registry (bot identities, aliases, destinations, limits).",
+        resolve=in_folder,
+        default_text="config/partners.toml of the gateway's source",
+        example="/etc/gateway/partners.toml",
+        table="gateway",
+    )
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    # [imap.sources.NAME] tables, read by parse.py.
+    imap_sources: Mapping[str, ImapSourceConfig] = field(default_factory=dict)
+
+    @property
+    def spool_path(self) -> Path:
+        return self.storage_path / "spool"
+
+    @property
+    def blobs_path(self) -> Path:
+        return self.storage_path / "documents"
+
+    @property
+    def dkim_path(self) -> Path:
+        return self.storage_path / "dkim"
+
+    @property
+    def gateway_sender(self) -> str:
+        return self.outbound.sender or f"documents@{self.domains[0]}"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table of the file as the TOML and the README show it."""
+
+    name: str  # as the README names it; NAME stands for a name the admin picks
+    cls: type
+    help: str
+    example_name: str = ""  # what NAME becomes in `gateway init`'s commented example
+    optional: bool = False  # absent unless configured: shown commented out
+
+    @property
+    def settings(self) -> list[Declared]:
+        return declared(self.cls, self.name)
+
+    @property
+    def header(self) -> str:
+        return self.name.replace("NAME", self.example_name) if self.example_name else self.name
+
+
+TABLES: tuple[Table, ...] = (
+    Table("gateway", GatewayConfig, "The mail domains served and this node."),
+    Table("database", GatewayConfig, "Where the state lives."),
+    Table("storage", GatewayConfig, "Where the bytes live."),
+    Table("smtp", SmtpConfig, "The SMTP server mail arrives at."),
+    Table("filing", FilingConfig, "Filing documents into the companies' folders."),
+    Table("outbound", OutboundConfig, "Sending documents to partner tools (R12-R17)."),
+    Table(
+        "outbound.smarthost",
+        SmarthostConfig,
+        "Relay through a smarthost instead of each destination's MX.",
+        optional=True,
+    ),
+    Table(
+        "imap.sources.NAME",
+        ImapSourceConfig,
+        "A mailbox to pull mail from; NAME: a-z, 0-9 and -.",
+        example_name="factures",
+        optional=True,
+    ),
+    Table("extraction", ExtractionConfig, "Limits on what one message may expand to."),
+    Table("logging", LoggingConfig, "Logs, on stderr."),
+)

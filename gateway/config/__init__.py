@@ -8,6 +8,7 @@ machinery in `declare.py`); `parse.py` reads the file through those declarations
 `render.py` turns them into `gateway init`'s commented TOML and the README's table.
 """
 
+from gateway.config.checks import DEFAULT_JOURNALS
 from gateway.config.declare import ConfigError
 from gateway.config.parse import (
     CONFIG_ENV,
@@ -18,7 +19,6 @@ from gateway.config.parse import (
 )
 from gateway.config.render import default_toml, settings_table
 from gateway.config.settings import (
-    DEFAULT_JOURNALS,
     DEFAULT_PARTNER_REGISTRY,
     LOOPBACK_HOSTS,
     SOURCE_ROOT,

@@ -73,14 +73,7 @@ class Gateway:
         self.db.migrate()
 
     def extraction_limits(self) -> ExtractionLimits:
-        e = self.config.extraction
-        return ExtractionLimits(
-            max_documents=e.max_documents,
-            max_zip_members=e.max_zip_members,
-            max_zip_total_bytes=e.max_zip_total_bytes,
-            max_zip_ratio=e.max_zip_ratio,
-            max_nesting_depth=e.max_nesting_depth,
-        )
+        return ExtractionLimits.from_config(self.config.extraction)
 
     def filer(self, worker_name: str | None = None) -> Filer:
         return Filer(

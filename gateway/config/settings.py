@@ -61,14 +61,14 @@ class SmtpConfig:
     timeout_seconds: int = setting(
         300, "Seconds of silence after which a session is closed.", low=5, high=3600
     )
-    tls_certificate: Path | None = setting(  # noqa: RUF009
+    tls_certificate: Path | None = setting(
         None,
         "PEM certificate (chain) for STARTTLS, offered when this and tls_key are both set.",
         resolve=in_folder,
         default_text="unset (no STARTTLS)",
         example="/etc/ssl/mx.pem",
     )
-    tls_key: Path | None = setting(  # noqa: RUF009
+    tls_key: Path | None = setting(
         None,
         "PEM private key of tls_certificate.",
         resolve=in_folder,
@@ -239,7 +239,7 @@ class ImapSourceConfig:
         default_text="993; 143 when tls is starttls or none",
         example=993,
     )
-    tls: ImapTls = setting(  # noqa: RUF009
+    tls: ImapTls = setting(
         "implicit",
         "implicit (TLS from the first byte), starttls, or none (only to a loopback host).",
         choices=("implicit", "starttls", "none"),
@@ -250,7 +250,7 @@ class ImapSourceConfig:
         default_text="unset",
         example="GATEWAY_IMAP_FACTURES_PASSWORD",
     )
-    password_file: Path | None = setting(  # noqa: RUF009
+    password_file: Path | None = setting(
         None,
         "File holding the password, read at each login; set this or password_env.",
         resolve=in_folder,
@@ -352,7 +352,7 @@ class GatewayConfig:
         table="database",
         key="url",
     )
-    storage_path: Path = setting(  # noqa: RUF009
+    storage_path: Path = setting(
         Path("storage"),
         "Raw messages (spool) and filed documents; shared by every node.",
         resolve=in_folder,
@@ -370,7 +370,7 @@ class GatewayConfig:
     filing: FilingConfig = field(default_factory=FilingConfig)
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    partner_registry: Path = setting(  # noqa: RUF009
+    partner_registry: Path = setting(
         DEFAULT_PARTNER_REGISTRY,
         "The partner registry (bot identities, aliases, destinations, limits).",
         resolve=in_folder,

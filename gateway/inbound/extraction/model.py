@@ -1,18 +1,36 @@
 """What extraction is given (its limits) and what it gives back (documents, refusals)."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass
+
+from gateway.config import ExtractionConfig
+
+_DECLARED = ExtractionConfig()  # the declared defaults of [extraction]
 
 
 @dataclass(frozen=True)
 class ExtractionLimits:
-    """Bounds that keep one hostile message from exhausting the gateway."""
+    """Bounds that keep one hostile message from exhausting the gateway. The defaults are
+    the `[extraction]` settings' own, declared once in gateway/config/settings.py."""
 
-    max_documents: int = 100  # documents per message, after expansion
-    max_zip_members: int = 200  # members per archive
-    max_zip_total_bytes: int = 100 * 1024 * 1024  # uncompressed bytes per archive
-    max_zip_ratio: int = 100  # uncompressed/compressed for a member or whole archive
-    max_nesting_depth: int = 3  # zip-in-zip / rfc822-in-rfc822 / tnef depth
+    max_documents: int = _DECLARED.max_documents  # per message, after expansion
+    max_zip_members: int = _DECLARED.max_zip_members  # per archive
+    max_zip_total_bytes: int = _DECLARED.max_zip_total_bytes  # uncompressed, per archive
+    max_zip_ratio: int = _DECLARED.max_zip_ratio  # uncompressed/compressed, member or archive
+    max_nesting_depth: int = _DECLARED.max_nesting_depth  # zip-in-zip / rfc822 / tnef depth
+    # Not a setting: names must fit file systems and archives whatever the configuration.
     max_filename_length: int = 150  # characters, extension kept
+
+    @classmethod
+    def from_config(cls, config: ExtractionConfig) -> ExtractionLimits:
+        return cls(
+            max_documents=config.max_documents,
+            max_zip_members=config.max_zip_members,
+            max_zip_total_bytes=config.max_zip_total_bytes,
+            max_zip_ratio=config.max_zip_ratio,
+            max_nesting_depth=config.max_nesting_depth,
+        )
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ import dns.rrset
 import pytest
 from click.testing import CliRunner
 
-from gateway.cli import _dns_check, cli
+from gateway.cli import cli
+from gateway.cli.dns import _dns_check
 from gateway.config import GatewayConfig
 from gateway.outbound.dkim import (
     ED25519_SHA256,

@@ -1,0 +1,46 @@
+"""What every verb shares: the gateway a command works on (`Context`), built from the
+configuration file that -c/--config names, and the -c and --json options."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from gateway.app import Gateway
+from gateway.config import load_config, resolve_config_path
+from gateway.logs import configure_logging
+
+
+class Context:
+    def __init__(self, config_path: str | None, *, durable_commits: bool = True) -> None:
+        self.config_path = resolve_config_path(config_path)
+        self.durable_commits = durable_commits
+        self._gateway: Gateway | None = None
+
+    @property
+    def gateway(self) -> Gateway:
+        if self._gateway is None:
+            config = load_config(self.config_path)
+            configure_logging(config.logging.level, config.logging.format)
+            self._gateway = Gateway.from_config(config, durable_commits=self.durable_commits)
+            # Idempotent: a new PostgreSQL database, or a schema from an older release, is
+            # brought up to date by whichever command runs first.
+            self._gateway.prepare_storage()
+        return self._gateway
+
+
+def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Configuration file (default: $GATEWAY_CONFIG, else ./gateway.toml).",
+    )(func)
+
+
+def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)

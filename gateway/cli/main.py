@@ -1,0 +1,67 @@
+"""The `gateway` command: what a mail admin and a cabinet's staff type.
+
+Every verb but `init` takes -c/--config FILE (default: $GATEWAY_CONFIG, else ./gateway.toml);
+every listing takes --json. Errors are one line on stderr that says what to fix, exit 1.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from gateway.cli import (
+    bot_mail,
+    cabinets,
+    companies,
+    connections,
+    deliveries,
+    dkim,
+    dns,
+    documents,
+    folders,
+    imap,
+    messages,
+    service,
+)
+from gateway.errors import GatewayError
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except GatewayError as exc:  # ours: one line, exit 1; anything else is a bug (traceback)
+        click.echo(f"gateway: {exc}", err=True)
+        sys.exit(1)
+
+
+# The help is this module's docstring: what `gateway --help` prints above the verbs.
+@click.group(help=__doc__)
+def cli() -> None:
+    pass
+
+
+for _command in (
+    service.init,
+    service.serve,
+    service.worker,
+    service.sender,
+    cabinets.cabinet,
+    companies.company,
+    folders.folder,
+    documents.documents,
+    messages.messages,
+    bot_mail.bot_mail,
+    connections.connection,
+    connections.switch,
+    deliveries.deliveries,
+    imap.imap,
+    dkim.dkim,
+    dns.dns,
+):
+    cli.add_command(_command)

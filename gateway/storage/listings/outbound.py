@@ -1,0 +1,126 @@
+"""Listings of what goes out: connections, switches, the delivery ledger."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+
+from gateway.storage.db import Database
+from gateway.storage.models import Company, Connection, Delivery, Document, Folder, Switch
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRow:
+    id: int
+    company: str
+    partner: str
+    entered: str  # the address as the cabinet typed it
+    destination: str
+    sender: str | None  # None: the gateway's sender
+    created_at: datetime
+
+
+def list_connections(db: Database) -> list[ConnectionRow]:
+    """Every connection, oldest first."""
+    query = (
+        select(Connection, Company.slug)
+        .join(Company, Connection.company_id == Company.id)
+        .order_by(Connection.id)
+    )
+    with db.read() as s:
+        return [
+            ConnectionRow(
+                id=c.id,
+                company=slug,
+                partner=c.partner,
+                entered=c.entered_address,
+                destination=c.destination,
+                sender=c.sender,
+                created_at=c.created_at,
+            )
+            for c, slug in s.execute(query)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchRow:
+    company: str
+    partner: str
+    folder: str
+    on: bool
+    turned_on_at: datetime | None
+    turned_off_at: datetime | None
+
+
+def list_switches(db: Database) -> list[SwitchRow]:
+    """Every switch, on or off, oldest first."""
+    query = (
+        select(Switch, Connection.partner, Company.slug, Folder.path)
+        .join(Connection, Switch.connection_id == Connection.id)
+        .join(Company, Connection.company_id == Company.id)
+        .join(Folder, Switch.folder_id == Folder.id)
+        .order_by(Switch.id)
+    )
+    with db.read() as s:
+        return [
+            SwitchRow(
+                company=slug,
+                partner=partner,
+                folder=path,
+                on=sw.is_on,
+                turned_on_at=sw.turned_on_at,
+                turned_off_at=sw.turned_off_at,
+            )
+            for sw, partner, slug, path in s.execute(query)
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRow:
+    id: int
+    company: str
+    partner: str
+    document_id: int
+    filename: str
+    destination: str
+    status: str
+    due_at: datetime
+    attempts: int
+    reason: str | None
+    sent_at: datetime | None
+
+
+def list_deliveries(
+    db: Database, company_slug: str | None = None, status: str | None = None
+) -> list[DeliveryRow]:
+    """The delivery ledger, oldest first; optionally one company's, or in one status."""
+    query = (
+        select(Delivery, Connection, Company.slug, Document.filename)
+        .join(Connection, Delivery.connection_id == Connection.id)
+        .join(Company, Connection.company_id == Company.id)
+        .join(Document, Delivery.document_id == Document.id)
+        .order_by(Delivery.id)
+    )
+    if company_slug:
+        query = query.where(Company.slug == company_slug)
+    if status:
+        query = query.where(Delivery.status == status)
+    with db.read() as s:
+        return [
+            DeliveryRow(
+                id=d.id,
+                company=slug,
+                partner=c.partner,
+                document_id=d.document_id,
+                filename=filename,
+                destination=c.destination,
+                status=d.status,
+                due_at=d.due_at,
+                attempts=d.attempts,
+                reason=d.reason,
+                sent_at=d.sent_at,
+            )
+            for d, c, slug, filename in s.execute(query)
+        ]

@@ -3,6 +3,9 @@
 `handle_DATA` does the least it can — hand the bytes to the spool, wait for the group commit,
 answer — because aiosmtpd does not reset its session timeout while the hook runs. Parsing and
 filing happen later, in the filing stage, from the durable row.
+
+The protocol object of each connection (and with it every use of aiosmtpd's private members)
+is `gateway.inbound.smtp_session.GatewaySMTP`; this module uses only its own members.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.clock import Clock
 from gateway.config import SmtpConfig
 from gateway.inbound.recipients import Recipients
+from gateway.inbound.smtp_session import GatewaySMTP
 from gateway.inbound.spool import Arrival, Spool, new_queue_id
-from gateway.replies import AIOSMTPD_REPLACEMENTS, Reply
+from gateway.replies import Reply
 from gateway.routing.addresses import split_address
 
 log = structlog.get_logger("gateway.smtp")
@@ -146,108 +150,6 @@ def _with_received_header(
     return line.encode("ascii", "replace") + content
 
 
-END_OF_DATA = b"\r\n.\r\n"
-DATA_CHUNK = 64 * 1024
-
-
-class GatewaySMTP(SMTP):
-    """aiosmtpd's protocol with our reply table, shutdown behaviour and a faster DATA phase.
-
-    aiosmtpd reads DATA line by line in Python (a 20 KB message is ~300 awaits); that loop
-    alone costs more CPU than everything else the gateway does per message. `smtp_DATA`
-    here reads the stream in chunks and finds the end with one `bytes.find`. What it accepts
-    is what RFC 5321 says and aiosmtpd does: only CR LF . CR LF ends the data (a bare LF
-    never does, so "\\n.\\n" cannot smuggle a second message), leading dots are removed,
-    the size limit answers 552 after the data is drained. Unlike aiosmtpd, lines over 1000
-    octets are accepted as they are, as Postfix does: we store mail, we do not relay it.
-    """
-
-    def __init__(self, handler: InboundHandler, sessions: set[GatewaySMTP], **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._gateway_handler = handler
-        self._sessions = sessions
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._sessions.add(self)
-        super().connection_made(transport)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        self._sessions.discard(self)
-        super().connection_lost(error)
-
-    async def push(self, status: str | bytes) -> None:
-        if isinstance(status, str):
-            replacement = AIOSMTPD_REPLACEMENTS.get(status)
-            if replacement is not None:
-                status = replacement.format(limit=self.data_size_limit)
-        await super().push(status)
-
-    async def smtp_DATA(self, arg: str | None) -> None:
-        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
-            return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push(Reply.NEED_RCPT.value)
-            return
-        if arg:
-            await self.push(Reply.DATA_SYNTAX.value)
-            return
-        await self.push(Reply.START_DATA.value)
-        content = await self._read_data()
-        if content is None:  # the connection went away mid-data
-            return
-        if self.data_size_limit and len(content) > self.data_size_limit:
-            self._set_post_data_state()
-            await self.push(Reply.MESSAGE_TOO_BIG.format(limit=self.data_size_limit))
-            return
-        self.envelope.content = self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
-        await self.push(Reply.OK.value if status is MISSING else status)
-
-    async def _read_data(self) -> bytes | None:
-        """The message up to the end-of-data line, dot-unstuffed; None on disconnect.
-
-        Past the size limit the rest is read and dropped (keeping a tail to find the end),
-        so that memory stays bounded and the 552 comes after the data, as RFC 5321 4.2.5
-        implies. The result is then longer than the limit, which is how the caller knows.
-        """
-        reader = self._reader
-        limit = self.data_size_limit or 0
-        buf = bytearray(b"\r\n")  # so that a message starting with ".\r\n" ends at once
-        dropped = 0
-        start = 0
-        while (end := buf.find(END_OF_DATA, start)) < 0:
-            if limit and len(buf) + dropped > limit + 2:
-                keep = len(END_OF_DATA) - 1  # searched already; only a split marker matters
-                dropped += len(buf) - keep
-                del buf[:-keep]
-            start = max(0, len(buf) - len(END_OF_DATA) + 1)
-            chunk = await reader.read(DATA_CHUNK)
-            if not chunk:
-                return None
-            self._reset_timeout()
-            buf += chunk
-        # Bytes after the terminator are the client's next (pipelined) commands: give them
-        # back to the reader. aiosmtpd itself manages this buffer for STARTTLS.
-        rest = buf[end + len(END_OF_DATA) :]
-        if rest:
-            reader._buffer[:0] = rest  # type: ignore[attr-defined]
-        if dropped:
-            return b"\0" * (limit + 1)  # marker length only; the content is gone
-        data = bytes(buf[2 : end + 2]).replace(b"\r\n.", b"\r\n")
-        return data[1:] if data.startswith(b".") else data
-
-    async def smtp_MAIL(self, arg: str | None) -> None:
-        # Draining: the transaction in progress has finished; start no new one.
-        if self._gateway_handler.draining:
-            await self.push(Reply.SHUTTING_DOWN.format(hostname=self.hostname))
-            if self.transport is not None:
-                self.transport.close()
-            return
-        await super().smtp_MAIL(arg)
-
-
 class _Refuse421(asyncio.Protocol):
     """What a new connection gets while the server drains."""
 
@@ -318,9 +220,3 @@ def _tls_context(config: SmtpConfig) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(config.tls_certificate), str(config.tls_key))
     return context
-
-
-# HELP reads the syntax text from the method; keep it on our override.
-for _attr in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
-    if hasattr(SMTP.smtp_MAIL, _attr):
-        setattr(GatewaySMTP.smtp_MAIL, _attr, getattr(SMTP.smtp_MAIL, _attr))

@@ -171,31 +171,24 @@ def advance(s: Session, who: Claimant, last_uid: int, now: datetime) -> None:
 def record_error(s: Session, who: Claimant, error: str) -> bool:
     """Note what went wrong last (shown by `gateway imap status`). False when `who` does
     not hold the checkpoint: its error is not the holder's to show."""
-    noted = s.execute(
-        update(ImapCheckpoint)
-        .where(_held_by(who))
-        .values(last_error=error)
-        .returning(ImapCheckpoint.id)
-    ).first()
-    return noted is not None
+    return _held_write(s, who, last_error=error)
 
 
 def release(s: Session, who: Claimant) -> bool:
     """Free the checkpoint for any poller. False when `who` no longer held it."""
-    released = s.execute(
-        update(ImapCheckpoint)
-        .where(_held_by(who))
-        .values(claimed_by=None, lease_until=None)
-        .returning(ImapCheckpoint.id)
-    ).first()
-    return released is not None
+    return _held_write(s, who, claimed_by=None, lease_until=None)
 
 
-def _guarded(s: Session, who: Claimant, what: str, **values: Any) -> None:
+def _held_write(s: Session, who: Claimant, **values: Any) -> bool:
+    """One UPDATE guarded by the claimant; False when `who` does not hold the checkpoint."""
     done = s.execute(
         update(ImapCheckpoint).where(_held_by(who)).values(**values).returning(ImapCheckpoint.id)
     ).first()
-    if done is None:
+    return done is not None
+
+
+def _guarded(s: Session, who: Claimant, what: str, **values: Any) -> None:
+    if not _held_write(s, who, **values):
         raise _refused(s, who, what)
 
 

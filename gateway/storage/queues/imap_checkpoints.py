@@ -21,10 +21,11 @@ A checkpoint row is created by the first claim of its mailbox and is never delet
   Until one does, the row is still the holder's: a batch slower than the lease loses
   nothing.
 
-Guards. The claim is one guarded UPDATE … RETURNING that matches only a claimable row
-(free, already ours, or expired); on PostgreSQL the row is picked inside it by
-SELECT … FOR UPDATE SKIP LOCKED, so a claimant never waits behind a holder's open
-transaction, and of two claimants at once exactly one gets the row. Only when the mailbox
+Guards. The claim is the one statement of every queue (`queues.base.claim`): a guarded
+UPDATE … RETURNING that matches only a claimable row (free, already ours, or expired); on
+PostgreSQL the row is picked inside it by SELECT … FOR UPDATE SKIP LOCKED, so a claimant
+never waits behind a holder's open transaction, and of two claimants at once exactly one
+gets the row. Only when the mailbox
 has no row yet does the claim insert it (INSERT … ON CONFLICT DO NOTHING: of two first
 claimants, one creates and holds it). Every later write is one UPDATE … WHERE source,
 folder AND claimed_by = that poller: once another poller has taken the checkpoint over, the
@@ -50,6 +51,8 @@ from sqlalchemy.orm import Session
 from gateway.errors import GatewayError
 from gateway.storage.db import upsert_insert
 from gateway.storage.models import ImapCheckpoint
+from gateway.storage.queues.base import claim as claim_rows
+from gateway.storage.queues.base import rows_changed
 
 log = structlog.get_logger("gateway.imap")
 
@@ -104,17 +107,16 @@ def _claimable(who: Claimant, now: datetime) -> ColumnElement[bool]:
 def claim(s: Session, who: Claimant, now: datetime) -> bool:
     """Take the checkpoint with a lease of `LEASE` from `now`, creating it on first use.
     False when another poller holds it and its lease has not expired."""
-    # FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite has no row locks and ignores it.
-    candidate = (
-        select(ImapCheckpoint.id).where(_claimable(who, now)).with_for_update(skip_locked=True)
+    claimable = _claimable(who, now)
+    claimed = claim_rows(
+        s,
+        ImapCheckpoint,
+        select(ImapCheckpoint.id).where(claimable),
+        claimable,
+        claimed_by=who.poller,
+        lease_until=now + LEASE,
     )
-    claimed = s.execute(
-        update(ImapCheckpoint)
-        .where(ImapCheckpoint.id.in_(candidate), _claimable(who, now))
-        .values(claimed_by=who.poller, lease_until=now + LEASE)
-        .returning(ImapCheckpoint.id)
-    ).first()
-    if claimed is not None:
+    if claimed:
         return True
     exists = s.execute(select(ImapCheckpoint.id).where(_this_mailbox(who))).first()
     if exists is not None:
@@ -181,10 +183,7 @@ def release(s: Session, who: Claimant) -> bool:
 
 def _held_write(s: Session, who: Claimant, **values: Any) -> bool:
     """One UPDATE guarded by the claimant; False when `who` does not hold the checkpoint."""
-    done = s.execute(
-        update(ImapCheckpoint).where(_held_by(who)).values(**values).returning(ImapCheckpoint.id)
-    ).first()
-    return done is not None
+    return rows_changed(s, update(ImapCheckpoint).where(_held_by(who)).values(**values)) == 1
 
 
 def _guarded(s: Session, who: Claimant, what: str, **values: Any) -> None:

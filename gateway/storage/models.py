@@ -321,7 +321,8 @@ class ImapMessage(Base):
     uid: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))  # of the raw message
     # Message-ID, routed recipients and body hash: the same message read again (a folder
-    # recreated under a new UIDVALIDITY) has the same fingerprint; see gateway/inbound/imap.py.
+    # recreated under a new UIDVALIDITY) has the same fingerprint; see
+    # gateway/inbound/imap/headers.py.
     fingerprint: Mapped[str] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(16))  # stored | rejected | duplicate
     inbound_message_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id"))

@@ -13,7 +13,8 @@ fetched again, what was stored but not moved is moved on the next session.
   recognised by its fingerprint (Message-ID, routed recipients, body hash) and settled
   without being filed again. Documents are also deduplicated per company at filing, so the
   same invoice arriving by SMTP and IMAP is filed once.
-- The checkpoint row carries a lease: one poller per mailbox at a time, across nodes.
+- The checkpoint row carries a lease: one poller per mailbox at a time, across nodes
+  (gateway/storage/queues/imap_checkpoints.py owns it).
 - IDLE when the server offers it (and `idle = true`), polling otherwise; connection errors
   back off from 1 s to 60 s and reconnect.
 """
@@ -22,181 +23,43 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import imaplib
-import socket
-import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from email.message import Message
-from email.parser import BytesHeaderParser
-from email.policy import compat32
-from email.utils import getaddresses
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any
 
 import structlog
-from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError, LoginError
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from gateway.clock import Clock
 from gateway.config import ConfigError, ImapSourceConfig
-from gateway.errors import GatewayError
+from gateway.inbound.imap.connection import (
+    CONNECTION_ERRORS,
+    Connector,
+    ImapProblem,
+    MailboxClient,
+    connect,
+    explain,
+)
+from gateway.inbound.imap.headers import candidate_recipients, fingerprint, parse_header_block
 from gateway.inbound.recipients import Recipients
 from gateway.inbound.spool import Arrival, SpoolWriter, new_queue_id
 from gateway.routing.addresses import AddressKind
 from gateway.storage.db import Database, upsert_insert
-from gateway.storage.models import ImapCheckpoint, ImapMessage, InboundMessage
+from gateway.storage.models import ImapMessage, InboundMessage
+from gateway.storage.queues import imap_checkpoints
+from gateway.storage.queues.imap_checkpoints import LEASE, Claimant, LeaseLost
 
 log = structlog.get_logger("gateway.imap")
 
-LEASE = timedelta(minutes=2)
 LEASE_RENEW_SECONDS = 30.0
 IDLE_RESTART_SECONDS = 9 * 60.0  # RFC 2177: re-issue IDLE well before the 29-minute timeout
 BACKOFF_MIN_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
-ROUTING_HEADERS: tuple[tuple[str, ...], ...] = (("Delivered-To",), ("X-Original-To",), ("To", "Cc"))
-
-# What a dropped or unreachable server raises (imaplib's abort is an IMAPClientError).
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, imaplib.IMAP4.abort, EOFError)
-
-
-class MailboxClient(Protocol):
-    """The part of imapclient's IMAPClient the poller uses (tests may pass another)."""
-
-    def select_folder(self, folder: str, readonly: bool = False) -> dict[bytes, Any]: ...
-    def search(self, criteria: Any = "ALL", charset: str | None = None) -> list[int]: ...
-    def fetch(
-        self, messages: Sequence[int], data: Sequence[str]
-    ) -> dict[int, dict[bytes, Any]]: ...
-    def has_capability(self, capability: str) -> bool: ...
-    def folder_exists(self, folder: str) -> bool: ...
-    def create_folder(self, folder: str) -> Any: ...
-    def list_folders(self, directory: str = "", pattern: str = "*") -> list[Any]: ...
-    def move(self, messages: Sequence[int], folder: str) -> Any: ...
-    def copy(self, messages: Sequence[int], folder: str) -> Any: ...
-    def add_flags(
-        self, messages: Sequence[int], flags: Sequence[str], silent: bool = False
-    ) -> Any: ...
-    def expunge(self, messages: Sequence[int] | None = None) -> Any: ...
-    def idle(self) -> Any: ...
-    def idle_check(self, timeout: float | None = None) -> list[Any]: ...
-    def idle_done(self) -> Any: ...
-    def noop(self) -> Any: ...
-    def logout(self) -> Any: ...
-
-
-Connector = Callable[[ImapSourceConfig], MailboxClient]
-
-
-class ImapProblem(GatewayError):
-    """Something a mail admin must fix or wait for, said in plain words."""
-
-
-class LeaseLost(GatewayError):
-    """Another poller took this mailbox over (our lease expired): stop at once."""
-
-
-def connect(source: ImapSourceConfig) -> IMAPClient:
-    """Open, secure and log in, as the source's configuration says."""
-    if source.tls == "implicit":
-        client = IMAPClient(
-            source.host,
-            source.port,
-            ssl=True,
-            ssl_context=ssl.create_default_context(),
-            timeout=source.timeout_seconds,
-        )
-    else:
-        client = IMAPClient(source.host, source.port, ssl=False, timeout=source.timeout_seconds)
-        if source.tls == "starttls":
-            client.starttls(ssl.create_default_context())
-    client.normalise_times = False  # INTERNALDATE as an aware datetime
-    try:
-        client.login(source.user, source.password())
-    except BaseException:
-        with contextlib.suppress(Exception):
-            client.shutdown()
-        raise
-    return client
-
-
-def explain(source: ImapSourceConfig, exc: BaseException) -> str:
-    """What went wrong, for a mail admin rather than a programmer."""
-    where = f"{source.host}:{source.port}"
-    if isinstance(exc, ConfigError | ImapProblem):
-        return str(exc)
-    if isinstance(exc, LoginError):
-        return (
-            f"login refused for {source.user!r} on {where}: wrong user name or password, or "
-            f"the account may not use IMAP (server said: {_text(exc)})"
-        )
-    if isinstance(exc, socket.gaierror):
-        return f"cannot find the IMAP server {source.host!r} in DNS ({exc.strerror})"
-    if isinstance(exc, ConnectionRefusedError):
-        return f"cannot connect to {where}: connection refused (is the server up, the port right?)"
-    if isinstance(exc, TimeoutError):
-        return f"no answer from {where} within {source.timeout_seconds} s"
-    if isinstance(exc, ssl.SSLError):
-        hint = "try tls = 'starttls' with port 143" if source.tls == "implicit" else "check tls"
-        return f"TLS with {where} failed: {exc.reason or exc} ({hint})"
-    if isinstance(exc, imaplib.IMAP4.abort | EOFError):
-        return f"the server at {where} closed the connection ({_text(exc)})"
-    if isinstance(exc, OSError):
-        return f"cannot talk to {where}: {exc.strerror or exc}"
-    return f"IMAP error from {where}: {_text(exc)}"
-
-
-def _text(exc: BaseException) -> str:
-    text = str(exc)
-    if text.startswith("b'") or text.startswith('b"'):
-        text = text[2:-1]
-    return text or type(exc).__name__
-
-
-# -- routing and fingerprints -------------------------------------------------------------------
-
-
-def candidate_recipients(headers: Message, is_ours: Callable[[str], bool]) -> list[str]:
-    """Our addresses this message was delivered to: Delivered-To, else X-Original-To, else
-    To and Cc. The first header family holding an address of ours wins (a forwarded
-    message's To names the original recipient, Delivered-To the mailbox it reached)."""
-    for names in ROUTING_HEADERS:
-        values = [v for name in names for v in headers.get_all(name, [])]
-        found: list[str] = []
-        for _, address in getaddresses([str(v) for v in values]):
-            address = address.strip()
-            if address and is_ours(address) and address.lower() not in map(str.lower, found):
-                found.append(address)
-        if found:
-            return found
-    return []
-
-
-def fingerprint(message_id: str | None, recipients: Sequence[str], raw: bytes) -> str:
-    """The same message read again has the same fingerprint, whatever its UID.
-
-    The body is hashed without the header block, which servers may rewrite (Status:,
-    X-Keywords:); the recipients are part of it because a hosted mailbox keeps one copy,
-    with the same Message-ID, per address the message reached.
-    """
-    end = _header_end(raw)
-    body = raw[end:].lstrip(b"\r\n")
-    parts = [
-        (message_id or "").strip(),
-        ",".join(sorted(r.lower() for r in recipients)),
-        hashlib.sha256(body).hexdigest(),
-    ]
-    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def _header_end(raw: bytes) -> int:
-    """Where the header block ends (the blank line), or the end of a header-only message."""
-    found = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
-    return min(found) if found else len(raw)
 
 
 # -- the poller --------------------------------------------------------------------------------
@@ -290,19 +153,20 @@ class MailboxPoller:
                             if once:
                                 return result
                             self._wait_for_mail(client)
+                except (LoginError, ConfigError, *CONNECTION_ERRORS, IMAPClientError) as exc:
+                    self._record_error(exc)  # while we still hold the checkpoint
+                    raise
                 finally:
                     self._release()
             except LeaseLost:
                 self._log.warning("imap_lease_lost")
             except (LoginError, ConfigError) as exc:
                 # Not transient: retrying fast would only lock the account.
-                self._record_error(exc)
                 if once:
                     raise ImapProblem(explain(self.source, exc)) from exc
                 self.stop.wait(BACKOFF_MAX_SECONDS)
             except (*CONNECTION_ERRORS, IMAPClientError) as exc:
                 failures += 1
-                self._record_error(exc)
                 result.errors.append(explain(self.source, exc))
                 if once and failures >= max_failures:
                     raise ImapProblem(
@@ -325,17 +189,13 @@ class MailboxPoller:
         info = client.select_folder(self.folder)
         uidvalidity = int(info[b"UIDVALIDITY"])
         with self.db.write() as s:
-            checkpoint = self._checkpoint(s)
-            if checkpoint.uidvalidity != uidvalidity:
-                if checkpoint.uidvalidity is not None:
-                    # Old UIDs mean nothing now; fingerprints keep old mail from being refiled.
-                    self._log.warning(
-                        "imap_uidvalidity_changed", old=checkpoint.uidvalidity, new=uidvalidity
-                    )
-                checkpoint.uidvalidity = uidvalidity
-                checkpoint.last_uid = 0
-            self._uidvalidity = uidvalidity
-            self._last_uid = int(checkpoint.last_uid)
+            resumed = imap_checkpoints.resume(s, self._claimant, uidvalidity)
+        previous = resumed.previous_uidvalidity
+        if previous is not None and previous != uidvalidity:
+            # Old UIDs mean nothing now; fingerprints keep old mail from being refiled.
+            self._log.warning("imap_uidvalidity_changed", old=previous, new=uidvalidity)
+        self._uidvalidity = uidvalidity
+        self._last_uid = resumed.last_uid
 
     # -- one pass ---------------------------------------------------------------------------
 
@@ -381,8 +241,7 @@ class MailboxPoller:
         return sorted(taken, key=lambda t: t.uid)
 
     def _route(self, uid: int, raw: bytes, data: dict[bytes, Any], refusal: str | None) -> _Taken:
-        # The header block only: the parser would otherwise walk the whole body line by line.
-        headers = BytesHeaderParser(policy=compat32).parsebytes(raw[: _header_end(raw)])
+        headers = parse_header_block(raw)
         if self.source.routes_by_recipient:
             grammar = self.recipients.grammar
             candidates = candidate_recipients(
@@ -595,139 +454,35 @@ class MailboxPoller:
             self._renew_lease()
         client.noop()  # new messages become visible to the next SEARCH
 
-    # -- checkpoint and lease ---------------------------------------------------------------
+    # -- checkpoint and lease: every write through the checkpoint queue -------------------
 
-    def _this_mailbox(self) -> Any:
-        return and_(ImapCheckpoint.source == self.source.name, ImapCheckpoint.folder == self.folder)
-
-    def _held_by_us(self) -> Any:
-        return and_(self._this_mailbox(), ImapCheckpoint.claimed_by == self.worker_name)
-
-    def _claimable(self, now: datetime) -> Any:
-        return and_(
-            self._this_mailbox(),
-            or_(
-                ImapCheckpoint.claimed_by.is_(None),
-                ImapCheckpoint.claimed_by == self.worker_name,
-                ImapCheckpoint.lease_until < now,
-            ),
-        )
+    @property
+    def _claimant(self) -> Claimant:
+        return Claimant(self.source.name, self.folder, self.worker_name)
 
     def _claim(self) -> bool:
-        now = self.clock.now()
         with self.db.write() as s:
-            s.execute(
-                upsert_insert(s)(ImapCheckpoint)
-                .values(source=self.source.name, folder=self.folder, last_uid=0)
-                .on_conflict_do_nothing()
-            )
-            claimed = s.execute(
-                update(ImapCheckpoint)
-                .where(self._claimable(now))
-                .values(claimed_by=self.worker_name, lease_until=now + LEASE)
-                .returning(ImapCheckpoint.id)
-            ).first()
+            claimed = imap_checkpoints.claim(s, self._claimant, self.clock.now())
         self._renewed_at = time.monotonic()
-        return claimed is not None
+        return claimed
 
     def _renew_lease(self) -> None:
         if time.monotonic() - self._renewed_at < LEASE_RENEW_SECONDS:
             return
-        now = self.clock.now()
         with self.db.write() as s:
-            self._guarded(s, now, lease_until=now + LEASE)
+            imap_checkpoints.renew(s, self._claimant, self.clock.now())
         self._renewed_at = time.monotonic()
 
     def _advance(self, s: Session, last_uid: int, now: datetime) -> None:
-        self._guarded(
-            s, now, last_uid=last_uid, lease_until=now + LEASE, last_sync_at=now, last_error=None
-        )
+        imap_checkpoints.advance(s, self._claimant, last_uid, now)
         self._renewed_at = time.monotonic()
-
-    def _guarded(self, s: Session, now: datetime, **values: Any) -> None:
-        done = s.execute(
-            update(ImapCheckpoint)
-            .where(self._held_by_us())
-            .values(**values)
-            .returning(ImapCheckpoint.id)
-        ).first()
-        if done is None:
-            raise LeaseLost(self.mailbox)
-
-    def _checkpoint(self, s: Session) -> ImapCheckpoint:
-        checkpoint = s.execute(
-            select(ImapCheckpoint).where(self._held_by_us())
-        ).scalar_one_or_none()
-        if checkpoint is None:
-            raise LeaseLost(self.mailbox)
-        return checkpoint
 
     def _release(self) -> None:
         with contextlib.suppress(Exception), self.db.write() as s:
-            s.execute(
-                update(ImapCheckpoint)
-                .where(self._held_by_us())
-                .values(claimed_by=None, lease_until=None)
-            )
+            imap_checkpoints.release(s, self._claimant)
 
     def _record_error(self, exc: BaseException) -> None:
         text = explain(self.source, exc)
         self._log.warning("imap_error", error=text)
         with contextlib.suppress(Exception), self.db.write() as s:
-            s.execute(update(ImapCheckpoint).where(self._this_mailbox()).values(last_error=text))
-
-
-# -- `gateway imap test` -------------------------------------------------------------------------
-
-
-def check_source(source: ImapSourceConfig, connector: Connector = connect) -> list[str]:
-    """Log in and look at the folders; returns what was found, line by line.
-
-    Raises ImapProblem saying what is wrong (login, TLS, network, a missing folder).
-    """
-    lines: list[str] = []
-    try:
-        client = connector(source)
-    except (ConfigError, LoginError, *CONNECTION_ERRORS, IMAPClientError) as exc:
-        raise ImapProblem(explain(source, exc)) from exc
-    try:
-        lines.append(
-            f"logged in as {source.user} on {source.host}:{source.port} (tls {source.tls})"
-        )
-        idle = (
-            "yes"
-            if client.has_capability("IDLE")
-            else f"no (polling every {source.poll_seconds:g} s)"
-        )
-        move = "yes" if client.has_capability("MOVE") else "no"
-        lines.append(f"server offers IDLE: {idle}, MOVE: {move}")
-        names = [_folder_name(entry) for entry in client.list_folders()]
-        missing = [f for f in source.folders if f not in names]
-        if missing:
-            raise ImapProblem(
-                f"folder {', '.join(repr(f) for f in missing)} does not exist on "
-                f"{source.host}; folders there: {', '.join(sorted(names)) or '(none)'}"
-            )
-        for folder in source.folders:
-            info = client.select_folder(folder, readonly=True)
-            lines.append(
-                f"folder {folder!r}: {int(info.get(b'EXISTS', 0))} message(s), "
-                f"UIDVALIDITY {int(info[b'UIDVALIDITY'])}"
-            )
-        if source.after == "move":
-            for target in (source.processed_folder, source.rejected_folder):
-                state = "exists" if target in names else "will be created on first use"
-                lines.append(f"folder {target!r}: {state}")
-        else:
-            lines.append(f"messages taken are flagged {source.flag} and left in place")
-    except (*CONNECTION_ERRORS, IMAPClientError) as exc:
-        raise ImapProblem(explain(source, exc)) from exc
-    finally:
-        with contextlib.suppress(Exception):
-            client.logout()
-    return lines
-
-
-def _folder_name(entry: Any) -> str:
-    name = entry[2] if isinstance(entry, tuple | list) and len(entry) == 3 else entry
-    return name.decode() if isinstance(name, bytes) else str(name)
+            imap_checkpoints.record_error(s, self._claimant, text)

@@ -1,0 +1,166 @@
+"""Talking to an IMAP server: opening a logged-in connection as a source's configuration
+says, what went wrong in plain words for a mail admin (`explain`, `ImapProblem`), and the
+check behind `gateway imap test` (`check_source`)."""
+
+from __future__ import annotations
+
+import contextlib
+import imaplib
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError, LoginError
+
+from gateway.config import ConfigError, ImapSourceConfig
+from gateway.errors import GatewayError
+
+# What a dropped or unreachable server raises (imaplib's abort is an IMAPClientError).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, imaplib.IMAP4.abort, EOFError)
+
+
+class MailboxClient(Protocol):
+    """The part of imapclient's IMAPClient the poller uses (tests may pass another)."""
+
+    def select_folder(self, folder: str, readonly: bool = False) -> dict[bytes, Any]: ...
+    def search(self, criteria: Any = "ALL", charset: str | None = None) -> list[int]: ...
+    def fetch(
+        self, messages: Sequence[int], data: Sequence[str]
+    ) -> dict[int, dict[bytes, Any]]: ...
+    def has_capability(self, capability: str) -> bool: ...
+    def folder_exists(self, folder: str) -> bool: ...
+    def create_folder(self, folder: str) -> Any: ...
+    def list_folders(self, directory: str = "", pattern: str = "*") -> list[Any]: ...
+    def move(self, messages: Sequence[int], folder: str) -> Any: ...
+    def copy(self, messages: Sequence[int], folder: str) -> Any: ...
+    def add_flags(
+        self, messages: Sequence[int], flags: Sequence[str], silent: bool = False
+    ) -> Any: ...
+    def expunge(self, messages: Sequence[int] | None = None) -> Any: ...
+    def idle(self) -> Any: ...
+    def idle_check(self, timeout: float | None = None) -> list[Any]: ...
+    def idle_done(self) -> Any: ...
+    def noop(self) -> Any: ...
+    def logout(self) -> Any: ...
+
+
+Connector = Callable[[ImapSourceConfig], MailboxClient]
+
+
+class ImapProblem(GatewayError):
+    """Something a mail admin must fix or wait for, said in plain words."""
+
+
+def connect(source: ImapSourceConfig) -> IMAPClient:
+    """Open, secure and log in, as the source's configuration says."""
+    if source.tls == "implicit":
+        client = IMAPClient(
+            source.host,
+            source.port,
+            ssl=True,
+            ssl_context=ssl.create_default_context(),
+            timeout=source.timeout_seconds,
+        )
+    else:
+        client = IMAPClient(source.host, source.port, ssl=False, timeout=source.timeout_seconds)
+        if source.tls == "starttls":
+            client.starttls(ssl.create_default_context())
+    client.normalise_times = False  # INTERNALDATE as an aware datetime
+    try:
+        client.login(source.user, source.password())
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.shutdown()
+        raise
+    return client
+
+
+def explain(source: ImapSourceConfig, exc: BaseException) -> str:
+    """What went wrong, for a mail admin rather than a programmer."""
+    where = f"{source.host}:{source.port}"
+    if isinstance(exc, ConfigError | ImapProblem):
+        return str(exc)
+    if isinstance(exc, LoginError):
+        return (
+            f"login refused for {source.user!r} on {where}: wrong user name or password, or "
+            f"the account may not use IMAP (server said: {_text(exc)})"
+        )
+    if isinstance(exc, socket.gaierror):
+        return f"cannot find the IMAP server {source.host!r} in DNS ({exc.strerror})"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"cannot connect to {where}: connection refused (is the server up, the port right?)"
+    if isinstance(exc, TimeoutError):
+        return f"no answer from {where} within {source.timeout_seconds} s"
+    if isinstance(exc, ssl.SSLError):
+        hint = "try tls = 'starttls' with port 143" if source.tls == "implicit" else "check tls"
+        return f"TLS with {where} failed: {exc.reason or exc} ({hint})"
+    if isinstance(exc, imaplib.IMAP4.abort | EOFError):
+        return f"the server at {where} closed the connection ({_text(exc)})"
+    if isinstance(exc, OSError):
+        return f"cannot talk to {where}: {exc.strerror or exc}"
+    return f"IMAP error from {where}: {_text(exc)}"
+
+
+def _text(exc: BaseException) -> str:
+    text = str(exc)
+    if text.startswith("b'") or text.startswith('b"'):
+        text = text[2:-1]
+    return text or type(exc).__name__
+
+
+# -- `gateway imap test` -------------------------------------------------------------------------
+
+
+def check_source(source: ImapSourceConfig, connector: Connector = connect) -> list[str]:
+    """Log in and look at the folders; returns what was found, line by line.
+
+    Raises ImapProblem saying what is wrong (login, TLS, network, a missing folder).
+    """
+    lines: list[str] = []
+    try:
+        client = connector(source)
+    except (ConfigError, LoginError, *CONNECTION_ERRORS, IMAPClientError) as exc:
+        raise ImapProblem(explain(source, exc)) from exc
+    try:
+        lines.append(
+            f"logged in as {source.user} on {source.host}:{source.port} (tls {source.tls})"
+        )
+        idle = (
+            "yes"
+            if client.has_capability("IDLE")
+            else f"no (polling every {source.poll_seconds:g} s)"
+        )
+        move = "yes" if client.has_capability("MOVE") else "no"
+        lines.append(f"server offers IDLE: {idle}, MOVE: {move}")
+        names = [_folder_name(entry) for entry in client.list_folders()]
+        missing = [f for f in source.folders if f not in names]
+        if missing:
+            raise ImapProblem(
+                f"folder {', '.join(repr(f) for f in missing)} does not exist on "
+                f"{source.host}; folders there: {', '.join(sorted(names)) or '(none)'}"
+            )
+        for folder in source.folders:
+            info = client.select_folder(folder, readonly=True)
+            lines.append(
+                f"folder {folder!r}: {int(info.get(b'EXISTS', 0))} message(s), "
+                f"UIDVALIDITY {int(info[b'UIDVALIDITY'])}"
+            )
+        if source.after == "move":
+            for target in (source.processed_folder, source.rejected_folder):
+                state = "exists" if target in names else "will be created on first use"
+                lines.append(f"folder {target!r}: {state}")
+        else:
+            lines.append(f"messages taken are flagged {source.flag} and left in place")
+    except (*CONNECTION_ERRORS, IMAPClientError) as exc:
+        raise ImapProblem(explain(source, exc)) from exc
+    finally:
+        with contextlib.suppress(Exception):
+            client.logout()
+    return lines
+
+
+def _folder_name(entry: Any) -> str:
+    name = entry[2] if isinstance(entry, tuple | list) and len(entry) == 3 else entry
+    return name.decode() if isinstance(name, bytes) else str(name)

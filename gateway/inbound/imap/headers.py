@@ -1,0 +1,59 @@
+"""What a message read from a mailbox says about itself: the addresses it was delivered to
+(its routing headers) and its fingerprint, by which it is recognised when read again under
+another UID. Only the header block is parsed: the parser would otherwise walk the whole body
+line by line."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
+
+ROUTING_HEADERS: tuple[tuple[str, ...], ...] = (("Delivered-To",), ("X-Original-To",), ("To", "Cc"))
+
+
+def header_end(raw: bytes) -> int:
+    """Where the header block ends (the blank line), or the end of a header-only message."""
+    found = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    return min(found) if found else len(raw)
+
+
+def parse_header_block(raw: bytes) -> Message:
+    """The headers of a raw message, without parsing its body."""
+    return BytesHeaderParser(policy=compat32).parsebytes(raw[: header_end(raw)])
+
+
+def candidate_recipients(headers: Message, is_ours: Callable[[str], bool]) -> list[str]:
+    """Our addresses this message was delivered to: Delivered-To, else X-Original-To, else
+    To and Cc. The first header family holding an address of ours wins (a forwarded
+    message's To names the original recipient, Delivered-To the mailbox it reached)."""
+    for names in ROUTING_HEADERS:
+        values = [v for name in names for v in headers.get_all(name, [])]
+        found: list[str] = []
+        for _, address in getaddresses([str(v) for v in values]):
+            address = address.strip()
+            if address and is_ours(address) and address.lower() not in map(str.lower, found):
+                found.append(address)
+        if found:
+            return found
+    return []
+
+
+def fingerprint(message_id: str | None, recipients: Sequence[str], raw: bytes) -> str:
+    """The same message read again has the same fingerprint, whatever its UID.
+
+    The body is hashed without the header block, which servers may rewrite (Status:,
+    X-Keywords:); the recipients are part of it because a hosted mailbox keeps one copy,
+    with the same Message-ID, per address the message reached.
+    """
+    end = header_end(raw)
+    body = raw[end:].lstrip(b"\r\n")
+    parts = [
+        (message_id or "").strip(),
+        ",".join(sorted(r.lower() for r in recipients)),
+        hashlib.sha256(body).hexdigest(),
+    ]
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()

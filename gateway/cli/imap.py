@@ -14,7 +14,7 @@ import click
 from gateway.cli.context import Context, config_option, json_option
 from gateway.cli.output import emit
 from gateway.inbound.imap import ImapProblem, check_source
-from gateway.inbound.imap_run import run_pollers
+from gateway.inbound.imap.run import run_pollers
 from gateway.storage.listings.inbound import imap_folder_states
 
 

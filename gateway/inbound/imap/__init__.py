@@ -1,7 +1,7 @@
 """Pulling mail from existing IMAP mailboxes: the connection (`connection`), what a message's
-routing headers say (`headers`) and the poller that reads one folder into the spool
-(`poller`). The checkpoint each poller holds is owned by
-`gateway.storage.queues.imap_checkpoints`."""
+routing headers say (`headers`), the poller that reads one folder into the spool
+(`poller`) and the loop that runs every folder's poller at once (`run`). The checkpoint
+each poller holds is owned by `gateway.storage.queues.imap_checkpoints`."""
 
 from gateway.inbound.imap.connection import (
     Connector,
@@ -13,6 +13,7 @@ from gateway.inbound.imap.connection import (
 )
 from gateway.inbound.imap.headers import candidate_recipients, fingerprint
 from gateway.inbound.imap.poller import MailboxPoller, Progress, SyncResult
+from gateway.inbound.imap.run import run_pollers
 
 __all__ = [
     "Connector",
@@ -26,4 +27,5 @@ __all__ = [
     "connect",
     "explain",
     "fingerprint",
+    "run_pollers",
 ]

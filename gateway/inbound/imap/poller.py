@@ -50,8 +50,9 @@ from gateway.inbound.recipients import Recipients
 from gateway.inbound.spool import Arrival, SpoolWriter, new_queue_id
 from gateway.routing.addresses import AddressKind
 from gateway.storage.db import Database, upsert_insert
-from gateway.storage.models import ImapMessage, InboundMessage
+from gateway.storage.models import ImapMessage
 from gateway.storage.queues import imap_checkpoints
+from gateway.storage.queues import inbound as inbound_queue
 from gateway.storage.queues.imap_checkpoints import LEASE, Claimant, LeaseLost
 
 log = structlog.get_logger("gateway.imap")
@@ -329,11 +330,7 @@ class MailboxPoller:
                 s.execute(upsert_insert(s)(ImapMessage).on_conflict_do_nothing(), rows)
             rejected_ids = [i for (t, _), i in zip(arrivals, ids, strict=True) if t.refusal]
             if rejected_ids:
-                s.execute(
-                    update(InboundMessage)
-                    .where(InboundMessage.id.in_(rejected_ids))
-                    .values(processed_at=now)
-                )
+                inbound_queue.close_rejected(s, rejected_ids, now)
             self._advance(s, max(uids), now)
 
         if arrivals:

@@ -60,6 +60,16 @@ def enqueue(session: Session, rows: Sequence[dict[str, Any]]) -> list[int]:
     return [row[0] for row in result]
 
 
+def close_rejected(session: Session, message_ids: Sequence[int], now: datetime) -> None:
+    """Stamp messages stored `rejected` at intake as processed (nothing more will happen to
+    them), in the transaction that stored them."""
+    session.execute(
+        update(InboundMessage)
+        .where(InboundMessage.id.in_(list(message_ids)), InboundMessage.status == REJECTED)
+        .values(processed_at=now)
+    )
+
+
 def claim_waiting(session: Session, worker: str, now: datetime, limit: int) -> list[int]:
     """Take up to `limit` messages waiting for filing, with a lease, in one statement."""
     claimable = or_(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from gateway.inbound.imap import MailboxPoller
+from gateway.inbound.imap.poller import MailboxPoller
 
 
 def run_pollers(pollers: Sequence[MailboxPoller], stop: threading.Event) -> None:

@@ -32,6 +32,19 @@ def test_init_writes_config_creates_database_and_storage(tmp_path):
     assert listing.returncode == 0 and json.loads(listing.stdout) == []
 
 
+def test_config_option_may_come_before_the_verb(tmp_path):
+    """The README's `G=".venv/bin/gateway -c var/gateway/gateway.toml"` then `$G verb …`."""
+    assert run("init", str(tmp_path / "gw")).returncode == 0
+    config = str(tmp_path / "gw" / "gateway.toml")
+    before = run("-c", config, "cabinet", "add", "aecconseil", "--name", "AEC Conseil")
+    assert before.returncode == 0, before.stderr
+    listing = run("-c", config, "cabinet", "list", "--json")
+    assert [c["slug"] for c in json.loads(listing.stdout)] == ["aecconseil"]
+    # After the verb wins over before it.
+    other = run("-c", str(tmp_path / "nope.toml"), "cabinet", "list", "-c", config)
+    assert other.returncode == 0, other.stderr
+
+
 def test_missing_config_says_how_to_create_one(tmp_path):
     result = run("company", "list", "-c", str(tmp_path / "nope.toml"))
     assert result.returncode == 1

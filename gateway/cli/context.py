@@ -15,6 +15,9 @@ from gateway.logs import configure_logging
 
 class Context:
     def __init__(self, config_path: str | None, *, durable_commits: bool = True) -> None:
+        if config_path is None:  # `gateway -c FILE verb …`: given before the verb
+            current = click.get_current_context(silent=True)
+            config_path = current.find_root().params.get("config_path") if current else None
         self.config_path = resolve_config_path(config_path)
         self.durable_commits = durable_commits
         self._gateway: Gateway | None = None

@@ -24,6 +24,7 @@ from gateway.cli import (
     messages,
     service,
 )
+from gateway.cli.context import config_option
 from gateway.errors import GatewayError
 
 
@@ -42,8 +43,10 @@ def main() -> None:
 
 # The help is this module's docstring: what `gateway --help` prints above the verbs.
 @click.group(help=__doc__)
-def cli() -> None:
-    pass
+@config_option
+def cli(config_path: str | None) -> None:
+    """`-c FILE` may come before the verb (`gateway -c FILE messages list`) or after it;
+    after it wins."""
 
 
 for _command in (

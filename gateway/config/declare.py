@@ -25,7 +25,7 @@ class ConfigError(GatewayError):
     """The configuration is wrong; the message says which key and how to fix it."""
 
 
-class Invalid(Exception):
+class Invalid(GatewayError):
     """Raised by a setting's check: what would be right. The reader adds the key's name."""
 
     def __init__(self, text: str, subkey: str = "") -> None:

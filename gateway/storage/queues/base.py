@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Executable, Select, update
+from sqlalchemy import ColumnElement, CursorResult, Executable, Select, select, update
 from sqlalchemy.orm import Session
 
 from gateway.errors import GatewayError
@@ -29,8 +29,11 @@ class StateTable:
     """The allowed transitions of one queue: `{from: {to, …}}`. `kind` names the rows in
     error messages ("no forward transition …"); the ledger's say just "no transition …"."""
 
-    def __init__(self, kind: str, allowed: Mapping[StrEnum, Iterable[StrEnum]]) -> None:
+    def __init__(
+        self, kind: str, allowed: Mapping[StrEnum, Iterable[StrEnum]], noun: str = ""
+    ) -> None:
         self.kind = kind
+        self.noun = noun or kind  # a row, in messages: "forward 12 is sent, …"
         self.allowed = {source: frozenset(targets) for source, targets in allowed.items()}
 
     def check(self, sources: Iterable[StrEnum], target: StrEnum) -> None:
@@ -81,3 +84,34 @@ def claim(
 def rows_changed(s: Session, statement: Executable) -> int:
     """Run an UPDATE and say how many rows it changed (the guard of a single-row move)."""
     return cast(CursorResult[Any], s.execute(statement)).rowcount
+
+
+def move_one(
+    s: Session,
+    model: Any,
+    states: StateTable,
+    row_id: int,
+    sources: Iterable[StrEnum],
+    target: StrEnum,
+    *,
+    claimant: str | None = None,
+    **values: Any,
+) -> None:
+    """Move one row from one of `sources` to `target` in one guarded UPDATE (and, with
+    `claimant`, only if that worker still holds it), setting `values` too; or raise
+    `TransitionError`, saying what the row is and who holds it, and change nothing."""
+    sources = frozenset(sources)
+    states.check(sources, target)
+    guard = [model.id == row_id, model.status.in_(sources)]
+    if claimant is not None:
+        guard.append(model.claimed_by == claimant)
+    if rows_changed(s, update(model).where(*guard).values(status=target, **values)) != 1:
+        current = s.execute(
+            select(model.status, model.claimed_by).where(model.id == row_id)
+        ).first()
+        state = f"{current[0]} (held by {current[1]})" if current else "missing"
+        raise TransitionError(
+            f"{states.noun} {row_id} is {state}, not {' or '.join(sorted(sources))}"
+            + (f" held by {claimant}" if claimant else "")
+            + f": cannot move it to {target}"
+        )

@@ -47,6 +47,7 @@ STATES = StateTable(
         BOUNCED: {Q},
         SKIPPED: {Q},
     },
+    noun="delivery",
 )
 ALLOWED = STATES.allowed
 

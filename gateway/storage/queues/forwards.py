@@ -20,11 +20,11 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.storage.models import BotMail, BotMailForward, Cabinet, ForwardStatus
-from gateway.storage.queues.base import StateTable, TransitionError, claim, rows_changed
+from gateway.storage.queues.base import StateTable, TransitionError, claim, move_one
 
 __all__ = ["LEASE", "STATES", "TransitionError"]
 
@@ -141,23 +141,14 @@ def transition(
     """Move one forward from one of `sources` to `target` in one guarded UPDATE (and, with
     `claimed_by`, only if that worker still holds it), or raise `TransitionError` and
     change nothing. The lease is released with every move."""
-    sources = frozenset(sources)
-    STATES.check(sources, target)
-    guard = [BotMailForward.id == forward_id, BotMailForward.status.in_(sources)]
-    if claimed_by is not None:
-        guard.append(BotMailForward.claimed_by == claimed_by)
-    changed = rows_changed(
-        s, update(BotMailForward).where(*guard).values(status=target, lease_until=None, **values)
+    move_one(
+        s,
+        BotMailForward,
+        STATES,
+        forward_id,
+        sources,
+        target,
+        claimant=claimed_by,
+        lease_until=None,
+        **values,
     )
-    if changed != 1:
-        current = s.execute(
-            select(BotMailForward.status, BotMailForward.claimed_by).where(
-                BotMailForward.id == forward_id
-            )
-        ).first()
-        state = f"{current[0]} (held by {current[1]})" if current else "missing"
-        raise TransitionError(
-            f"forward {forward_id} is {state}, not {' or '.join(sorted(sources))}"
-            + (f" held by {claimed_by}" if claimed_by else "")
-            + f": cannot move it to {target}"
-        )

@@ -25,7 +25,7 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.storage.models import FINAL_STATUSES, InboundMessage, MessageStatus
-from gateway.storage.queues.base import StateTable, TransitionError, claim, rows_changed
+from gateway.storage.queues.base import StateTable, TransitionError, claim, move_one
 
 __all__ = ["LEASE", "STATES", "TransitionError"]
 
@@ -119,7 +119,18 @@ def finish(
     STATES.check([FILING], status)
     if status in (FILING, HELD):
         raise TransitionError(f"{status} is not the end of filing")
-    _move(session, message_id, worker, status, processed_at=now, lease_until=None, **values)
+    move_one(
+        session,
+        InboundMessage,
+        STATES,
+        message_id,
+        [FILING],
+        status,
+        claimant=worker,
+        processed_at=now,
+        lease_until=None,
+        **values,
+    )
 
 
 def release_after_failure(
@@ -146,29 +157,3 @@ def release_after_failure(
         )
         .values(reason=reason, **values)
     )
-
-
-def _move(
-    session: Session, message_id: int, worker: str, target: MessageStatus, **values: Any
-) -> None:
-    changed = rows_changed(
-        session,
-        update(InboundMessage)
-        .where(
-            InboundMessage.id == message_id,
-            InboundMessage.status == FILING,
-            InboundMessage.claimed_by == worker,
-        )
-        .values(status=target, **values),
-    )
-    if changed != 1:
-        current = session.execute(
-            select(InboundMessage.status, InboundMessage.claimed_by).where(
-                InboundMessage.id == message_id
-            )
-        ).first()
-        state = f"{current[0]} (held by {current[1]})" if current else "missing"
-        raise TransitionError(
-            f"inbound message {message_id} is {state}, not filing held by {worker}: "
-            f"cannot move it to {target}"
-        )

@@ -11,6 +11,7 @@ whose lease was taken over changes nothing, and is told so.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any, cast
 
@@ -18,6 +19,10 @@ from sqlalchemy import ColumnElement, CursorResult, Executable, Select, select, 
 from sqlalchemy.orm import Session
 
 from gateway.errors import GatewayError
+
+# How long a worker holds what it claimed before another may take it over: long enough for a
+# batch (a claim is a few seconds of work), short enough that a dead worker's rows wait little.
+LEASE = timedelta(minutes=5)
 
 
 class TransitionError(GatewayError, RuntimeError):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, insert, or_, select, update
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from gateway.storage.db import upsert_insert
 from gateway.storage.models import Connection, Delivery, DeliveryEvent, DeliveryStatus
-from gateway.storage.queues.base import StateTable, TransitionError, claim, rows_changed
+from gateway.storage.queues.base import LEASE, StateTable, TransitionError, claim, rows_changed
 
 __all__ = ["LEASE", "STATES", "Move", "TransitionError"]
 
@@ -34,7 +34,6 @@ Q, SENDING, SENT = DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus
 DEFERRED, FAILED = DeliveryStatus.DEFERRED, DeliveryStatus.FAILED
 SKIPPED, BOUNCED = DeliveryStatus.SKIPPED, DeliveryStatus.BOUNCED
 
-LEASE = timedelta(minutes=5)
 INITIAL = frozenset({Q, SKIPPED})  # what a placement creates
 STATES = StateTable(
     "",

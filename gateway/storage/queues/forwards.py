@@ -17,21 +17,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.storage.models import BotMail, BotMailForward, Cabinet, ForwardStatus
-from gateway.storage.queues.base import StateTable, TransitionError, claim, move_one
+from gateway.storage.queues.base import LEASE, StateTable, TransitionError, claim, move_one
 
 __all__ = ["LEASE", "STATES", "TransitionError"]
 
 QUEUED, SENDING, SENT = ForwardStatus.QUEUED, ForwardStatus.SENDING, ForwardStatus.SENT
 DEFERRED, FAILED = ForwardStatus.DEFERRED, ForwardStatus.FAILED
 
-LEASE = timedelta(minutes=5)
 STATES = StateTable(
     "forward",
     {

@@ -56,6 +56,8 @@ from gateway.storage.queues.base import rows_changed
 
 log = structlog.get_logger("gateway.imap")
 
+# Shorter than the workers' (queues.base.LEASE): a poller holds its mailbox for hours and
+# renews every 30 s, so a dead poller's mailbox is picked up again within two minutes.
 LEASE = timedelta(minutes=2)
 
 

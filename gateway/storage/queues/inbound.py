@@ -18,21 +18,20 @@ attempts, processed_at) and the structured log.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.storage.models import FINAL_STATUSES, InboundMessage, MessageStatus
-from gateway.storage.queues.base import StateTable, TransitionError, claim, move_one
+from gateway.storage.queues.base import LEASE, StateTable, TransitionError, claim, move_one
 
 __all__ = ["LEASE", "STATES", "TransitionError"]
 
 RECEIVED, FILING, HELD = MessageStatus.RECEIVED, MessageStatus.FILING, MessageStatus.HELD
 REJECTED = MessageStatus.REJECTED
 
-LEASE = timedelta(minutes=5)
 STATES = StateTable(
     "inbound message",
     {

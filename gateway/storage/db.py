@@ -82,14 +82,32 @@ class Database:
         finally:
             os.close(fd)  # closing releases the lock
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest revision (Alembic)."""
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to `revision`: the newest one unless told (Alembic)."""
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         cfg.attributes["connection_url"] = self.url
-        with self.engine.begin() as connection:
+        with self.engine.connect() as connection:
             cfg.attributes["connection"] = connection
-            command.upgrade(cfg, "head")
+            if not self.is_sqlite:
+                with connection.begin():
+                    command.upgrade(cfg, revision)
+                return
+            # SQLite changes a constraint by rebuilding the table (Alembic's batch mode),
+            # which drops the old one: foreign keys pointing at it would refuse that. They
+            # are off for the migration (a pragma that cannot change inside a transaction,
+            # hence on the driver's connection before BEGIN), checked after, then on again.
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            driver.execute("PRAGMA foreign_keys=OFF")
+            try:
+                with connection.begin():
+                    command.upgrade(cfg, revision)
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise RuntimeError(f"migration broke foreign keys: {broken[:5]}")
+            finally:
+                driver.execute("PRAGMA foreign_keys=ON")
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -388,6 +388,11 @@ class Dovecot:
             # imap or auth process outlives the instance.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
+            # SIGKILL is delivered, not yet acted on, when killpg returns: on a loaded machine
+            # a child still runs for a moment. Return once the whole group is gone.
+            deadline = time.monotonic() + 10
+            while _group_alive(pgid) and time.monotonic() < deadline:
+                time.sleep(0.01)
 
     def close(self) -> None:
         """Stop for good; safe to call more than once.
@@ -498,3 +503,16 @@ def _close_all() -> None:
     # Last resort for instances nobody closed (an interrupted run): no orphan daemons.
     for dovecot in list(_running):
         dovecot.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs (zombies do not count: where PID 1 does
+    not reap, Dovecot's last children stay as such)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False

@@ -245,9 +245,16 @@ def test_a_worker_that_lost_its_lease_cannot_record(fwd_gw, clock, contact_inbox
     assert forward_run(fwd_gw, worker="alive") == 1
     assert len(contact_inbox.accepted) == 1 and forwards(fwd_gw)[0].status == "sent"
     with pytest.raises(TransitionError), fwd_gw.db.write() as s:
-        transition(s, forward_id, [ForwardStatus.SENDING], ForwardStatus.FAILED, claimed_by="dead")
+        transition(
+            s,
+            forward_id,
+            [ForwardStatus.SENDING],
+            ForwardStatus.FAILED,
+            clock.now(),
+            claimed_by="dead",
+        )
     with pytest.raises(TransitionError, match="no forward transition"), fwd_gw.db.write() as s:
-        transition(s, forward_id, [ForwardStatus.SENT], ForwardStatus.QUEUED)
+        transition(s, forward_id, [ForwardStatus.SENT], ForwardStatus.QUEUED, clock.now())
     assert forwards(fwd_gw)[0].status == "sent"
 
 

@@ -170,8 +170,11 @@ def test_every_allowed_forward_transition_works(gw, clock, source, target):
     f = _forward(gw, clock)
     _force(gw, BotMailForward, f, status=source)
     with gw.db.write() as s:
-        forwards.transition(s, f, [source], target)
+        forwards.transition(s, f, [source], target, clock.now())
     assert _status(gw, BotMailForward, f)[0] == target
+    with gw.db.read() as s:
+        last = forwards.history(s, f)[-1]
+    assert (last.from_status, last.to_status) == (source, target)
 
 
 @pytest.mark.parametrize(("source", "target"), _disallowed(forwards.ALLOWED, ForwardStatus))
@@ -179,7 +182,7 @@ def test_a_disallowed_forward_transition_raises(gw, clock, source, target):
     f = _forward(gw, clock)
     _force(gw, BotMailForward, f, status=source)
     with pytest.raises(TransitionError, match="no forward transition"), gw.db.write() as s:
-        forwards.transition(s, f, [source], target)
+        forwards.transition(s, f, [source], target, clock.now())
     assert _status(gw, BotMailForward, f)[0] == source
 
 
@@ -191,8 +194,13 @@ def test_a_forwarder_whose_claim_was_taken_over_is_refused(gw, clock):
     with gw.db.write() as s:
         assert forwards.claim_due(s, "alive", clock.now(), limit=5) == [f]
     with pytest.raises(TransitionError, match="held by alive"), gw.db.write() as s:
-        forwards.transition(s, f, [ForwardStatus.SENDING], ForwardStatus.SENT, claimed_by="dead")
+        forwards.transition(
+            s, f, [ForwardStatus.SENDING], ForwardStatus.SENT, clock.now(), claimed_by="dead"
+        )
     assert _status(gw, BotMailForward, f) == (ForwardStatus.SENDING, "alive")
+    with gw.db.read() as s:
+        story = [(e.to_status, e.detail) for e in forwards.history(s, f)]
+    assert story == [("sending", "claimed by dead"), ("sending", "claimed by alive")]
 
 
 # -- inbound messages --------------------------------------------------------------------------
@@ -211,13 +219,16 @@ def test_every_end_of_filing_is_written_by_its_claimant(gw, clock, final):
     with gw.db.write() as s:
         if final == MessageStatus.FILING:
             inbound_queue.release_after_failure(
-                s, row, "w1", "boom", retry_at=clock.now() + timedelta(seconds=30)
+                s, row, "w1", "boom", clock.now(), retry_at=clock.now() + timedelta(seconds=30)
             )
         elif final == MessageStatus.HELD:
-            inbound_queue.release_after_failure(s, row, "w1", "boom", retry_at=None)
+            inbound_queue.release_after_failure(s, row, "w1", "boom", clock.now(), retry_at=None)
         else:
             inbound_queue.finish(s, row, "w1", final, clock.now(), reason="done")
     assert _status(gw, InboundMessage, row)[0] == final
+    with gw.db.read() as s:
+        moves = [(e.from_status, e.to_status) for e in inbound_queue.history(s, row)]
+    assert moves == [(None, MessageStatus.FILING), (MessageStatus.FILING, final)]
 
 
 def test_a_message_not_claimed_cannot_be_finished(gw, clock):

@@ -418,7 +418,7 @@ class Filer:
             reason += f"; will retry after {retry_at:%Y-%m-%d %H:%M:%S}Z"
         with self.db.write() as s:
             inbound_queue.release_after_failure(
-                s, message.id, self.worker_name, reason, retry_at=retry_at
+                s, message.id, self.worker_name, reason, self.clock.now(), retry_at=retry_at
             )
 
 

@@ -388,6 +388,8 @@ class Forwarder:
             job.forward_id,
             [SENDING],
             ForwardStatus(done.target),
+            now,
+            done.reason,
             claimed_by=self.worker_name,
             **values,
         )

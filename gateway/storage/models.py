@@ -113,6 +113,18 @@ class InboundMessage(Base):
     processed_at: Mapped[datetime | None]
 
 
+class InboundMessageEvent(Base):
+    """The history of an inbound message: every move of its status, with what caused it."""
+
+    __tablename__ = "inbound_message_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    inbound_message_id: Mapped[int] = mapped_column(ForeignKey("inbound_messages.id"), index=True)
+    at: Mapped[datetime]
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
 class Document(Base):
     __tablename__ = "documents"
     # The duplicate rule: the same bytes are filed once per company.
@@ -193,6 +205,18 @@ class BotMailForward(Base):
     lease_until: Mapped[datetime | None]
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
+
+
+class BotMailForwardEvent(Base):
+    """The history of a bot mail forward: every move of its status, with what caused it."""
+
+    __tablename__ = "bot_mail_forward_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    forward_id: Mapped[int] = mapped_column(ForeignKey("bot_mail_forwards.id"), index=True)
+    at: Mapped[datetime]
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
 
 
 # -- outbound: connections, switches and the delivery ledger (R9–R17) -------------------------

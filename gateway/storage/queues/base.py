@@ -11,11 +11,11 @@ whose lease was taken over changes nothing, and is told so.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Executable, Select, select, update
+from sqlalchemy import ColumnElement, CursorResult, Executable, Select, insert, select, update
 from sqlalchemy.orm import Session
 
 from gateway.errors import GatewayError
@@ -120,3 +120,20 @@ def move_one(
             + (f" held by {claimant}" if claimant else "")
             + f": cannot move it to {target}"
         )
+
+
+# One line of a queue's history: (row id, from status or None, to status, detail).
+Event = tuple[int, str | None, str, str | None]
+
+
+def record_history(
+    s: Session, event_model: Any, key: str, events: Iterable[Event], now: datetime
+) -> None:
+    """Append `events` to a queue's history table (`key` names its row-id column), in one
+    INSERT."""
+    rows = [
+        {key: row_id, "at": now, "from_status": source, "to_status": target, "detail": detail}
+        for row_id, source, target, detail in events
+    ]
+    if rows:
+        s.execute(insert(event_model), rows)

@@ -21,12 +21,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.storage.db import upsert_insert
 from gateway.storage.models import Connection, Delivery, DeliveryEvent, DeliveryStatus
-from gateway.storage.queues.base import LEASE, StateTable, TransitionError, claim, rows_changed
+from gateway.storage.queues.base import (
+    LEASE,
+    Event,
+    StateTable,
+    TransitionError,
+    claim,
+    record_history,
+    rows_changed,
+)
 
 __all__ = ["LEASE", "STATES", "Move", "TransitionError"]
 
@@ -117,20 +125,7 @@ def claim_due(
         lease_until=now + LEASE,
         attempts=Delivery.attempts + 1,
     )
-    if claimed:
-        session.execute(
-            insert(DeliveryEvent),
-            [
-                {
-                    "delivery_id": delivery_id,
-                    "at": now,
-                    "from_status": None,
-                    "to_status": SENDING.value,
-                    "detail": f"claimed by {worker}",
-                }
-                for delivery_id in claimed
-            ],
-        )
+    _history(session, [(i, None, SENDING, f"claimed by {worker}") for i in claimed], now)
     return claimed
 
 
@@ -221,19 +216,11 @@ def transition_many(
                 .returning(Delivery.id)
             ).scalars()
         )
-    events = [
-        {
-            "delivery_id": m.delivery_id,
-            "at": now,
-            "from_status": source.value,
-            "to_status": m.target.value,
-            "detail": m.detail,
-        }
-        for m in moves
-        if m.delivery_id in moved
-    ]
-    if events:
-        session.execute(insert(DeliveryEvent), events)
+    _history(
+        session,
+        [(m.delivery_id, source, m.target, m.detail) for m in moves if m.delivery_id in moved],
+        now,
+    )
     return [m for m in moves if m.delivery_id not in moved]
 
 
@@ -296,8 +283,8 @@ def _event(
     target: DeliveryStatus,
     detail: str | None,
 ) -> None:
-    session.add(
-        DeliveryEvent(
-            delivery_id=delivery_id, at=now, from_status=source, to_status=target, detail=detail
-        )
-    )
+    _history(session, [(delivery_id, source, target, detail)], now)
+
+
+def _history(session: Session, events: list[Event], now: datetime) -> None:
+    record_history(session, DeliveryEvent, "delivery_id", events, now)

@@ -10,7 +10,8 @@ the cabinet has forwarding on and a contact address: one forward per bot mail, a
 message and address when a message reached several bot identities of the cabinet. A sender
 claims due forwards with a lease (`claim_due`, one statement) and records each outcome with
 `transition`, guarded by the expected status and by the claimant: a worker whose lease was
-taken over is refused (`TransitionError`) and changes nothing. Every move releases the lease.
+taken over is refused (`TransitionError`) and changes nothing. Every move releases the lease
+and is appended to `bot_mail_forward_events`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,22 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
-from gateway.storage.models import BotMail, BotMailForward, Cabinet, ForwardStatus
-from gateway.storage.queues.base import LEASE, StateTable, TransitionError, claim, move_one
+from gateway.storage.models import (
+    BotMail,
+    BotMailForward,
+    BotMailForwardEvent,
+    Cabinet,
+    ForwardStatus,
+)
+from gateway.storage.queues.base import (
+    LEASE,
+    Event,
+    StateTable,
+    TransitionError,
+    claim,
+    move_one,
+    record_history,
+)
 
 __all__ = ["LEASE", "STATES", "TransitionError"]
 
@@ -100,6 +115,9 @@ def enqueue(
         )
         s.add(forward)
         queued.append(forward)
+    if queued:
+        s.flush()  # their ids, for the history
+        _history(s, [(f.id, None, QUEUED, f"to {f.to_address}") for f in queued], now)
     return queued
 
 
@@ -113,7 +131,7 @@ def claim_due(
         waiting = and_(waiting, BotMailForward.due_at <= now)
     stalled = and_(BotMailForward.status == SENDING, BotMailForward.lease_until < now)
     claimable = or_(waiting, stalled)
-    return claim(
+    claimed = claim(
         s,
         BotMailForward,
         select(BotMailForward.id)
@@ -126,6 +144,8 @@ def claim_due(
         lease_until=now + LEASE,
         attempts=BotMailForward.attempts + 1,
     )
+    _history(s, [(i, None, SENDING, f"claimed by {worker}") for i in claimed], now)
+    return claimed
 
 
 def transition(
@@ -133,6 +153,8 @@ def transition(
     forward_id: int,
     sources: Iterable[ForwardStatus],
     target: ForwardStatus,
+    now: datetime,
+    detail: str | None = None,
     *,
     claimed_by: str | None = None,
     **values: Any,
@@ -140,6 +162,7 @@ def transition(
     """Move one forward from one of `sources` to `target` in one guarded UPDATE (and, with
     `claimed_by`, only if that worker still holds it), or raise `TransitionError` and
     change nothing. The lease is released with every move."""
+    sources = frozenset(sources)
     move_one(
         s,
         BotMailForward,
@@ -151,3 +174,20 @@ def transition(
         lease_until=None,
         **values,
     )
+    # The history names the state left when there was one candidate (always, for a sender).
+    source = next(iter(sources)) if len(sources) == 1 else None
+    _history(s, [(forward_id, source, target, detail)], now)
+
+
+def history(s: Session, forward_id: int) -> list[BotMailForwardEvent]:
+    return list(
+        s.execute(
+            select(BotMailForwardEvent)
+            .where(BotMailForwardEvent.forward_id == forward_id)
+            .order_by(BotMailForwardEvent.id)
+        ).scalars()
+    )
+
+
+def _history(s: Session, events: list[Event], now: datetime) -> None:
+    record_history(s, BotMailForwardEvent, "forward_id", events, now)

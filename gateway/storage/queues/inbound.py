@@ -11,8 +11,8 @@ writing a batch it renews the lease of the rows it still holds (`renew`: the gua
 each message's final status is written by `finish`, guarded by `filing` and the claimant.
 A failed attempt either releases the row for a retry after back-off (`filing` ↺, no
 claimant, `lease_until` = the retry time) or, after `max_attempts`, moves it aside (`held`).
-There is no event table for this queue: a message's story is its row (status, reason,
-attempts, processed_at) and the structured log.
+Every move is appended to `inbound_message_events` (the row's creation is its first event:
+`received_at`, not repeated there).
 """
 
 from __future__ import annotations
@@ -24,8 +24,22 @@ from typing import Any
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from gateway.storage.models import FINAL_STATUSES, InboundMessage, MessageStatus
-from gateway.storage.queues.base import LEASE, StateTable, TransitionError, claim, move_one
+from gateway.storage.models import (
+    FINAL_STATUSES,
+    InboundMessage,
+    InboundMessageEvent,
+    MessageStatus,
+)
+from gateway.storage.queues.base import (
+    LEASE,
+    Event,
+    StateTable,
+    TransitionError,
+    claim,
+    move_one,
+    record_history,
+    rows_changed,
+)
 
 __all__ = ["LEASE", "STATES", "TransitionError"]
 
@@ -75,7 +89,7 @@ def claim_waiting(session: Session, worker: str, now: datetime, limit: int) -> l
         InboundMessage.status == RECEIVED,
         and_(InboundMessage.status == FILING, InboundMessage.lease_until < now),
     )
-    return claim(
+    claimed = claim(
         session,
         InboundMessage,
         select(InboundMessage.id).where(claimable).order_by(InboundMessage.id).limit(limit),
@@ -85,6 +99,8 @@ def claim_waiting(session: Session, worker: str, now: datetime, limit: int) -> l
         lease_until=now + LEASE,
         attempts=InboundMessage.attempts + 1,
     )
+    _history(session, [(i, None, FILING, f"claimed by {worker}") for i in claimed], now)
+    return claimed
 
 
 def renew(session: Session, message_ids: Iterable[int], worker: str, now: datetime) -> set[int]:
@@ -130,6 +146,7 @@ def finish(
         lease_until=None,
         **values,
     )
+    _history(session, [(message_id, FILING, status, f"filed by {worker}")], now)
 
 
 def release_after_failure(
@@ -137,22 +154,41 @@ def release_after_failure(
     message_id: int,
     worker: str,
     reason: str,
+    now: datetime,
     *,
     retry_at: datetime | None,
 ) -> None:
     """A failed filing attempt: released for a retry at `retry_at` (the row stays `filing`
     with no claimant until then), or moved aside (`held`) when `retry_at` is None. A row
     the worker no longer holds is left alone (its new owner decides)."""
+    target = HELD if retry_at is None else FILING
     if retry_at is None:
         values: dict[str, Any] = {"status": HELD, "lease_until": None}
     else:
         values = {"claimed_by": None, "lease_until": retry_at}
-    session.execute(
+    released = rows_changed(
+        session,
         update(InboundMessage)
         .where(
             InboundMessage.id == message_id,
             InboundMessage.status == FILING,
             InboundMessage.claimed_by == worker,
         )
-        .values(reason=reason, **values)
+        .values(reason=reason, **values),
     )
+    if released:
+        _history(session, [(message_id, FILING, target, reason)], now)
+
+
+def history(session: Session, message_id: int) -> list[InboundMessageEvent]:
+    return list(
+        session.execute(
+            select(InboundMessageEvent)
+            .where(InboundMessageEvent.inbound_message_id == message_id)
+            .order_by(InboundMessageEvent.id)
+        ).scalars()
+    )
+
+
+def _history(session: Session, events: list[Event], now: datetime) -> None:
+    record_history(session, InboundMessageEvent, "inbound_message_id", events, now)

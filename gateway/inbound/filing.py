@@ -305,14 +305,17 @@ class Filer:
             # Guarded first: a message whose lease another worker took over gets nothing.
             owned = inbound_queue.renew(s, [p.message.id for p in batch], self.worker_name, now)
             filed_here: dict[tuple[int, str], int] = {}  # the same file twice in this batch
+            finished: list[inbound_queue.Finished] = []
             for p in batch:
                 p.owned = p.message.id in owned
                 if p.owned:
-                    self._write(s, p, now, filed_here)
+                    finished.append(self._write(s, p, now, filed_here))
+            inbound_queue.finish_many(s, self.worker_name, finished, now)
 
     def _write(
         self, s: Session, p: Prepared, now: datetime, filed_here: dict[tuple[int, str], int]
-    ) -> None:
+    ) -> inbound_queue.Finished:
+        """Write one message's rows; returns its end, which the batch writes for all."""
         message, outcome = p.message, p.outcome
         for place in p.plan:
             company = place.company
@@ -373,15 +376,12 @@ class Filer:
         for dest in p.bounces:
             assert dest.delivery_id is not None
             outcome.bounces.append(_apply_bounce(s, dest.delivery_id, p.bounce_report, now))
-        inbound_queue.finish(
-            s,
+        return inbound_queue.Finished(
             message.id,
-            self.worker_name,
             outcome.status(),
-            now,
             reason=outcome.reason(),
-            header_message_id=_clip(p.extraction.message_id, 998),
             subject=p.extraction.subject,
+            header_message_id=_clip(p.extraction.message_id, 998),
         )
 
     def _folder_id(self, company_id: int, path: str, now: datetime) -> int:

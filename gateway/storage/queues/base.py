@@ -107,7 +107,10 @@ def move_one(
     `TransitionError`, saying what the row is and who holds it, and change nothing."""
     sources = frozenset(sources)
     states.check(sources, target)
-    guard = [model.id == row_id, model.status.in_(sources)]
+    # `=` rather than `IN (…)` for one source: an IN list is rendered at every execution.
+    [only] = sources if len(sources) == 1 else (None,)
+    status = model.status == only if only is not None else model.status.in_(sources)
+    guard = [model.id == row_id, status]
     if claimant is not None:
         guard.append(model.claimed_by == claimant)
     if rows_changed(s, update(model).where(*guard).values(status=target, **values)) != 1:

@@ -18,10 +18,11 @@ Every move is appended to `inbound_message_events` (the row's creation is its fi
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.storage.models import (
@@ -36,7 +37,6 @@ from gateway.storage.queues.base import (
     StateTable,
     TransitionError,
     claim,
-    move_one,
     record_history,
     rows_changed,
 )
@@ -121,32 +121,88 @@ def renew(session: Session, message_ids: Iterable[int], worker: str, now: dateti
     )
 
 
+@dataclass(frozen=True)
+class Finished:
+    """The end of one message's filing: its final status and what the log shows of it."""
+
+    message_id: int
+    status: MessageStatus
+    reason: str | None = None
+    subject: str | None = None
+    header_message_id: str | None = None
+
+
 def finish(
     session: Session,
     message_id: int,
     worker: str,
     status: MessageStatus,
     now: datetime,
-    **values: Any,
+    **values: str | None,
 ) -> None:
-    """Write a filed message's final `status` (with `reason`, `subject`… in `values`),
-    guarded by `filing` and the claimant; `TransitionError` if the row is not ours."""
-    STATES.check([FILING], status)
-    if status in (FILING, HELD):
-        raise TransitionError(f"{status} is not the end of filing")
-    move_one(
-        session,
-        InboundMessage,
-        STATES,
-        message_id,
-        [FILING],
-        status,
-        claimant=worker,
-        processed_at=now,
-        lease_until=None,
-        **values,
+    """Write one filed message's final `status` (`reason`, `subject`, `header_message_id`
+    in `values`); see `finish_many`."""
+    finish_many(session, worker, [Finished(message_id, status, **values)], now)
+
+
+def finish_many(session: Session, worker: str, finished: Sequence[Finished], now: datetime) -> None:
+    """Write the final status of a batch's messages, each guarded by `filing` and the
+    claimant, in one executemany, and their history in one INSERT; `TransitionError` (and
+    nothing written) if a row is not `worker`'s to finish."""
+    for f in finished:
+        STATES.check([FILING], f.status)
+        if f.status in (FILING, HELD):
+            raise TransitionError(f"{f.status} is not the end of filing")
+    if not finished:
+        return
+    table = cast(Table, InboundMessage.__table__)  # Core: an executemany, not ORM bulk
+    rows = table.c
+    statement = (
+        update(table)
+        .where(
+            rows.id == bindparam("b_id"),
+            rows.status == FILING.value,
+            rows.claimed_by == worker,
+        )
+        .values(
+            status=bindparam("b_status"),
+            reason=bindparam("b_reason"),
+            subject=bindparam("b_subject"),
+            header_message_id=bindparam("b_header_message_id"),
+            processed_at=now,
+            lease_until=None,
+        )
     )
-    _history(session, [(message_id, FILING, status, f"filed by {worker}")], now)
+    changed = session.connection().execute(
+        statement,
+        [
+            {
+                "b_id": f.message_id,
+                "b_status": f.status.value,
+                "b_reason": f.reason,
+                "b_subject": f.subject,
+                "b_header_message_id": f.header_message_id,
+            }
+            for f in finished
+        ],
+    )
+    if changed.rowcount != len(finished):
+        states = session.execute(
+            select(InboundMessage.id, InboundMessage.status, InboundMessage.claimed_by).where(
+                InboundMessage.id.in_([f.message_id for f in finished])
+            )
+        ).all()
+        raise TransitionError(
+            "; ".join(
+                f"inbound message {i} is {status} (held by {holder}), not filing held by "
+                f"{worker}: cannot finish it"
+                for i, status, holder in states
+                if status != FILING or holder != worker
+            )
+        )
+    _history(
+        session, [(f.message_id, FILING, f.status, f"filed by {worker}") for f in finished], now
+    )
 
 
 def release_after_failure(

@@ -11,6 +11,7 @@ whose lease was taken over changes nothing, and is told so.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
@@ -129,14 +130,50 @@ def move_one(
 Event = tuple[int, str | None, str, str | None]
 
 
-def record_history(
-    s: Session, event_model: Any, key: str, events: Iterable[Event], now: datetime
-) -> None:
-    """Append `events` to a queue's history table (`key` names its row-id column), in one
-    INSERT."""
-    rows = [
-        {key: row_id, "at": now, "from_status": source, "to_status": target, "detail": detail}
-        for row_id, source, target, detail in events
-    ]
-    if rows:
-        s.execute(insert(event_model), rows)
+@dataclass(frozen=True)
+class History:
+    """A queue's history table: its model and the column naming the queue's row."""
+
+    model: Any
+    key: str
+
+    def record(self, s: Session, events: Iterable[Event], now: datetime) -> None:
+        """Append `events`, in one INSERT."""
+        rows = [
+            {self.key: i, "at": now, "from_status": source, "to_status": target, "detail": detail}
+            for i, source, target, detail in events
+        ]
+        if rows:
+            s.execute(insert(self.model), rows)
+
+    def read(self, s: Session, row_id: int) -> list[Any]:
+        """One row's history, oldest first."""
+        column = getattr(self.model, self.key)
+        query = select(self.model).where(column == row_id).order_by(self.model.id)
+        return list(s.execute(query).scalars())
+
+
+def claim_for_worker(
+    s: Session,
+    model: Any,
+    history: History,
+    candidates: Select[Any],
+    claimable: ColumnElement[bool],
+    target: StrEnum,
+    worker: str,
+    now: datetime,
+) -> list[int]:
+    """A worker's claim (`claim`): the rows move to `target`, held by `worker` for `LEASE`,
+    one more attempt each, and the claim goes into the queue's history."""
+    claimed = claim(
+        s,
+        model,
+        candidates,
+        claimable,
+        status=target,
+        claimed_by=worker,
+        lease_until=now + LEASE,
+        attempts=model.attempts + 1,
+    )
+    history.record(s, [(i, None, target, f"claimed by {worker}") for i in claimed], now)
+    return claimed

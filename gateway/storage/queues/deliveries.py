@@ -28,11 +28,10 @@ from gateway.storage.db import upsert_insert
 from gateway.storage.models import Connection, Delivery, DeliveryEvent, DeliveryStatus
 from gateway.storage.queues.base import (
     LEASE,
-    Event,
+    History,
     StateTable,
     TransitionError,
-    claim,
-    record_history,
+    claim_for_worker,
     rows_changed,
 )
 
@@ -57,6 +56,7 @@ STATES = StateTable(
     noun="delivery",
 )
 ALLOWED = STATES.allowed
+HISTORY = History(DeliveryEvent, "delivery_id")
 
 
 def create(
@@ -115,18 +115,7 @@ def claim_due(
         candidates = candidates.join(Connection, Delivery.connection_id == Connection.id).where(
             Connection.partner == partner.lower()
         )
-    claimed = claim(
-        session,
-        Delivery,
-        candidates,
-        claimable,
-        status=SENDING,
-        claimed_by=worker,
-        lease_until=now + LEASE,
-        attempts=Delivery.attempts + 1,
-    )
-    _history(session, [(i, None, SENDING, f"claimed by {worker}") for i in claimed], now)
-    return claimed
+    return claim_for_worker(session, Delivery, HISTORY, candidates, claimable, SENDING, worker, now)
 
 
 def transition(
@@ -216,7 +205,7 @@ def transition_many(
                 .returning(Delivery.id)
             ).scalars()
         )
-    _history(
+    HISTORY.record(
         session,
         [(m.delivery_id, source, m.target, m.detail) for m in moves if m.delivery_id in moved],
         now,
@@ -266,13 +255,7 @@ def note_delay(session: Session, delivery_id: int, words: str, now: datetime) ->
 
 
 def history(session: Session, delivery_id: int) -> list[DeliveryEvent]:
-    return list(
-        session.execute(
-            select(DeliveryEvent)
-            .where(DeliveryEvent.delivery_id == delivery_id)
-            .order_by(DeliveryEvent.id)
-        ).scalars()
-    )
+    return HISTORY.read(session, delivery_id)
 
 
 def _event(
@@ -283,8 +266,4 @@ def _event(
     target: DeliveryStatus,
     detail: str | None,
 ) -> None:
-    _history(session, [(delivery_id, source, target, detail)], now)
-
-
-def _history(session: Session, events: list[Event], now: datetime) -> None:
-    record_history(session, DeliveryEvent, "delivery_id", events, now)
+    HISTORY.record(session, [(delivery_id, source, target, detail)], now)

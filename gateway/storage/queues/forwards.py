@@ -33,12 +33,11 @@ from gateway.storage.models import (
 )
 from gateway.storage.queues.base import (
     LEASE,
-    Event,
+    History,
     StateTable,
     TransitionError,
-    claim,
+    claim_for_worker,
     move_one,
-    record_history,
 )
 
 __all__ = ["LEASE", "STATES", "TransitionError"]
@@ -57,6 +56,7 @@ STATES = StateTable(
     },
 )
 ALLOWED = STATES.allowed
+HISTORY = History(BotMailForwardEvent, "forward_id")
 
 # A forward's Message-ID, `<bmf<id>.<sha256[:16]>@<domain>>`: stable per forward (a retry is
 # the same mail) and recognisable when it comes back to a bot identity (the loop guard).
@@ -117,7 +117,7 @@ def enqueue(
         queued.append(forward)
     if queued:
         s.flush()  # their ids, for the history
-        _history(s, [(f.id, None, QUEUED, f"to {f.to_address}") for f in queued], now)
+        HISTORY.record(s, [(f.id, None, QUEUED, f"to {f.to_address}") for f in queued], now)
     return queued
 
 
@@ -131,21 +131,13 @@ def claim_due(
         waiting = and_(waiting, BotMailForward.due_at <= now)
     stalled = and_(BotMailForward.status == SENDING, BotMailForward.lease_until < now)
     claimable = or_(waiting, stalled)
-    claimed = claim(
-        s,
-        BotMailForward,
+    candidates = (
         select(BotMailForward.id)
         .where(claimable)
         .order_by(BotMailForward.due_at, BotMailForward.id)
-        .limit(limit),
-        claimable,
-        status=SENDING,
-        claimed_by=worker,
-        lease_until=now + LEASE,
-        attempts=BotMailForward.attempts + 1,
+        .limit(limit)
     )
-    _history(s, [(i, None, SENDING, f"claimed by {worker}") for i in claimed], now)
-    return claimed
+    return claim_for_worker(s, BotMailForward, HISTORY, candidates, claimable, SENDING, worker, now)
 
 
 def transition(
@@ -176,18 +168,8 @@ def transition(
     )
     # The history names the state left when there was one candidate (always, for a sender).
     source = next(iter(sources)) if len(sources) == 1 else None
-    _history(s, [(forward_id, source, target, detail)], now)
+    HISTORY.record(s, [(forward_id, source, target, detail)], now)
 
 
 def history(s: Session, forward_id: int) -> list[BotMailForwardEvent]:
-    return list(
-        s.execute(
-            select(BotMailForwardEvent)
-            .where(BotMailForwardEvent.forward_id == forward_id)
-            .order_by(BotMailForwardEvent.id)
-        ).scalars()
-    )
-
-
-def _history(s: Session, events: list[Event], now: datetime) -> None:
-    record_history(s, BotMailForwardEvent, "forward_id", events, now)
+    return HISTORY.read(s, forward_id)

@@ -33,11 +33,10 @@ from gateway.storage.models import (
 )
 from gateway.storage.queues.base import (
     LEASE,
-    Event,
+    History,
     StateTable,
     TransitionError,
-    claim,
-    record_history,
+    claim_for_worker,
     rows_changed,
 )
 
@@ -54,6 +53,7 @@ STATES = StateTable(
         **{final: set() for final in FINAL_STATUSES},
     },
 )
+HISTORY = History(InboundMessageEvent, "inbound_message_id")
 
 
 def enqueue(session: Session, rows: Sequence[dict[str, Any]]) -> list[int]:
@@ -89,18 +89,10 @@ def claim_waiting(session: Session, worker: str, now: datetime, limit: int) -> l
         InboundMessage.status == RECEIVED,
         and_(InboundMessage.status == FILING, InboundMessage.lease_until < now),
     )
-    claimed = claim(
-        session,
-        InboundMessage,
-        select(InboundMessage.id).where(claimable).order_by(InboundMessage.id).limit(limit),
-        claimable,
-        status=FILING,
-        claimed_by=worker,
-        lease_until=now + LEASE,
-        attempts=InboundMessage.attempts + 1,
+    candidates = select(InboundMessage.id).where(claimable).order_by(InboundMessage.id)
+    return claim_for_worker(
+        session, InboundMessage, HISTORY, candidates.limit(limit), claimable, FILING, worker, now
     )
-    _history(session, [(i, None, FILING, f"claimed by {worker}") for i in claimed], now)
-    return claimed
 
 
 def renew(session: Session, message_ids: Iterable[int], worker: str, now: datetime) -> set[int]:
@@ -200,7 +192,7 @@ def finish_many(session: Session, worker: str, finished: Sequence[Finished], now
                 if status != FILING or holder != worker
             )
         )
-    _history(
+    HISTORY.record(
         session, [(f.message_id, FILING, f.status, f"filed by {worker}") for f in finished], now
     )
 
@@ -233,18 +225,8 @@ def release_after_failure(
         .values(reason=reason, **values),
     )
     if released:
-        _history(session, [(message_id, FILING, target, reason)], now)
+        HISTORY.record(session, [(message_id, FILING, target, reason)], now)
 
 
 def history(session: Session, message_id: int) -> list[InboundMessageEvent]:
-    return list(
-        session.execute(
-            select(InboundMessageEvent)
-            .where(InboundMessageEvent.inbound_message_id == message_id)
-            .order_by(InboundMessageEvent.id)
-        ).scalars()
-    )
-
-
-def _history(session: Session, events: list[Event], now: datetime) -> None:
-    record_history(session, InboundMessageEvent, "inbound_message_id", events, now)
+    return HISTORY.read(session, message_id)

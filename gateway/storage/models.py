@@ -113,16 +113,22 @@ class InboundMessage(Base):
     processed_at: Mapped[datetime | None]
 
 
-class InboundMessageEvent(Base):
+class HistoryLine:
+    """The columns of every queue's history: when, from which status to which, and why
+    (the queue modules write them through `queues.base.History`)."""
+
+    at: Mapped[datetime]
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class InboundMessageEvent(HistoryLine, Base):
     """The history of an inbound message: every move of its status, with what caused it."""
 
     __tablename__ = "inbound_message_events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     inbound_message_id: Mapped[int] = mapped_column(ForeignKey("inbound_messages.id"), index=True)
-    at: Mapped[datetime]
-    from_status: Mapped[str | None] = mapped_column(String(16))
-    to_status: Mapped[str] = mapped_column(String(16))
-    detail: Mapped[str | None] = mapped_column(Text)
 
 
 class Document(Base):
@@ -207,16 +213,12 @@ class BotMailForward(Base):
     sent_at: Mapped[datetime | None]
 
 
-class BotMailForwardEvent(Base):
+class BotMailForwardEvent(HistoryLine, Base):
     """The history of a bot mail forward: every move of its status, with what caused it."""
 
     __tablename__ = "bot_mail_forward_events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     forward_id: Mapped[int] = mapped_column(ForeignKey("bot_mail_forwards.id"), index=True)
-    at: Mapped[datetime]
-    from_status: Mapped[str | None] = mapped_column(String(16))
-    to_status: Mapped[str] = mapped_column(String(16))
-    detail: Mapped[str | None] = mapped_column(Text)
 
 
 # -- outbound: connections, switches and the delivery ledger (R9–R17) -------------------------
@@ -284,16 +286,12 @@ class Delivery(Base):
     sent_at: Mapped[datetime | None]
 
 
-class DeliveryEvent(Base):
+class DeliveryEvent(HistoryLine, Base):
     """The history of a delivery: every transition, with what caused it."""
 
     __tablename__ = "delivery_events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id"), index=True)
-    at: Mapped[datetime]
-    from_status: Mapped[str | None] = mapped_column(String(16))
-    to_status: Mapped[str] = mapped_column(String(16))
-    detail: Mapped[str | None] = mapped_column(Text)
 
 
 # -- IMAP sources ------------------------------------------------------------------------------

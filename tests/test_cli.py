@@ -198,3 +198,10 @@ def test_dkim_keygen_and_dns_records(tmp_path):
     assert fr[("TXT", "_dmarc.welyb.fr")].startswith("v=DMARC1")
     com = [r for r in records if r["domain"] == "welyb.com" and "_domainkey" in r["name"]]
     assert "gateway dkim keygen --domain welyb.com" in com[0]["value"]
+
+
+def test_version_names_the_release():
+    from importlib.metadata import version
+
+    result = run("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"gateway {version('gateway')}"

@@ -43,6 +43,7 @@ def main() -> None:
 
 # The help is this module's docstring: what `gateway --help` prints above the verbs.
 @click.group(help=__doc__)
+@click.version_option(package_name="gateway", message="gateway %(version)s")
 @config_option
 def cli(config_path: str | None) -> None:
     """`-c FILE` may come before the verb (`gateway -c FILE messages list`) or after it;

@@ -21,7 +21,6 @@ from gateway.config.render import default_toml, settings_table
 from gateway.config.settings import (
     DEFAULT_PARTNER_REGISTRY,
     LOOPBACK_HOSTS,
-    SOURCE_ROOT,
     TABLES,
     ExtractionConfig,
     FilingConfig,
@@ -40,7 +39,6 @@ __all__ = [
     "DEFAULT_JOURNALS",
     "DEFAULT_PARTNER_REGISTRY",
     "LOOPBACK_HOSTS",
-    "SOURCE_ROOT",
     "TABLES",
     "ConfigError",
     "ExtractionConfig",

@@ -28,8 +28,9 @@ from gateway.config.declare import (
     setting,
 )
 
-SOURCE_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_PARTNER_REGISTRY = SOURCE_ROOT / "config" / "partners.toml"
+# The registry the gateway ships with, as package data (in the wheel too); an admin who
+# changes partners points `partner_registry` at an edited copy.
+DEFAULT_PARTNER_REGISTRY = Path(__file__).resolve().parents[1] / "routing" / "partners.toml"
 
 ImapTls = Literal["implicit", "starttls", "none"]
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -374,7 +375,7 @@ class GatewayConfig:
         DEFAULT_PARTNER_REGISTRY,
         "The partner registry (bot identities, aliases, destinations, limits).",
         resolve=in_folder,
-        default_text="config/partners.toml of the gateway's source",
+        default_text="the registry shipped with the gateway (gateway/routing/partners.toml)",
         example="/etc/gateway/partners.toml",
         table="gateway",
     )

@@ -1,4 +1,5 @@
-"""The partner registry (config/partners.toml) and the small engine that reads it.
+"""The partner registry (gateway/routing/partners.toml, shipped with the package; an edited
+copy named by `gateway.partner_registry` overrides it) and the small engine that reads it.
 
 A partner is data: the local-part patterns of its bot identity and of the aliases a cabinet
 may enter, the destination each alias stands for, and its sending rules. Adding a partner is

@@ -30,7 +30,7 @@ from gateway.outbound.verp import BounceAddresses
 from gateway.routing.addresses import AddressGrammar
 from gateway.routing.partners import PartnerRegistry, load_registry
 from gateway.storage.blobs import BlobStore
-from gateway.storage.db import Database
+from gateway.storage.db import Database, SchemaError
 from gateway.storage.directory import Directory
 
 
@@ -65,12 +65,30 @@ class Gateway:
     def recipients(self) -> Recipients:
         return Recipients(self.grammar, Directory(self.db), self.bounce_addresses())
 
-    def prepare_storage(self) -> None:
-        """Create what the gateway needs: folders and the schema (idempotent)."""
+    def prepare_storage(self) -> str | None:
+        """Create what the gateway needs: folders and the schema (idempotent; `gateway init`
+        and `gateway migrate`). Returns the schema's revision before (None: there was none)."""
+        self._make_folders()
+        return self.db.migrate()
+
+    def open_storage(self) -> None:
+        """What every other command does first: the folders, and a schema this code works
+        with — brought up to date here on the embedded SQLite default or with
+        `database.migrate = "auto"`; otherwise only checked (one query) and, when it is not
+        the code's, refused in one line that says what to do (`SchemaError`)."""
+        self._make_folders()
+        problem = self.db.schema_problem()
+        if problem is None:
+            return
+        if self.db.is_sqlite or self.config.database_migrate == "auto":
+            self.db.migrate()  # refuses a schema newer than the code, in one line too
+            return
+        raise SchemaError(problem)
+
+    def _make_folders(self) -> None:
         self.config.storage_path.mkdir(parents=True, exist_ok=True)
         self.config.spool_path.mkdir(parents=True, exist_ok=True)
         self.config.blobs_path.mkdir(parents=True, exist_ok=True)
-        self.db.migrate()
 
     def extraction_limits(self) -> ExtractionLimits:
         return ExtractionLimits.from_config(self.config.extraction)

@@ -32,7 +32,7 @@ def install_fast_event_loop() -> None:
 async def serve(
     gw: Gateway, host: str | None, port: int | None, announce: Callable[[str], None]
 ) -> None:
-    gw.prepare_storage()
+    gw.open_storage()
     server, spool = gw.inbound_server()
     bound_host, bound_port = await server.start(host, port)
     config = gw.config

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
-from sqlalchemy import func, inspect, select, update
+from sqlalchemy import func, inspect, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.app import Gateway
 from gateway.storage.accounts import add_cabinet, add_company
 from gateway.storage.connections import add_connection, add_document, set_switch
+from gateway.storage.db import head_revision
 from gateway.storage.models import (
     Base,
     BotMail,
@@ -17,7 +21,7 @@ from gateway.storage.models import (
     ForwardStatus,
     InboundMessage,
 )
-from tests.conftest import load
+from tests.conftest import load, write_config
 from tests.test_filing import arrive
 
 
@@ -84,3 +88,61 @@ def test_status_checks_are_added_to_a_database_that_has_rows(config_path, clock,
                 s.execute(update(model).values(status="lost"))
     finally:
         gw.db.dispose()
+
+
+def _gateway(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_two_migrations_at_once_on_an_empty_database_both_succeed(config_path):
+    """Two nodes started together: one migrates, the other waits (advisory lock on
+    PostgreSQL, the write turn on SQLite) and finds nothing left to do."""
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "gateway", "migrate", "-c", str(config_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [(r.wait(timeout=120), r.communicate()) for r in runs]
+    assert [code for code, _ in results] == [0, 0], [err for _, (_, err) in results]
+    said = sorted(out for _, (out, _) in results)
+    assert said[0].startswith("schema at revision ") and "up to date" in said[0]
+    assert said[1].startswith("schema migrated from revision (none) to ")
+
+
+def test_a_schema_behind_the_code_is_refused_in_one_line_unless_migration_is_automatic(
+    tmp_path, database_url, clock
+):
+    config = write_config(tmp_path, database_url)
+    listing = _gateway("messages", "list", "-c", str(config))
+    if database_url.startswith("sqlite"):  # the embedded default migrates itself
+        assert listing.returncode == 0, listing.stderr
+        return
+    assert listing.returncode == 1
+    assert listing.stderr.strip().splitlines() == [
+        "gateway: the database has no schema yet: run `gateway migrate`"
+    ]
+    auto = write_config(tmp_path, database_url, database={"migrate": "auto"})
+    assert _gateway("messages", "list", "-c", str(auto)).returncode == 0
+    assert _gateway("messages", "list", "-c", str(config)).returncode == 0
+
+
+def test_a_schema_newer_than_the_code_is_named_with_both_revisions(config_path, clock):
+    gw = Gateway.from_config(load(config_path), clock)
+    try:
+        gw.prepare_storage()
+        with gw.db.write() as s:
+            s.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    finally:
+        gw.db.dispose()
+    for verb in (["messages", "list"], ["migrate"]):
+        result = _gateway(*verb, "-c", str(config_path))
+        assert result.returncode == 1
+        [line] = result.stderr.strip().splitlines()
+        assert "revision 9999, newer than this gateway" in line
+        assert f"(its newest is {head_revision()})" in line

@@ -79,6 +79,7 @@ def counts(config: Path) -> tuple[dict[str, int], int]:
 def test_crash_after_250_files_every_message_once_after_restart(tmp_path, database_url):
     port = free_port()
     config = write_config(tmp_path, database_url, smtp={"port": port}, filing={"workers": 0})
+    assert gateway_cli(config, "migrate").returncode == 0  # as an admin installs it
     assert gateway_cli(config, "cabinet", "add", "aecconseil").returncode == 0
     assert (
         gateway_cli(

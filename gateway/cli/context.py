@@ -24,14 +24,20 @@ class Context:
 
     @property
     def gateway(self) -> Gateway:
+        """The gateway, its storage open: the schema is this code's, or made so where that
+        is allowed (SQLite, or database.migrate = "auto"), or the command stops with what
+        to do."""
         if self._gateway is None:
-            config = load_config(self.config_path)
-            configure_logging(config.logging.level, config.logging.format)
-            self._gateway = Gateway.from_config(config, durable_commits=self.durable_commits)
-            # Idempotent: a new PostgreSQL database, or a schema from an older release, is
-            # brought up to date by whichever command runs first.
-            self._gateway.prepare_storage()
+            gateway = self.unopened()
+            gateway.open_storage()
+            self._gateway = gateway
         return self._gateway
+
+    def unopened(self) -> Gateway:
+        """The gateway before its storage is looked at (`init`, `migrate`)."""
+        config = load_config(self.config_path)
+        configure_logging(config.logging.level, config.logging.format)
+        return Gateway.from_config(config, durable_commits=self.durable_commits)
 
 
 def config_option(func: Callable[..., Any]) -> Callable[..., Any]:

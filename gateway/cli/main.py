@@ -52,6 +52,7 @@ def cli(config_path: str | None) -> None:
 
 for _command in (
     service.init,
+    service.migrate,
     service.serve,
     service.worker,
     service.sender,

@@ -26,12 +26,26 @@ def init(directory: Path, force: bool) -> None:
         click.echo(f"gateway: {path} exists; keeping it (use --force to overwrite)", err=True)
     else:
         path.write_text(default_toml(directory), encoding="utf-8")
-    gw = Context(str(path)).gateway
+    gw = Context(str(path)).unopened()
     gw.prepare_storage()
     click.echo(f"configuration: {path}")
     click.echo(f"database:      {gw.config.database_url}")
     click.echo(f"storage:       {gw.config.storage_path}")
     click.echo(f"next: gateway serve -c {path}")
+
+
+@click.command()
+@config_option
+def migrate(config_path: str | None) -> None:
+    """Bring the database schema up to date (an upgrade step; safe to run on every node at
+    once: one migrates, the others wait and find nothing to do)."""
+    gw = Context(config_path).unopened()
+    before = gw.prepare_storage()
+    after = gw.db.revision()
+    if before == after:
+        click.echo(f"schema at revision {after}: up to date")
+    else:
+        click.echo(f"schema migrated from revision {before or '(none)'} to {after}")
 
 
 @click.command()

@@ -353,6 +353,15 @@ class GatewayConfig:
         table="database",
         key="url",
     )
+    database_migrate: str = setting(
+        "manual",
+        "Who brings the schema up to date: manual (`gateway migrate`, as an upgrade step; other "
+        "commands refuse a schema that is not theirs) or auto (any command, at start). The "
+        "embedded SQLite default always migrates itself.",
+        choices=("manual", "auto"),
+        table="database",
+        key="migrate",
+    )
     storage_path: Path = setting(
         Path("storage"),
         "Raw messages (spool) and filed documents; shared by every node.",

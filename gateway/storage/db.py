@@ -9,6 +9,7 @@ locked" instead of waiting; taking the write lock up front makes it wait (busy_t
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,11 +18,45 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.errors import GatewayError
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# The PostgreSQL advisory lock every `migrate` takes: one migration at a time across nodes.
+MIGRATION_LOCK = 0x6761_7465  # "gate"
+
+
+class SchemaError(GatewayError):
+    """The database's schema is not the one this code works with; the message says why and
+    what to do."""
+
+
+def _alembic_config(url: str) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection_url"] = url
+    return cfg
+
+
+@functools.cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_alembic_config(""))
+
+
+def head_revision() -> str:
+    """The newest revision this code knows."""
+    head = _scripts().get_current_head()
+    assert head is not None
+    return head
+
+
+def known_revisions() -> frozenset[str]:
+    return frozenset(s.revision for s in _scripts().walk_revisions())
 
 
 class Database:
@@ -82,17 +117,24 @@ class Database:
         finally:
             os.close(fd)  # closing releases the lock
 
-    def migrate(self, revision: str = "head") -> None:
-        """Bring the schema to `revision`: the newest one unless told (Alembic)."""
-        cfg = AlembicConfig()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        cfg.attributes["connection_url"] = self.url
-        with self.engine.connect() as connection:
+    def migrate(self, revision: str = "head") -> str | None:
+        """Bring the schema to `revision`: the newest one unless told (Alembic). Safe to run
+        from several processes or nodes at once: on PostgreSQL the first takes an advisory
+        lock and the others wait, then find nothing left to do; on SQLite the write turn
+        serialises them. A schema newer than this code is refused (`SchemaError`). Returns
+        the revision found once the lock was taken (None: there was no schema)."""
+        newer = self._newer_than_code()
+        if newer:
+            raise SchemaError(newer)
+        cfg = _alembic_config(self.url)
+        with self._sqlite_write_turn(), self.engine.connect() as connection:
             cfg.attributes["connection"] = connection
             if not self.is_sqlite:
                 with connection.begin():
+                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+                    found = MigrationContext.configure(connection).get_current_revision()
                     command.upgrade(cfg, revision)
-                return
+                return found
             # SQLite changes a constraint by rebuilding the table (Alembic's batch mode),
             # which drops the old one: foreign keys pointing at it would refuse that. They
             # are off for the migration (a pragma that cannot change inside a transaction,
@@ -102,12 +144,44 @@ class Database:
             driver.execute("PRAGMA foreign_keys=OFF")
             try:
                 with connection.begin():
+                    found = MigrationContext.configure(connection).get_current_revision()
                     command.upgrade(cfg, revision)
                     broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
                     if broken:
                         raise RuntimeError(f"migration broke foreign keys: {broken[:5]}")
             finally:
                 driver.execute("PRAGMA foreign_keys=ON")
+            return found
+
+    def revision(self) -> str | None:
+        """The schema's revision in the database (None: no schema yet): one small query."""
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def schema_problem(self) -> str | None:
+        """Why this code cannot work on the database's schema as it is, in one line, saying
+        what to do; None when the schema is the code's own."""
+        current, head = self.revision(), head_revision()
+        if current == head:
+            return None
+        newer = self._newer_than_code(current)
+        if newer:
+            return newer
+        if current is None:
+            return "the database has no schema yet: run `gateway migrate`"
+        return (
+            f"the database schema is at revision {current} and this gateway needs {head}: "
+            "run `gateway migrate`"
+        )
+
+    def _newer_than_code(self, current: str | None = None) -> str | None:
+        current = self.revision() if current is None else current
+        if current is None or current in known_revisions():
+            return None
+        return (
+            f"the database schema is at revision {current}, newer than this gateway knows "
+            f"(its newest is {head_revision()}): run the release that migrated it, or newer"
+        )
 
     def dispose(self) -> None:
         self.engine.dispose()

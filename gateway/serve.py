@@ -18,6 +18,7 @@ from collections.abc import Callable
 import structlog
 
 from gateway.app import Gateway
+from gateway.lifetime import supervised_environment
 
 log = structlog.get_logger("gateway.serve")
 
@@ -78,6 +79,7 @@ class _Workers:
         assert self.gw.config.path is not None
         return subprocess.Popen(
             [sys.executable, "-m", "gateway", *verb.split(), "-c", str(self.gw.config.path)],
+            env=supervised_environment(),  # the worker dies with us, even by SIGKILL
         )
 
     async def supervise(self, stop: asyncio.Event) -> None:

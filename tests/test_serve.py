@@ -112,3 +112,47 @@ def test_crash_after_250_files_every_message_once_after_restart(tmp_path, databa
     # Restarting once more files nothing twice.
     assert "processed 0" in gateway_cli(config, "worker", "--once").stdout
     assert counts(config) == ({"filed": 5}, 5)
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is `pid` (zombies do not count)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[0] != "Z"
+
+
+def test_workers_die_with_serve_even_when_it_is_killed(tmp_path):
+    """SIGKILL of `serve` (OOM killer, kill -9): its filing and sending workers must not
+    live on with parent 1, nor pile up beside a restarted serve's."""
+    config = write_config(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'gateway.db'}",
+        smtp={"port": free_port()},
+        filing={"workers": 1},
+        outbound={"workers": 1},
+    )
+    with serving(config) as proc:
+        deadline = time.monotonic() + 30
+        while len(workers := _children(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(workers) == 2
+        proc.kill()  # the serve process alone, not its group: as the OOM killer does
+        proc.wait(10)
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [pid for pid in workers if _alive(pid)] == []

@@ -26,9 +26,11 @@ from gateway.cli import (
 )
 from gateway.cli.context import config_option
 from gateway.errors import GatewayError
+from gateway.lifetime import follow_supervisor
 
 
 def main() -> None:
+    follow_supervisor()  # a worker started by `serve` dies with it
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:

@@ -44,6 +44,8 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 
+from tests.processes import live_processes
+
 REQUIRE_ENV = "GATEWAY_TEST_REQUIRE_DOVECOT"
 SETUP_HINT = "run scripts/setup-test-packages to install Dovecot (Debian package dovecot-imapd)"
 
@@ -391,7 +393,7 @@ class Dovecot:
             # SIGKILL is delivered, not yet acted on, when killpg returns: on a loaded machine
             # a child still runs for a moment. Return once the whole group is gone.
             deadline = time.monotonic() + 10
-            while _group_alive(pgid) and time.monotonic() < deadline:
+            while live_processes(group=pgid) and time.monotonic() < deadline:
                 time.sleep(0.01)
 
     def close(self) -> None:
@@ -503,16 +505,3 @@ def _close_all() -> None:
     # Last resort for instances nobody closed (an interrupted run): no orphan daemons.
     for dovecot in list(_running):
         dovecot.close()
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of group `pgid` still runs (zombies do not count: where PID 1 does
-    not reap, Dovecot's last children stay as such)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False

@@ -12,6 +12,7 @@ from imapclient.exceptions import LoginError
 
 from tests import dovecot as dovecot_module
 from tests.dovecot import Dovecot, DovecotError, running_dovecot
+from tests.processes import live_processes
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
@@ -108,19 +109,6 @@ def test_idle_is_advertised_and_wakes_on_new_mail(dovecot: Dovecot) -> None:
     assert uid == 1
 
 
-def _live_processes_in_group(pgid: int) -> list[int]:
-    # Zombies don't count: where PID 1 does not reap, Dovecot's last children stay as such.
-    live = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            live.append(int(stat.parent.name))
-    return live
-
-
 def test_close_is_idempotent_and_leaves_no_process(tmp_path: Path) -> None:
     with running_dovecot(tmp_path, {ALICE: "pw"}) as server:
         assert server.running
@@ -129,11 +117,11 @@ def test_close_is_idempotent_and_leaves_no_process(tmp_path: Path) -> None:
         # A logged-in client: an imap process runs besides Dovecot's services.
         client = server.client(ALICE)
         client.select_folder("INBOX")
-        assert len(_live_processes_in_group(pgid)) >= 5
+        assert len(live_processes(group=pgid)) >= 5
     assert not server.running
     client.shutdown()
     server.close()
-    assert _live_processes_in_group(pgid) == []
+    assert live_processes(group=pgid) == []
     with pytest.raises(ConnectionRefusedError):
         IMAPClient(server.host, server.port, ssl=False, timeout=2)
 

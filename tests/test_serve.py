@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from gateway.app import Gateway
 from gateway.storage.models import Document, InboundMessage
 from tests.conftest import load, write_config
+from tests.processes import live_processes
 from tests.support import message, pdf
 
 
@@ -114,19 +115,6 @@ def test_crash_after_250_files_every_message_once_after_restart(tmp_path, databa
     assert counts(config) == ({"filed": 5}, 5)
 
 
-def _children(pid: int) -> list[int]:
-    """Live processes whose parent is `pid` (zombies do not count)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -147,7 +135,7 @@ def test_workers_die_with_serve_even_when_it_is_killed(tmp_path):
     )
     with serving(config) as proc:
         deadline = time.monotonic() + 30
-        while len(workers := _children(proc.pid)) < 2 and time.monotonic() < deadline:
+        while len(workers := live_processes(parent=proc.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert len(workers) == 2
         proc.kill()  # the serve process alone, not its group: as the OOM killer does

@@ -1,0 +1,23 @@
+"""Which processes are alive, read from /proc: for tests that must see that nothing was left
+running (Dovecot's children after a kill, gateway workers after their serve died)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def live_processes(*, parent: int | None = None, group: int | None = None) -> list[int]:
+    """Pids of live processes with this parent and/or in this process group. Zombies do not
+    count: where PID 1 does not reap (a container), the dead stay listed as such."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        state, ppid, pgid = fields[0], int(fields[1]), int(fields[2])
+        if state == "Z" or (parent is not None and ppid != parent):
+            continue
+        if group is None or pgid == group:
+            found.append(int(stat.parent.name))
+    return found

@@ -319,3 +319,25 @@ def test_two_workers_claiming_at_once_both_get_work_and_never_the_same_row(
     assert len(got["first"]) == 3 and len(got["second"]) == 3
     assert not set(got["first"]) & set(got["second"])
     assert sorted(got["first"] + got["second"]) == sorted(ids)
+
+
+def test_a_held_message_is_queued_again_by_hand(gw, clock, config_path):
+    from click.testing import CliRunner
+
+    from gateway.cli import cli
+
+    row = _claimed_message(gw, clock)
+    with gw.db.write() as s:
+        inbound_queue.release_after_failure(s, row, "w1", "boom", clock.now(), retry_at=None)
+        queue_id = s.execute(
+            select(InboundMessage.queue_id).where(InboundMessage.id == row)
+        ).scalar_one()
+    retried = CliRunner().invoke(cli, ["messages", "retry", queue_id, "-c", str(config_path)])
+    assert retried.exit_code == 0, retried.output
+    assert _status(gw, InboundMessage, row) == (MessageStatus.RECEIVED, None)
+    with gw.db.read() as s:
+        moves = [(e.from_status, e.to_status) for e in inbound_queue.history(s, row)][-2:]
+    assert moves == [(MessageStatus.FILING, MessageStatus.HELD), (MessageStatus.HELD, "received")]
+    # Only a held message: a second retry finds it received and says so.
+    again = CliRunner().invoke(cli, ["messages", "retry", queue_id, "-c", str(config_path)])
+    assert again.exit_code != 0 and "is received" in str(again.exception)

@@ -2,7 +2,8 @@
 
     (new) ──> received ──> filing ──> filed | partly_filed | duplicate | rejected
        │                    │  ↺           | bot_mail | bounce
-       │                    └──> held     (filing kept failing: moved aside for an admin)
+       │                    └──> held ──> received   (filing kept failing: moved aside;
+       │                                              `gateway messages retry` queues it again)
        └──> rejected                      (IMAP intake: nothing we can route; kept, visible)
 
 A filing worker claims `received` rows, or `filing` rows whose lease ran out (a worker that
@@ -37,6 +38,7 @@ from gateway.storage.queues.base import (
     StateTable,
     TransitionError,
     claim_for_worker,
+    move_one,
     rows_changed,
 )
 
@@ -50,7 +52,8 @@ STATES = StateTable(
     {
         RECEIVED: {FILING},
         FILING: {FILING} | FINAL_STATUSES,  # FILING ↺: released for a retry
-        **{final: set() for final in FINAL_STATUSES},
+        **{final: set() for final in FINAL_STATUSES - {HELD}},
+        HELD: {RECEIVED},  # by hand, once the cause is fixed
     },
 )
 HISTORY = History(InboundMessageEvent, "inbound_message_id")
@@ -195,6 +198,23 @@ def finish_many(session: Session, worker: str, finished: Sequence[Finished], now
     HISTORY.record(
         session, [(f.message_id, FILING, f.status, f"filed by {worker}") for f in finished], now
     )
+
+
+def retry_held(session: Session, message_id: int, now: datetime) -> None:
+    """`gateway messages retry`: a `held` message queued for filing again, with a fresh
+    count of attempts; `TransitionError` if it is not held."""
+    move_one(
+        session,
+        InboundMessage,
+        STATES,
+        message_id,
+        [HELD],
+        RECEIVED,
+        claimed_by=None,
+        lease_until=None,
+        attempts=0,
+    )
+    HISTORY.record(session, [(message_id, HELD, RECEIVED, "queued again by hand")], now)
 
 
 def release_after_failure(

@@ -15,14 +15,12 @@ from gateway.storage.connections import add_connection, add_document, set_switch
 from gateway.storage.db import head_revision
 from gateway.storage.models import (
     Base,
-    BotMail,
     BotMailForward,
     Delivery,
-    ForwardStatus,
     InboundMessage,
 )
 from tests.conftest import load, write_config
-from tests.test_filing import arrive
+from tests.test_queues import _forward
 
 
 def _counts(gw: Gateway) -> dict[str, int]:
@@ -56,25 +54,7 @@ def test_status_checks_are_added_to_a_database_that_has_rows(config_path, clock,
         add_document(
             gw.db, gw.grammar, gw.blobs, "dupont-maconnerie", "A classer", path, clock.now()
         )
-        message = arrive(gw, ["myunisoft+aecconseil@welyb.fr"], b"Subject: x\r\n\r\nx\r\n", clock)
-        with gw.db.write() as s:
-            mail = BotMail(
-                inbound_message_id=message,
-                recipient="myunisoft+aecconseil@welyb.fr",
-                mail_from="x@example.org",
-                received_at=clock.now(),
-            )
-            s.add(mail)
-            s.flush()
-            s.add(
-                BotMailForward(
-                    bot_mail_id=mail.id,
-                    to_address="contact@aecconseil.fr",
-                    status=ForwardStatus.QUEUED,
-                    due_at=clock.now(),
-                    created_at=clock.now(),
-                )
-            )
+        _forward(gw, clock)  # an inbound message, its bot mail and a queued forward
         before = _counts(gw)
         assert before["deliveries"] == 1 and before["delivery_events"] == 1
 

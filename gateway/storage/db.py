@@ -20,7 +20,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -57,6 +57,26 @@ def head_revision() -> str:
 
 def known_revisions() -> frozenset[str]:
     return frozenset(s.revision for s in _scripts().walk_revisions())
+
+
+def _newer_than_code(current: str | None) -> str | None:
+    """Why a schema at `current` is beyond this code, or None when the code knows it."""
+    if current is None or current in known_revisions():
+        return None
+    return (
+        f"the database schema is at revision {current}, newer than this gateway knows "
+        f"(its newest is {head_revision()}): run the release that migrated it, or newer"
+    )
+
+
+def _revision_to_migrate(connection: Connection) -> str | None:
+    """The revision a migration starts from, read under its lock; `SchemaError` (the
+    transaction rolls back) for a schema newer than this code."""
+    found = MigrationContext.configure(connection).get_current_revision()
+    newer = _newer_than_code(found)
+    if newer:
+        raise SchemaError(newer)
+    return found
 
 
 class Database:
@@ -123,16 +143,13 @@ class Database:
         lock and the others wait, then find nothing left to do; on SQLite the write turn
         serialises them. A schema newer than this code is refused (`SchemaError`). Returns
         the revision found once the lock was taken (None: there was no schema)."""
-        newer = self._newer_than_code()
-        if newer:
-            raise SchemaError(newer)
         cfg = _alembic_config(self.url)
         with self._sqlite_write_turn(), self.engine.connect() as connection:
             cfg.attributes["connection"] = connection
             if not self.is_sqlite:
                 with connection.begin():
                     connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
-                    found = MigrationContext.configure(connection).get_current_revision()
+                    found = _revision_to_migrate(connection)
                     command.upgrade(cfg, revision)
                 return found
             # SQLite changes a constraint by rebuilding the table (Alembic's batch mode),
@@ -144,7 +161,7 @@ class Database:
             driver.execute("PRAGMA foreign_keys=OFF")
             try:
                 with connection.begin():
-                    found = MigrationContext.configure(connection).get_current_revision()
+                    found = _revision_to_migrate(connection)
                     command.upgrade(cfg, revision)
                     broken = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
                     if broken:
@@ -164,7 +181,7 @@ class Database:
         current, head = self.revision(), head_revision()
         if current == head:
             return None
-        newer = self._newer_than_code(current)
+        newer = _newer_than_code(current)
         if newer:
             return newer
         if current is None:
@@ -172,15 +189,6 @@ class Database:
         return (
             f"the database schema is at revision {current} and this gateway needs {head}: "
             "run `gateway migrate`"
-        )
-
-    def _newer_than_code(self, current: str | None = None) -> str | None:
-        current = self.revision() if current is None else current
-        if current is None or current in known_revisions():
-            return None
-        return (
-            f"the database schema is at revision {current}, newer than this gateway knows "
-            f"(its newest is {head_revision()}): run the release that migrated it, or newer"
         )
 
     def dispose(self) -> None:

@@ -47,8 +47,17 @@ PUBLIC_CALLS: dict[str, tuple[tuple[object, ...], bool]] = {
     "check_auth_needed": (("DATA",), True),
     "connection_made": ((None,), False),
     "connection_lost": ((None,), False),
+    "eof_received": ((), False),
 }
-OVERRIDES = {"__init__", "connection_made", "connection_lost", "push", "smtp_DATA", "smtp_MAIL"}
+OVERRIDES = {
+    "__init__",
+    "connection_made",
+    "connection_lost",
+    "eof_received",
+    "push",
+    "smtp_DATA",
+    "smtp_MAIL",
+}
 
 
 def _attributes_used(path: Path) -> set[str]:

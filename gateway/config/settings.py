@@ -62,6 +62,13 @@ class SmtpConfig:
     timeout_seconds: int = setting(
         300, "Seconds of silence after which a session is closed.", low=5, high=3600
     )
+    drain_seconds: int = setting(
+        8,
+        "On stop: seconds a transaction in progress may take to finish (421 after); "
+        "below Docker's 10 s stop timeout.",
+        low=0,
+        high=600,
+    )
     tls_certificate: Path | None = setting(
         None,
         "PEM certificate (chain) for STARTTLS, offered when this and tls_key are both set.",

@@ -21,7 +21,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway.clock import Clock
 from gateway.config import SmtpConfig
 from gateway.inbound.recipients import Recipients
-from gateway.inbound.smtp_session import GatewaySMTP
+from gateway.inbound.smtp_session import GatewaySMTP, say_and_close
 from gateway.inbound.spool import Arrival, Spool, new_queue_id
 from gateway.replies import Reply
 from gateway.routing.addresses import split_address
@@ -125,7 +125,7 @@ class InboundHandler:
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default is a 500: senders would bounce the mail for our own failure.
-        log.error("session_error", error=repr(error))
+        log.error("session_error", exc_info=error)
         return Reply.INTERNAL_ERROR.value
 
 
@@ -157,9 +157,7 @@ class _Refuse421(asyncio.Protocol):
         self.hostname = hostname
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(Reply.SHUTTING_DOWN.format(hostname=self.hostname).encode() + b"\r\n")
-        transport.close()
+        say_and_close(transport, Reply.SHUTTING_DOWN.format(hostname=self.hostname))
 
 
 class InboundServer:
@@ -198,17 +196,27 @@ class InboundServer:
         return str(sock[0]), int(sock[1])
 
     async def drain(
-        self, grace_seconds: float = 30.0, sleep: Callable[[float], Any] = asyncio.sleep
+        self, grace_seconds: float, sleep: Callable[[float], Any] = asyncio.sleep
     ) -> None:
-        """Finish the sessions in flight; new connections get 421 meanwhile; then close."""
+        """Stop the way an MTA should. New connections get 421 at once, and so does every
+        session between two transactions (a load balancer's idle connection, a client that
+        has just had its 250); a transaction in progress may finish for up to
+        `grace_seconds` (smtp.drain_seconds), and gets its 421 then. Then close."""
         self.handler.draining = True
         waited = 0.0
-        while self.sessions and waited < grace_seconds:
+        while waited < grace_seconds:
+            in_transaction = False
+            for session in list(self.sessions):
+                if session.in_transaction:
+                    in_transaction = True
+                else:
+                    session.close_for_shutdown()
+            if not in_transaction:
+                break
             await sleep(0.05)
             waited += 0.05
         for session in list(self.sessions):
-            if session.transport is not None:
-                session.transport.close()
+            session.close_for_shutdown()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

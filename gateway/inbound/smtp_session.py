@@ -11,7 +11,7 @@ lives in `gateway.inbound.smtp` and uses only this class's own members.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AnyStr, Protocol
+from typing import Any, AnyStr, Protocol, cast
 
 from aiosmtpd.smtp import MISSING, SMTP
 
@@ -54,6 +54,27 @@ class GatewaySMTP(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         self.open_sessions.discard(self)
         super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        # The client closed its side: the session is over. aiosmtpd 1.4.6 cancels the
+        # session's task and asks asyncio to keep the transport half-open; when the client
+        # closed before that task had started (a load balancer's TCP check, a port scan),
+        # nothing closes it afterwards, and the socket sits in CLOSE-WAIT, counted as a
+        # session that a stop waits for, until the idle timeout (300 s). Returning False
+        # makes asyncio close the transport, and connection_lost forgets the session.
+        super().eof_received()  # cancels the session's task
+        self.open_sessions.discard(self)
+        return False
+
+    @property
+    def in_transaction(self) -> bool:
+        """MAIL accepted and the transaction not over yet (its DATA may be running)."""
+        return self.envelope is not None and self.envelope.mail_from is not None
+
+    def close_for_shutdown(self) -> None:
+        """421 and close: what a session gets when a stop will not wait for it."""
+        if self.transport is not None:
+            say_and_close(self.transport, Reply.SHUTTING_DOWN.format(hostname=self.hostname))
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str):
@@ -139,6 +160,14 @@ class GatewaySMTP(SMTP):
                 self.transport.close()
             return
         await super().smtp_MAIL(arg)
+
+
+def say_and_close(transport: asyncio.BaseTransport, line: str) -> None:
+    """Write one reply line and close. (uvloop's transports are not registered as
+    asyncio.WriteTransport, hence the cast rather than an isinstance check.)"""
+    if not transport.is_closing():
+        cast(asyncio.WriteTransport, transport).write(line.encode() + b"\r\n")
+        transport.close()
 
 
 # aiosmtpd internal: HELP lists a command, and answers `HELP MAIL`, only if its method

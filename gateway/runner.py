@@ -71,12 +71,13 @@ class Runner:
         self.passes = list(passes)
         self.idle_seconds = idle_seconds
 
-    async def drain(self) -> int:
-        """Each stage in turn until it has nothing left; how many items were taken (what
-        `--once` does)."""
+    async def drain(self, stop: asyncio.Event | None = None) -> int:
+        """Each stage in turn until it has nothing left, or until `stop` is set (checked
+        between two passes, so that a stop does not wait for a backlog); how many items
+        were taken (what `--once` does)."""
         total = 0
         for one_pass in self.passes:
-            while (n := await one_pass()) > 0:
+            while not (stop is not None and stop.is_set()) and (n := await one_pass()) > 0:
                 total += n
         return total
 
@@ -85,7 +86,7 @@ class Runner:
         failures = 0
         while not stop.is_set():
             try:
-                await self.drain()  # until every queue came back empty
+                await self.drain(stop)  # until every queue came back empty
                 failures = 0
                 pause = self.idle_seconds
             except Exception:

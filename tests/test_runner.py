@@ -64,3 +64,26 @@ def test_run_survives_a_failing_pass_and_stops_when_asked():
 
     asyncio.run(main())
     assert isinstance(seen[0], RuntimeError) and seen[1:4] == [2, 0, 0]
+
+
+def test_run_stops_between_two_passes_even_with_a_backlog():
+    """A stop must not wait until the queue is empty: a busy worker would otherwise keep
+    `serve` (and Docker's stop timeout) waiting for its whole backlog."""
+    passes: list[int] = []
+
+    async def busy_pass() -> int:  # a queue that never empties
+        passes.append(1)
+        await asyncio.sleep(0.01)
+        return 20
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        task = asyncio.create_task(Runner("test", [busy_pass], idle_seconds=1.0).run(stop))
+        while len(passes) < 3:
+            await asyncio.sleep(0.005)
+        stop.set()
+        await asyncio.wait_for(task, 2)
+        return len(passes)
+
+    seen_at_stop = asyncio.run(main())
+    assert 3 <= seen_at_stop <= 4  # at most the pass under way when the stop came

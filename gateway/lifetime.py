@@ -6,6 +6,8 @@ thing, for SIGTERM when its parent dies (Linux `prctl(PR_SET_PDEATHSIG)`): even 
 `serve` (the OOM killer, kill -9) takes its workers with it, and they stop as on any SIGTERM,
 between two passes, instead of living on with parent 1 beside a restarted serve's. If the
 parent is gone already (it died between fork and this call), the worker exits at once.
+
+A worker that dies while `serve` lives is restarted, after a pause (`RestartBackoff`).
 """
 
 from __future__ import annotations
@@ -35,3 +37,28 @@ def follow_supervisor() -> None:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
     if os.getppid() != int(supervisor):
         sys.exit("gateway: the serve process that started this worker is gone")
+
+
+class RestartBackoff:
+    """How long `serve` waits before it restarts a worker that died: `first` seconds, doubling
+    with each death up to `maximum`, and `first` again once the worker had run for
+    `settled_after` seconds — so a worker that dies now and then comes back at once, and one
+    that dies on start (a broken configuration, the database refusing it) is restarted a
+    few times a minute, not in a tight loop."""
+
+    def __init__(
+        self, first: float = 1.0, maximum: float = 60.0, settled_after: float = 60.0
+    ) -> None:
+        self.first = first
+        self.maximum = maximum
+        self.settled_after = settled_after
+        self._next = first
+
+    def delay_after(self, ran_for: float) -> float:
+        """The pause before the next start of a worker that has just died after running
+        `ran_for` seconds."""
+        if ran_for >= self.settled_after:
+            self._next = self.first
+        delay = self._next
+        self._next = min(delay * 2, self.maximum)
+        return delay

@@ -13,14 +13,17 @@ import contextlib
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import structlog
 
 from gateway.app import Gateway
-from gateway.lifetime import supervised_environment
+from gateway.lifetime import RestartBackoff, supervised_environment
 
-log = structlog.get_logger("gateway.serve")
+# Its lines are the supervisor's (role "serve"); the SMTP server's in this process are "smtp".
+log = structlog.get_logger("gateway.serve", role="serve")
 
 
 def install_fast_event_loop() -> None:
@@ -58,51 +61,92 @@ async def serve(
     supervisor = asyncio.create_task(workers.supervise(stop))
     await stop.wait()
     log.info("stopping", sessions=len(server.sessions))
-    await server.drain()
-    await spool.close()
+    # The workers stop (between two passes) while the SMTP transactions finish: the stop
+    # takes the longer of the two, not their sum.
     await supervisor
-    workers.stop()
+    workers.terminate()
+    grace = config.smtp.drain_seconds
+    await server.drain(grace)
+    await spool.close()
+    await workers.wait(grace)
     gw.db.dispose()
     log.info("stopped")
 
 
 class _Workers:
     """Worker processes (`gateway worker` files, `gateway sender` sends, `gateway imap run`
-    reads the IMAP sources), restarted if one dies."""
+    reads the IMAP sources), each restarted when it dies, after a pause that grows while it
+    keeps dying (`RestartBackoff`); every death and restart is logged."""
 
-    def __init__(self, gw: Gateway, counts: dict[str, int]) -> None:
+    TICK = 0.2  # seconds between two looks at the workers
+
+    def __init__(
+        self, gw: Gateway, counts: dict[str, int], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.gw = gw
-        self.verbs = [verb for verb, count in counts.items() for _ in range(count)]
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.clock = clock
+        self.slots = [_Slot(verb) for verb, count in counts.items() for _ in range(count)]
 
-    def _spawn(self, verb: str) -> subprocess.Popen[bytes]:
+    def _start(self, slot: _Slot) -> None:
         assert self.gw.config.path is not None
-        return subprocess.Popen(
-            [sys.executable, "-m", "gateway", *verb.split(), "-c", str(self.gw.config.path)],
+        slot.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", *slot.verb.split(), "-c", str(self.gw.config.path)],
             env=supervised_environment(),  # the worker dies with us, even by SIGKILL
         )
+        slot.started_at = self.clock()
+        log.info("worker_started", verb=slot.verb, pid=slot.proc.pid)
 
     async def supervise(self, stop: asyncio.Event) -> None:
-        self.procs = [self._spawn(verb) for verb in self.verbs]
+        for slot in self.slots:
+            self._start(slot)
         while not stop.is_set():
-            for i, proc in enumerate(self.procs):
-                if proc.poll() is not None:
+            now = self.clock()
+            for slot in self.slots:
+                if slot.proc is None:
+                    if now >= slot.restart_at:
+                        self._start(slot)
+                elif (code := slot.proc.poll()) is not None:
+                    delay = slot.backoff.delay_after(ran_for=now - slot.started_at)
                     log.warning(
-                        "worker_died", verb=self.verbs[i], pid=proc.pid, code=proc.returncode
+                        "worker_died",
+                        verb=slot.verb,
+                        pid=slot.proc.pid,
+                        code=code,
+                        restart_in=delay,
                     )
-                    self.procs[i] = self._spawn(self.verbs[i])
+                    slot.proc, slot.restart_at = None, now + delay
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+                await asyncio.wait_for(stop.wait(), self.TICK)
 
-    def stop(self) -> None:
-        for proc in self.procs:
+    def terminate(self) -> None:
+        """SIGTERM to every worker: each stops between two passes."""
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.terminate()
+
+    async def wait(self, seconds: float) -> None:
+        """Until every worker has exited; one still running after `seconds` is killed
+        (what it had claimed is taken over by another worker)."""
+        deadline = self.clock() + seconds
+        running = [s.proc for s in self.slots if s.proc is not None]
+        while any(p.poll() is None for p in running) and self.clock() < deadline:
+            await asyncio.sleep(0.02)
+        for proc in running:
             if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+                log.warning("worker_killed", pid=proc.pid, after=seconds)
                 proc.kill()
+                proc.wait()
+
+
+@dataclass
+class _Slot:
+    """One worker `serve` keeps running: its process (None while a restart waits)."""
+
+    verb: str
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restart_at: float = 0.0
+    backoff: RestartBackoff = field(default_factory=RestartBackoff)
 
 
 def _safe_url(url: str) -> str:

@@ -14,12 +14,15 @@ from gateway.logs import configure_logging
 
 
 class Context:
-    def __init__(self, config_path: str | None, *, durable_commits: bool = True) -> None:
+    def __init__(
+        self, config_path: str | None, *, durable_commits: bool = True, role: str = "cli"
+    ) -> None:
         if config_path is None:  # `gateway -c FILE verb …`: given before the verb
             current = click.get_current_context(silent=True)
             config_path = current.find_root().params.get("config_path") if current else None
         self.config_path = resolve_config_path(config_path)
         self.durable_commits = durable_commits
+        self.role = role  # on every log line (gateway.logs): smtp, filing, sender, imap, cli
         self._gateway: Gateway | None = None
 
     @property
@@ -36,7 +39,9 @@ class Context:
     def unopened(self) -> Gateway:
         """The gateway before its storage is looked at (`init`, `migrate`)."""
         config = load_config(self.config_path)
-        configure_logging(config.logging.level, config.logging.format)
+        configure_logging(
+            config.logging.level, config.logging.format, node=config.node_name, role=self.role
+        )
         return Gateway.from_config(config, durable_commits=self.durable_commits)
 
 

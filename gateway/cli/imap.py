@@ -46,7 +46,7 @@ def imap_test(config_path: str | None, source_name: str) -> None:
 @click.option("--once", is_flag=True, help="Drain the folders now, then exit.")
 def imap_sync(config_path: str | None, source_name: str, once: bool) -> None:
     """Read SOURCE's folders into the gateway (with --once: what is there now)."""
-    gw = Context(config_path).gateway
+    gw = Context(config_path, role="imap").gateway
     source = gw.imap_source(source_name)
     stop = _stop_on_signals()
     pollers = gw.imap_pollers(source, stop)
@@ -75,7 +75,7 @@ def imap_sync(config_path: str | None, source_name: str, once: bool) -> None:
 @config_option
 def imap_run(config_path: str | None) -> None:
     """Read every configured source until SIGTERM (started by `serve`)."""
-    gw = Context(config_path).gateway
+    gw = Context(config_path, role="imap").gateway
     stop = _stop_on_signals()
     pollers = [p for s in gw.config.imap_sources.values() for p in gw.imap_pollers(s, stop)]
     run_pollers(pollers, stop)

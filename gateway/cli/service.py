@@ -57,7 +57,7 @@ def serve(config_path: str | None, smtp_host: str | None, smtp_port: int | None)
     from gateway.serve import install_fast_event_loop
     from gateway.serve import serve as run
 
-    gw = Context(config_path).gateway
+    gw = Context(config_path, role="smtp").gateway
     install_fast_event_loop()
     asyncio.run(run(gw, smtp_host, smtp_port, lambda line: click.echo(line, err=True)))
 
@@ -68,7 +68,7 @@ def serve(config_path: str | None, smtp_host: str | None, smtp_port: int | None)
 def worker(config_path: str | None, once: bool) -> None:
     """Run a filing worker (started by `serve`; run more on other nodes if needed)."""
     # Filing is idempotent (a lost commit is redone), so it need not fsync each commit.
-    gw = Context(config_path, durable_commits=False).gateway
+    gw = Context(config_path, durable_commits=False, role="filing").gateway
     filer = gw.filer()
     runner = Runner("filing", [in_thread(filer.run_once)], gw.config.filing.poll_seconds)
     if once:
@@ -87,7 +87,7 @@ def worker(config_path: str | None, once: bool) -> None:
 def sender(config_path: str | None, once: bool, interval: float) -> None:
     """Run a sending worker: due deliveries out on each partner's schedule (R12), and bot
     mail forwards to cabinet contacts (R6)."""
-    gw = Context(config_path).gateway
+    gw = Context(config_path, role="sender").gateway
 
     async def send() -> None:
         dispatcher = gw.dispatcher()

@@ -1,5 +1,6 @@
-"""Which processes are alive, read from /proc: for tests that must see that nothing was left
-running (Dovecot's children after a kill, gateway workers after their serve died)."""
+"""Which processes are alive, and which connections open, read from /proc: for tests that
+must see that nothing was left running (Dovecot's children after a kill, gateway workers
+after their serve died) or open (sockets after a stop)."""
 
 from __future__ import annotations
 
@@ -21,3 +22,18 @@ def live_processes(*, parent: int | None = None, group: int | None = None) -> li
         if group is None or pgid == group:
             found.append(int(stat.parent.name))
     return found
+
+
+def connections_to(port: int) -> list[str]:
+    """The states (/proc/net/tcp's hex codes: 01 established, 08 close-wait, …) of this
+    host's TCP sockets on the server side of local `port`, its listening socket left out."""
+    states = []
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        if not table.exists():
+            continue
+        for line in table.read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state = fields[1], fields[3]
+            if int(local.rsplit(":", 1)[1], 16) == port and state != "0A":
+                states.append(state)
+    return states

@@ -17,7 +17,9 @@ from collections.abc import Callable
 
 import structlog
 
+from gateway import metrics
 from gateway.app import Gateway
+from gateway.http import Child, start_listener
 from gateway.lifetime import supervised_environment
 
 log = structlog.get_logger("gateway.serve")
@@ -34,6 +36,9 @@ async def serve(
     gw: Gateway, host: str | None, port: int | None, announce: Callable[[str], None]
 ) -> None:
     gw.open_storage()
+    # Before any worker starts: they write their metrics there (see gateway/metrics.py).
+    metrics_directory = metrics.fresh_directory(gw.config.run_path / "metrics")
+    metrics.use_directory(metrics_directory)
     server, spool = gw.inbound_server()
     bound_host, bound_port = await server.start(host, port)
     config = gw.config
@@ -55,9 +60,14 @@ async def serve(
             "imap run": 1 if config.imap_sources else 0,
         },
     )
+    operations = await start_listener(gw, workers, metrics_directory)
+    if operations is not None:
+        announce(f"gateway: health and metrics on {operations[1]} (/healthz, /readyz, /metrics)")
     supervisor = asyncio.create_task(workers.supervise(stop))
     await stop.wait()
     log.info("stopping", sessions=len(server.sessions))
+    if operations is not None:
+        await operations[0].stop()
     await server.drain()
     await spool.close()
     await supervisor
@@ -74,6 +84,15 @@ class _Workers:
         self.gw = gw
         self.verbs = [verb for verb, count in counts.items() for _ in range(count)]
         self.procs: list[subprocess.Popen[bytes]] = []
+
+    def children(self) -> list[Child]:
+        """For /readyz: each worker expected, and whether it runs."""
+        procs: list[subprocess.Popen[bytes] | None] = [*self.procs]
+        procs += [None] * (len(self.verbs) - len(procs))  # not started yet
+        return [
+            Child(verb, p.pid if p else None, p is not None and p.poll() is None)
+            for verb, p in zip(self.verbs, procs, strict=True)
+        ]
 
     def _spawn(self, verb: str) -> subprocess.Popen[bytes]:
         assert self.gw.config.path is not None

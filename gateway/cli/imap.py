@@ -87,8 +87,7 @@ def imap_run(config_path: str | None) -> None:
 def imap_status(config_path: str | None, as_json: bool) -> None:
     """Where each source's folders stand: checkpoint, reader, last error."""
     gw = Context(config_path).gateway
-    folders = [(s.name, f) for s in gw.config.imap_sources.values() for f in s.folders]
-    rows = [asdict(row) for row in imap_folder_states(gw.db, folders)]
+    rows = [asdict(row) for row in imap_folder_states(gw.db, gw.config.imap_folders)]
     emit(
         rows,
         as_json,

@@ -21,6 +21,7 @@ from gateway.config.settings import (
     ExtractionConfig,
     FilingConfig,
     GatewayConfig,
+    HttpConfig,
     ImapSourceConfig,
     LoggingConfig,
     OutboundConfig,
@@ -73,6 +74,7 @@ def parse_config(data: Mapping[str, Any], base: Path, path: Path | None = None) 
     outbound = _outbound(root.table("outbound"), base)
     imap_sources = _imap(root.table("imap"), base, top["domains"])
     logging = _read(root.table("logging"), LoggingConfig, base)
+    http = _read(root.table("http"), HttpConfig, base)
     root.finish()
     return GatewayConfig(
         path=path,
@@ -80,6 +82,7 @@ def parse_config(data: Mapping[str, Any], base: Path, path: Path | None = None) 
         filing=filing,
         extraction=extraction,
         logging=logging,
+        http=http,
         outbound=outbound,
         imap_sources=imap_sources,
         **top,

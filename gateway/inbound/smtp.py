@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from gateway import metrics
 from gateway.clock import Clock
 from gateway.config import SmtpConfig
 from gateway.inbound.recipients import Recipients
@@ -158,6 +159,8 @@ class _Refuse421(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.WriteTransport)
+        metrics.SMTP_CONNECTIONS.inc()
+        metrics.SMTP_REPLIES.labels("421").inc()
         transport.write(Reply.SHUTTING_DOWN.format(hostname=self.hostname).encode() + b"\r\n")
         transport.close()
 

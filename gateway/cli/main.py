@@ -23,6 +23,7 @@ from gateway.cli import (
     imap,
     messages,
     service,
+    status,
 )
 from gateway.cli.context import config_option
 from gateway.errors import GatewayError
@@ -58,6 +59,7 @@ for _command in (
     service.serve,
     service.worker,
     service.sender,
+    status.status,
     cabinets.cabinet,
     companies.company,
     folders.folder,

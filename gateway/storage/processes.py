@@ -33,7 +33,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from gateway.clock import Clock
-from gateway.storage.db import Database
+from gateway.storage.db import Database, one_line
 from gateway.storage.models import GatewayProcess
 from gateway.storage.queues import deliveries, forwards, imap_checkpoints
 from gateway.storage.queues import inbound as inbound_queue
@@ -197,7 +197,7 @@ class Heartbeat:
                 beat(s, self.name, self.clock.now())
         except Exception as e:  # the database away: the next beat tries again
             if not self._failing:
-                log.error("heartbeat_failed", process=self.name, error=f"{type(e).__name__}: {e}")
+                log.error("heartbeat_failed", process=self.name, error=one_line(e))
             self._failing = True
             return
         if self._failing:
@@ -222,5 +222,5 @@ class Heartbeat:
             with self.db.write() as s:
                 stop(s, self.name, self.clock.now())
         except Exception as e:
-            error = f"{type(e).__name__}: {e}"
+            error = one_line(e)
             log.error("process_stop_unrecorded", process=self.name, error=error)

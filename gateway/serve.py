@@ -13,14 +13,16 @@ import contextlib
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 
 import structlog
 
 from gateway import metrics
 from gateway.app import Gateway
-from gateway.http import Child, start_listener
+from gateway.http import Child, OperationsListener, start_listener
 from gateway.lifetime import supervised_environment
+from gateway.storage.db import safe_url
 
 log = structlog.get_logger("gateway.serve")
 
@@ -35,23 +37,20 @@ def install_fast_event_loop() -> None:
 async def serve(
     gw: Gateway, host: str | None, port: int | None, announce: Callable[[str], None]
 ) -> None:
-    gw.open_storage()
+    stop = asyncio.Event()
+    stopping = threading.Event()  # the same, for the thread that waits for the database
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        stop.set()
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
     # Before any worker starts: they write their metrics there (see gateway/metrics.py).
     metrics_directory = metrics.fresh_directory(gw.config.run_path / "metrics")
     metrics.use_directory(metrics_directory)
-    server, spool = gw.inbound_server()
-    bound_host, bound_port = await server.start(host, port)
     config = gw.config
-    announce(
-        f"gateway: listening on smtp://{bound_host}:{bound_port} for "
-        f"{', '.join(config.domains)} (database {_safe_url(config.database_url)}, "
-        f"storage {config.storage_path}); stop with Ctrl-C or SIGTERM"
-    )
-    log.info("listening", host=bound_host, port=bound_port, domains=list(config.domains))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     workers = _Workers(
         gw,
         {
@@ -60,19 +59,56 @@ async def serve(
             "imap run": 1 if config.imap_sources else 0,
         },
     )
+    # Up first, so that /readyz says what is missing while the database is awaited.
     operations = await start_listener(gw, workers, metrics_directory)
+    closing = None
     if operations is not None:
-        announce(f"gateway: health and metrics on {operations[1]} (/healthz, /readyz, /metrics)")
+        listener, url = operations
+        announce(f"gateway: health and metrics on {url} (/healthz, /readyz, /metrics)")
+        closing = asyncio.create_task(_close_when(stop, listener))
+    try:
+        if not await asyncio.to_thread(gw.open_storage_when_available, stopping.wait):
+            return  # stopped before the database answered
+        with gw.running_as("smtp", take_back=True):
+            await _serve(gw, host, port, announce, stop, workers)
+        gw.db.dispose()
+    finally:
+        stop.set()
+        if closing is not None:
+            await closing
+
+
+async def _close_when(stop: asyncio.Event, listener: OperationsListener) -> None:
+    """The listener goes as soon as serve is told to stop (a load balancer's next check
+    fails at once), while the SMTP sessions drain."""
+    await stop.wait()
+    await listener.stop()
+
+
+async def _serve(
+    gw: Gateway,
+    host: str | None,
+    port: int | None,
+    announce: Callable[[str], None],
+    stop: asyncio.Event,
+    workers: _Workers,
+) -> None:
+    server, spool = gw.inbound_server()
+    bound_host, bound_port = await server.start(host, port)
+    config = gw.config
+    announce(
+        f"gateway: listening on smtp://{bound_host}:{bound_port} for "
+        f"{', '.join(config.domains)} (database {safe_url(config.database_url)}, "
+        f"storage {config.storage_path}); stop with Ctrl-C or SIGTERM"
+    )
+    log.info("listening", host=bound_host, port=bound_port, domains=list(config.domains))
     supervisor = asyncio.create_task(workers.supervise(stop))
     await stop.wait()
     log.info("stopping", sessions=len(server.sessions))
-    if operations is not None:
-        await operations[0].stop()
     await server.drain()
     await spool.close()
     await supervisor
     workers.stop()
-    gw.db.dispose()
     log.info("stopped")
 
 
@@ -122,12 +158,3 @@ class _Workers:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-
-
-def _safe_url(url: str) -> str:
-    """The database URL without its password, for display."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
-    return url

@@ -4,7 +4,7 @@ claims, the IMAP folders; one message's envelope, history and what was made of i
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from gateway.app import Gateway
 from gateway.cli import cli
 from gateway.clock import as_utc
+from gateway.storage import processes
 from gateway.storage.models import DeliveryStatus
 from gateway.storage.queues import imap_checkpoints
 from gateway.storage.queues.base import LEASE
@@ -46,6 +47,10 @@ def test_status_counts_each_queue_and_names_who_holds_what(tmp_path, database_ur
             clock.advance(minutes=1)
         assert gw.filer("node-a:100").run_once(limit=1) == 1  # the first is filed
         assert gw.filer("node-b:4242").claim(limit=1)  # the second is being filed
+        real_now = datetime.now(UTC)  # the command's clock: heartbeats are judged by it
+        with gw.db.write() as s:
+            processes.register(s, "node-a:100:a1", "node-a", "filing", real_now)
+            processes.register(s, "node-b:4242:b2", "node-b", "sender", real_now - 5 * LEASE)
         reader = Claimant("factures", "INBOX", "node-a:101:factures")
         with gw.db.write() as s:
             imap_checkpoints.claim(s, reader, clock.now())
@@ -71,6 +76,10 @@ def test_status_counts_each_queue_and_names_who_holds_what(tmp_path, database_ur
     [claim] = report["claims"]
     assert claim["queue"] == "inbound_messages" and claim["claimed_by"] == "node-b:4242"
     assert claim["items"] == 1 and when(claim["lease_until"]) == clock.now() + LEASE
+    assert [(p["node"], p["role"], p["alive"]) for p in report["processes"]] == [
+        ("node-a", "filing", True),
+        ("node-b", "sender", False),  # silent for longer than a lease
+    ]
     [folder] = report["imap"]
     assert (folder["source"], folder["folder"], folder["last_uid"]) == ("factures", "INBOX", 17)
     assert folder["reader"] == "node-a:101:factures"
@@ -84,6 +93,11 @@ def test_status_counts_each_queue_and_names_who_holds_what(tmp_path, database_ur
     )
     assert any("node-b:4242" in line for line in lines)
     assert any("node-a:101:factures" in line for line in lines)
+    process_rows = [line.split() for line in lines if line.startswith(("node-a ", "node-b "))]
+    assert [(row[0], row[1], row[3]) for row in process_rows] == [
+        ("node-a", "filing", "True"),
+        ("node-b", "sender", "False"),
+    ]
 
 
 def _queue_ids(gw: Gateway) -> list[str]:

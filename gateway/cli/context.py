@@ -3,6 +3,8 @@ configuration file that -c/--config names, and the -c and --json options."""
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +13,8 @@ import click
 from gateway.app import Gateway
 from gateway.config import load_config, resolve_config_path
 from gateway.logs import configure_logging
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Context:
@@ -32,6 +36,22 @@ class Context:
             gateway.open_storage()
             self._gateway = gateway
         return self._gateway
+
+    def gateway_when_available(self) -> Gateway | None:
+        """For a long-running verb (`worker`, `sender`, `imap run`): the gateway once its
+        database answers, trying again with back-off meanwhile (`Gateway.
+        open_storage_when_available`); None if SIGTERM or SIGINT came first."""
+        gateway = self.unopened()
+        stopping = threading.Event()
+        previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in STOP_SIGNALS}
+        try:
+            if not gateway.open_storage_when_available(stopping.wait):
+                return None
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        self._gateway = gateway
+        return gateway
 
     def unopened(self) -> Gateway:
         """The gateway before its storage is looked at (`init`, `migrate`)."""

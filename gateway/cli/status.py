@@ -1,5 +1,6 @@
 """`gateway status`: the work queues at a glance (counts by state, the oldest waiting item,
-who holds claims until when) and the IMAP sources. Read-only; any node may run it."""
+who holds claims until when), the processes of every node and the IMAP sources. Read-only;
+any node may run it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from gateway.cli.context import Context, config_option, json_option
 from gateway.cli.output import emit, print_json
 from gateway.clock import as_utc
 from gateway.storage.listings.inbound import imap_folder_states
-from gateway.storage.listings.queues import claims, queue_summaries
+from gateway.storage.listings.queues import claims, queue_summaries, registered_processes
 
 
 @click.command()
@@ -21,7 +22,8 @@ from gateway.storage.listings.queues import claims, queue_summaries
 @json_option
 def status(config_path: str | None, as_json: bool) -> None:
     """Each queue's items by state and its oldest waiting item; the claims workers hold and
-    until when; each IMAP folder's reader, last success and last error."""
+    until when; every node's processes and whether they are alive (heartbeating); each
+    IMAP folder's reader, last success and last error."""
     gw = Context(config_path).gateway
     now = gw.clock.now()
     queues = [
@@ -29,9 +31,10 @@ def status(config_path: str | None, as_json: bool) -> None:
         for q in queue_summaries(gw.db)
     ]
     held = [asdict(c) for c in claims(gw.db)]
+    running = [asdict(p) for p in registered_processes(gw.db, now)]
     imap = [asdict(row) for row in imap_folder_states(gw.db, gw.config.imap_folders)]
     if as_json:
-        print_json({"queues": queues, "claims": held, "imap": imap})
+        print_json({"queues": queues, "claims": held, "processes": running, "imap": imap})
         return
     for q in queues:
         counts = ", ".join(f"{state} {n}" for state, n in q["states"].items() if n)
@@ -40,6 +43,8 @@ def status(config_path: str | None, as_json: bool) -> None:
     emit(queues, False, ["queue", "waiting", "oldest_waiting", "states"])
     click.echo("\nclaims held by workers:")
     emit(held, False, ["queue", "claimed_by", "items", "lease_until"])
+    click.echo("\nprocesses, by node:")
+    emit(running, False, ["node", "role", "pid", "alive", "heartbeat_at", "name"])
     if imap:
         click.echo("\nIMAP folders:")
         emit(

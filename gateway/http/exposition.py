@@ -19,10 +19,9 @@ from prometheus_client.registry import Collector
 
 from gateway.clock import Clock, as_utc
 from gateway.metrics import AllProcesses
-from gateway.storage.db import Database
+from gateway.storage.db import Database, one_line
 from gateway.storage.listings.inbound import imap_folder_states
 from gateway.storage.listings.queues import deliveries_by_partner, queue_summaries
-from gateway.storage.probe import one_line
 
 log = structlog.get_logger("gateway.http")
 

@@ -26,9 +26,9 @@ from typing import Protocol, TypeVar
 
 from gateway.clock import Clock, as_utc
 from gateway.config import GatewayConfig
-from gateway.storage.db import Database
+from gateway.storage.db import Database, one_line
 from gateway.storage.listings.inbound import ImapFolderRow, imap_folder_states
-from gateway.storage.probe import DatabaseProbe, one_line
+from gateway.storage.probe import DatabaseProbe
 
 T = TypeVar("T")
 

@@ -16,6 +16,8 @@ from urllib.parse import quote
 from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
+from gateway.storage.db import one_line
+
 QUERY = text("SELECT count(*) FROM alembic_version")
 
 
@@ -52,10 +54,3 @@ def _engine(url: str, timeout: float) -> Engine:
     return create_engine(
         parsed, poolclass=NullPool, connect_args={"connect_timeout": seconds, "options": options}
     )
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one short line: the driver's own words when SQLAlchemy wraps them."""
-    cause = getattr(exc, "orig", None) or exc
-    words = " ".join(str(cause).split())
-    return f"{type(cause).__name__}: {words[:300]}" if words else type(cause).__name__

@@ -1,5 +1,6 @@
 """Listings of the work queues as a whole: how many rows in each state, how long the oldest
-has waited, who holds claims until when. `gateway status` prints them; /metrics exposes them.
+has waited, who holds claims until when, which processes are there to do the work.
+`gateway status` prints them; /metrics exposes the queues.
 
 The queues are the tables whose status column a worker moves (gateway/storage/queues/):
 inbound messages (filing), deliveries (sending), bot mail forwards (sending). An item is
@@ -17,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from gateway.storage import processes
 from gateway.storage.db import Database
 from gateway.storage.models import (
     BotMailForward,
@@ -134,3 +136,10 @@ def deliveries_by_partner(db: Database) -> list[PartnerDeliveriesRow]:
     )
     with db.read() as s:
         return [PartnerDeliveriesRow(p, status, n) for p, status, n in s.execute(query)]
+
+
+def registered_processes(db: Database, now: datetime) -> list[processes.ProcessState]:
+    """Every process registered and not stopped, by node and role; `alive` when its
+    heartbeat is recent (gateway/storage/processes.py)."""
+    with db.read() as s:
+        return processes.listing(s, now)

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import smtplib
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -264,3 +267,32 @@ def test_listener_off_or_on_a_busy_port(tmp_path, clock):
         gw = Gateway.from_config(load(write_config(tmp_path, url, http={"port": port})), clock)
         with pytest.raises(GatewayError, match=rf"^http: cannot listen on 127.0.0.1:{port}: "):
             asyncio.run(start_listener(gw, _Workers([]), tmp_path))
+
+
+def test_readyz_answers_while_serve_waits_for_the_database(tmp_path, clock):
+    """serve started with its database away waits for it (one line a try); its listener is
+    up meanwhile: alive, not ready, saying why."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{closed.getsockname()[1]}/gateway"
+    http_port = free_port()
+    config = write_config(tmp_path, url, smtp={"port": free_port()}, http={"port": http_port})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "-c", str(config)],
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{http_port}"
+        assert until(lambda: _answers(base + "/healthz")), "the listener never answered"
+        status, body = get(base + "/readyz")
+        failing = json.loads(body)["failing"]
+        assert status == 503
+        assert failing[0].startswith("database: OperationalError: ")
+        assert "workers: not running: worker, sender" in failing
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)

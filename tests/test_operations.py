@@ -27,6 +27,8 @@ from sqlalchemy import create_engine, make_url, text
 from gateway.app import Gateway
 from gateway.errors import GatewayError
 from gateway.http import Child, Readiness, start_listener
+from gateway.http.exposition import QueueCollector
+from gateway.storage.connections import add_connection, set_switch
 from gateway.storage.probe import DatabaseProbe
 from tests.conftest import load, seeded_gateway, write_config
 from tests.support import FixedClock, message, pdf
@@ -296,3 +298,33 @@ def test_readyz_answers_while_serve_waits_for_the_database(tmp_path, clock):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def test_metrics_count_the_ledger_by_partner_and_the_oldest_waiting(gw, clock, tmp_path):
+    """The database's part of /metrics, collected in this process: two documents placed in
+    a switched folder are two deliveries queued for MEG, the first placed 10 minutes ago."""
+    from tests.test_placement import ACHATS, upload
+
+    add_connection(
+        gw.db, gw.grammar, "dupont-maconnerie", "meg", "meg+macon-dupont@welyb.fr", clock.now()
+    )
+    set_switch(gw.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    clock.advance(minutes=1)
+    upload(gw, clock, tmp_path, "a.pdf", pdf("ledger a"))
+    clock.advance(minutes=10)
+    upload(gw, clock, tmp_path, "b.pdf", pdf("ledger b"))
+    found = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in QueueCollector(gw.db, clock, [("factures", "INBOX")]).collect()
+        for s in family.samples
+    }
+    assert found[("gateway_database_up", ())] == 1
+    assert found[("gateway_deliveries", (("partner", "meg"), ("status", "queued")))] == 2
+    depth = ("gateway_queue_items", (("queue", "deliveries"), ("state", "queued")))
+    assert found[depth] == 2
+    oldest = ("gateway_queue_oldest_waiting_seconds", (("queue", "deliveries"),))
+    assert found[oldest] == 600
+    taken = ("gateway_imap_messages_taken_total", (("folder", "INBOX"), ("source", "factures")))
+    assert found[taken] == 0
+    # Never read: no last success to show.
+    assert "gateway_imap_last_success_timestamp_seconds" not in {name for name, _ in found}

@@ -13,12 +13,14 @@ import contextlib
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 
 import structlog
 
 from gateway.app import Gateway
 from gateway.lifetime import supervised_environment
+from gateway.storage.db import safe_url
 
 log = structlog.get_logger("gateway.serve")
 
@@ -33,20 +35,39 @@ def install_fast_event_loop() -> None:
 async def serve(
     gw: Gateway, host: str | None, port: int | None, announce: Callable[[str], None]
 ) -> None:
-    gw.open_storage()
+    stop = asyncio.Event()
+    stopping = threading.Event()  # the same, for the thread that waits for the database
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        stop.set()
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    if not await asyncio.to_thread(gw.open_storage_when_available, stopping.wait):
+        return  # stopped before the database answered
+    with gw.running_as("smtp", take_back=True):
+        await _serve(gw, host, port, announce, stop)
+    gw.db.dispose()
+
+
+async def _serve(
+    gw: Gateway,
+    host: str | None,
+    port: int | None,
+    announce: Callable[[str], None],
+    stop: asyncio.Event,
+) -> None:
     server, spool = gw.inbound_server()
     bound_host, bound_port = await server.start(host, port)
     config = gw.config
     announce(
         f"gateway: listening on smtp://{bound_host}:{bound_port} for "
-        f"{', '.join(config.domains)} (database {_safe_url(config.database_url)}, "
+        f"{', '.join(config.domains)} (database {safe_url(config.database_url)}, "
         f"storage {config.storage_path}); stop with Ctrl-C or SIGTERM"
     )
     log.info("listening", host=bound_host, port=bound_port, domains=list(config.domains))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     workers = _Workers(
         gw,
         {
@@ -62,7 +83,6 @@ async def serve(
     await spool.close()
     await supervisor
     workers.stop()
-    gw.db.dispose()
     log.info("stopped")
 
 
@@ -103,12 +123,3 @@ class _Workers:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-
-
-def _safe_url(url: str) -> str:
-    """The database URL without its password, for display."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
-    return url

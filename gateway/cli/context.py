@@ -5,6 +5,8 @@ and the -c and --json options."""
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -13,6 +15,8 @@ import click
 from gateway.app import Gateway
 from gateway.config import GatewayConfig, load_config, resolve_config_path
 from gateway.logs import configure_logging
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Context:
@@ -45,6 +49,22 @@ class Context:
     def config(self) -> GatewayConfig:
         """The configuration: the file, with what the environment overrides."""
         return load_config(self.config_path, self.environ)
+
+    def gateway_when_available(self) -> Gateway | None:
+        """For a long-running verb (`worker`, `sender`, `imap run`): the gateway once its
+        database answers, trying again with back-off meanwhile (`Gateway.
+        open_storage_when_available`); None if SIGTERM or SIGINT came first."""
+        gateway = self.unopened()
+        stopping = threading.Event()
+        previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in STOP_SIGNALS}
+        try:
+            if not gateway.open_storage_when_available(stopping.wait):
+                return None
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        self._gateway = gateway
+        return gateway
 
     def unopened(self) -> Gateway:
         """The gateway before its storage is looked at (`init`, `migrate`)."""

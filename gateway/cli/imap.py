@@ -51,7 +51,8 @@ def imap_sync(config_path: str | None, source_name: str, once: bool) -> None:
     stop = _stop_on_signals()
     pollers = gw.imap_pollers(source, stop)
     if not once:
-        run_pollers(pollers, stop)
+        with gw.running_as("imap"):
+            run_pollers(pollers, stop)
         return
     failed = False
     for poller in pollers:
@@ -75,10 +76,12 @@ def imap_sync(config_path: str | None, source_name: str, once: bool) -> None:
 @config_option
 def imap_run(config_path: str | None) -> None:
     """Read every configured source until SIGTERM (started by `serve`)."""
-    gw = Context(config_path).gateway
+    if (gw := Context(config_path).gateway_when_available()) is None:
+        return
     stop = _stop_on_signals()
     pollers = [p for s in gw.config.imap_sources.values() for p in gw.imap_pollers(s, stop)]
-    run_pollers(pollers, stop)
+    with gw.running_as("imap"):
+        run_pollers(pollers, stop)
 
 
 @imap.command("status")

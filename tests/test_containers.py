@@ -221,18 +221,23 @@ def test_a_database_url_meant_but_wrong_stops_the_image_in_one_line(
 
 
 def test_an_unreachable_database_is_never_replaced_by_sqlite(data: Path) -> None:
-    unreachable = f"postgresql+psycopg://gateway@127.0.0.1:{free_port()}/gateway"
-    env = node_environment(data, GATEWAY_DATABASE_URL=unreachable)
-    # Whether they give up or wait for the database, neither succeeds nor takes mail.
-    with running(image_command("migrate"), env) as migrate:
-        with suppress(subprocess.TimeoutExpired):
-            migrate.wait(3)
-        assert migrate.returncode in (None, 1)
+    port = free_port()
+    env = node_environment(
+        data, GATEWAY_DATABASE_URL=f"postgresql+psycopg://gw@127.0.0.1:{port}/gw"
+    )
+    migrate = run(image_command("migrate"), env)
+    assert migrate.returncode == 1
+    assert migrate.stderr.startswith("gateway: database unavailable: ")
+    assert f"port {port} failed" in migrate.stderr and migrate.stderr.count("\n") == 1
     with running(image_command(), env) as serve:
+        # serve waits for the database (not ready meanwhile), saying so; it takes no mail.
         with suppress(subprocess.TimeoutExpired):
             serve.wait(3)
-        assert serve.returncode in (None, 1)
+        assert serve.returncode is None
         assert not acknowledged(int(env["GATEWAY_SMTP_PORT"]))
+        serve.send_signal(signal.SIGTERM)
+        _, said = serve.communicate(timeout=30)
+    assert "database_unavailable" in said and f"port {port} failed" in said
     assert not (data / "gateway.db").exists()
 
 

@@ -4,6 +4,7 @@ not restarted. Every acknowledged message ends filed exactly once."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -124,7 +125,7 @@ def test_one_of_two_nodes_killed_mid_load_the_other_files_its_mail(tmp_path, dat
     config_b = _node(tmp_path, database_url, "node-b", storage, port_b)
     _install(config_a)
     load = SmtpLoad(port_a)
-    with serving(config_b), serving(config_a) as node_a:
+    with serving(config_b) as node_b, serving(config_a) as node_a:
         load.start()
         load.wait_for(60)
         orphaned = _kill_node_holding_claims(config_a, node_a.pid, "node-a")
@@ -134,6 +135,9 @@ def test_one_of_two_nodes_killed_mid_load_the_other_files_its_mail(tmp_path, dat
         acknowledged = list(load.acknowledged)
         seen, _ = wait_until_filed(config_b, acknowledged, timeout=90)
         seconds = time.monotonic() - killed_at
+        node_b.send_signal(signal.SIGTERM)
+        assert node_b.stderr is not None
+        logged = [json.loads(line) for line in node_b.stderr.read().splitlines()]
     print(
         f"\n{len(acknowledged)} acknowledged by node-a, {orphaned} claimed by its worker; "
         f"all filed {seconds:.1f} s after it died"
@@ -143,3 +147,7 @@ def test_one_of_two_nodes_killed_mid_load_the_other_files_its_mail(tmp_path, dat
     assert seen.documents == seen.distinct_documents == len(acknowledged)
     assert seconds < 90
     assert _taken_over(config_b, "taken over from node-a:") == orphaned
+    takeovers = [e for e in logged if e["event"] == "takeover"]
+    assert sum(len(e["ids"]) for e in takeovers) == orphaned
+    assert all(e["previous_holder"].startswith("node-a:") for e in takeovers)
+    assert all(e["by"].startswith("node-b:") for e in takeovers)

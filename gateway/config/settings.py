@@ -389,6 +389,7 @@ class GatewayConfig:
         default_text="this host's name",
         example="mx1",
         table="gateway",
+        check=checks.node_name,
     )
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     filing: FilingConfig = field(default_factory=FilingConfig)

@@ -204,6 +204,11 @@ class Heartbeat:
             log.info("heartbeat_restored", process=self.name)
         self._failing = False
 
+    @property
+    def failing(self) -> bool:
+        """The last beat failed (the database away); its leases may be running out."""
+        return self._failing
+
     def release_claims(self) -> None:
         """After a failed pass: end this process's leases (raises while the database is
         still away; the runner tries again before its next pass)."""

@@ -229,7 +229,7 @@ def prepare_gateway(home: Path, dovecot: Dovecot, batch_size: int) -> GatewayHom
     text = default_toml(home).replace('level = "info"', 'level = "warning"')
     text = text.replace("\n[extraction]", "\n" + source + "\n[extraction]")
     (home / "gateway.toml").write_text(text, encoding="utf-8")
-    config = load_config(home / "gateway.toml")
+    config = load_config(home / "gateway.toml", os.environ)
     box = config.imap_sources.get("box")
     if box is None or box.port != dovecot.port or box.batch_size != batch_size:
         raise RuntimeError("the [imap.sources.box] section did not take")

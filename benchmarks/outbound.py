@@ -113,7 +113,7 @@ def prepare(home: Path, sink_port: int) -> Setup:
     text = default_toml(home).replace('level = "info"', 'level = "warning"')
     text = text.replace("\n[extraction]", relay + "\n[extraction]")
     (home / "gateway.toml").write_text(text, encoding="utf-8")
-    config = load_config(home / "gateway.toml")
+    config = load_config(home / "gateway.toml", os.environ)
     if config.outbound.smarthost is None or config.outbound.smarthost.port != sink_port:
         raise RuntimeError("the smarthost section did not take")
     configure_logging(config.logging.level, "json")

@@ -6,8 +6,13 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
+
+import structlog
+from sqlalchemy.exc import OperationalError
 
 from gateway.clock import Clock, SystemClock
 from gateway.config import ConfigError, GatewayConfig, ImapSourceConfig
@@ -30,8 +35,14 @@ from gateway.outbound.verp import BounceAddresses
 from gateway.routing.addresses import AddressGrammar
 from gateway.routing.partners import PartnerRegistry, load_registry
 from gateway.storage.blobs import BlobStore
-from gateway.storage.db import Database, SchemaError
+from gateway.storage.db import Database, SchemaError, one_line, safe_url
 from gateway.storage.directory import Directory
+from gateway.storage.processes import Heartbeat, process_name
+from gateway.storage.processes import take_back as take_back_node
+
+log = structlog.get_logger("gateway.app")
+
+MAX_STORAGE_WAIT = 30.0  # seconds between two tries to reach the database at start
 
 
 @dataclass
@@ -49,6 +60,27 @@ class Gateway:
     @cached_property
     def db(self) -> Database:
         return Database(self.config.database_url, durable_commits=self.durable_commits)
+
+    @cached_property
+    def process_name(self) -> str:
+        """This process's name in the registry of processes and in the claims it makes."""
+        return process_name(self.config.node_name)
+
+    @contextmanager
+    def running_as(self, role: str, *, take_back: bool = False) -> Iterator[Heartbeat]:
+        """This process registered under `role` with its heartbeat beating (it keeps the
+        leases of its claims alive and shows it alive in `gateway status`), until the block
+        ends: then what it holds is released. `take_back` (serve): first take back what the
+        earlier processes of this node held (`processes.take_back`)."""
+        heartbeat = Heartbeat(self.db, self.clock, self.process_name, self.config.node_name, role)
+        node, name = self.config.node_name, self.process_name
+        heartbeat.start(
+            (lambda s: take_back_node(s, node, name, self.clock.now())) if take_back else None
+        )
+        try:
+            yield heartbeat
+        finally:
+            heartbeat.stop()
 
     @cached_property
     def registry(self) -> PartnerRegistry:
@@ -85,6 +117,26 @@ class Gateway:
             return
         raise SchemaError(problem)
 
+    def open_storage_when_available(self, wait: Callable[[float], bool]) -> bool:
+        """`open_storage`, for a long-running process: while the database does not answer,
+        say so in one line and try again after `wait(seconds)` — 1 s, doubling up to 30 s.
+        False when `wait` says to stop first (a SIGTERM while waiting)."""
+        delay = 1.0
+        while True:
+            try:
+                self.open_storage()
+                return True
+            except OperationalError as e:
+                log.warning(
+                    "database_unavailable",
+                    database=safe_url(self.config.database_url),
+                    error=one_line(e),
+                    retry_in=delay,
+                )
+            if wait(delay):
+                return False
+            delay = min(delay * 2, MAX_STORAGE_WAIT)
+
     def _make_folders(self) -> None:
         self.config.storage_path.mkdir(parents=True, exist_ok=True)
         self.config.spool_path.mkdir(parents=True, exist_ok=True)
@@ -103,7 +155,7 @@ class Gateway:
             blobs=self.blobs,
             spool_directory=self.config.spool_path,
             clock=self.clock,
-            worker_name=worker_name or f"{self.config.node_name}:{os.getpid()}",
+            worker_name=worker_name or self.process_name,
         )
 
     def bounce_addresses(self) -> BounceAddresses:
@@ -135,7 +187,7 @@ class Gateway:
             bounces=self.bounce_addresses(),
             blobs=self.blobs,
             clock=self.clock,
-            worker_name=worker_name or f"{self.config.node_name}:{os.getpid()}",
+            worker_name=worker_name or self.process_name,
             partner_names={p.name: p.display_name for p in self.registry.partners},
             signing_pool=SigningPool(signer, processes) if processes else None,
         )
@@ -162,7 +214,7 @@ class Gateway:
             signer=DkimSigner(KeyStore(self.config.dkim_path).all()),
             spool_directory=self.config.spool_path,
             clock=self.clock,
-            worker_name=worker_name or f"{self.config.node_name}:{os.getpid()}",
+            worker_name=worker_name or self.process_name,
             partner_names={p.name: p.display_name for p in self.registry.partners},
             zone=self.config.filing.zone,
         )
@@ -205,7 +257,7 @@ class Gateway:
                 spool=writer,
                 recipients=recipients,
                 clock=self.clock,
-                worker_name=f"{self.config.node_name}:{os.getpid()}:{source.name}",
+                worker_name=f"{self.process_name}:{source.name}",
                 max_message_size=self.config.smtp.max_message_size,
                 connector=connector,
                 stop=stop,

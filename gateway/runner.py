@@ -66,10 +66,21 @@ class Backoff:
 class Runner:
     """Runs the passes of one or more stages, in turn, until stopped."""
 
-    def __init__(self, name: str, passes: Sequence[Pass], idle_seconds: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        passes: Sequence[Pass],
+        idle_seconds: float,
+        recover: Callable[[], None] | None = None,
+    ) -> None:
+        """`recover`, after a failed pass and before the next one (in a thread, tried again
+        until it succeeds): undo what a pass left half-done — the process's claims are
+        released, so a batch whose commit failed waits for no lease once the database
+        answers again."""
         self.name = name
         self.passes = list(passes)
         self.idle_seconds = idle_seconds
+        self.recover = recover
 
     async def drain(self, stop: asyncio.Event | None = None) -> int:
         """Each stage in turn until it has nothing left, or until `stop` is set (checked
@@ -86,6 +97,8 @@ class Runner:
         failures = 0
         while not stop.is_set():
             try:
+                if failures and self.recover is not None:
+                    await asyncio.to_thread(self.recover)
                 await self.drain(stop)  # until every queue came back empty
                 failures = 0
                 pause = self.idle_seconds

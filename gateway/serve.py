@@ -13,14 +13,18 @@ import contextlib
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
 
+from gateway import metrics
 from gateway.app import Gateway
+from gateway.http import Child, OperationsListener, start_listener
 from gateway.lifetime import RestartBackoff, supervised_environment
+from gateway.storage.db import safe_url
 
 # Its lines are the supervisor's (role "serve"); the SMTP server's in this process are "smtp".
 log = structlog.get_logger("gateway.serve", role="serve")
@@ -36,20 +40,20 @@ def install_fast_event_loop() -> None:
 async def serve(
     gw: Gateway, host: str | None, port: int | None, announce: Callable[[str], None]
 ) -> None:
-    gw.open_storage()
-    server, spool = gw.inbound_server()
-    bound_host, bound_port = await server.start(host, port)
-    config = gw.config
-    announce(
-        f"gateway: listening on smtp://{bound_host}:{bound_port} for "
-        f"{', '.join(config.domains)} (database {_safe_url(config.database_url)}, "
-        f"storage {config.storage_path}); stop with Ctrl-C or SIGTERM"
-    )
-    log.info("listening", host=bound_host, port=bound_port, domains=list(config.domains))
     stop = asyncio.Event()
+    stopping = threading.Event()  # the same, for the thread that waits for the database
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        stop.set()
+        stopping.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
+    # Before any worker starts: they write their metrics there (see gateway/metrics.py).
+    metrics_directory = metrics.fresh_directory(gw.config.run_path / "metrics")
+    metrics.use_directory(metrics_directory)
+    config = gw.config
     workers = _Workers(
         gw,
         {
@@ -58,6 +62,49 @@ async def serve(
             "imap run": 1 if config.imap_sources else 0,
         },
     )
+    # Up first, so that /readyz says what is missing while the database is awaited.
+    operations = await start_listener(gw, workers, metrics_directory)
+    closing = None
+    if operations is not None:
+        listener, url = operations
+        announce(f"gateway: health and metrics on {url} (/healthz, /readyz, /metrics)")
+        closing = asyncio.create_task(_close_when(stop, listener))
+    try:
+        if not await asyncio.to_thread(gw.open_storage_when_available, stopping.wait):
+            return  # stopped before the database answered
+        with gw.running_as("smtp", take_back=True):
+            await _serve(gw, host, port, announce, stop, workers)
+        gw.db.dispose()
+    finally:
+        stop.set()
+        if closing is not None:
+            await closing
+
+
+async def _close_when(stop: asyncio.Event, listener: OperationsListener) -> None:
+    """The listener goes as soon as serve is told to stop (a load balancer's next check
+    fails at once), while the SMTP sessions drain."""
+    await stop.wait()
+    await listener.stop()
+
+
+async def _serve(
+    gw: Gateway,
+    host: str | None,
+    port: int | None,
+    announce: Callable[[str], None],
+    stop: asyncio.Event,
+    workers: _Workers,
+) -> None:
+    server, spool = gw.inbound_server()
+    bound_host, bound_port = await server.start(host, port)
+    config = gw.config
+    announce(
+        f"gateway: listening on smtp://{bound_host}:{bound_port} for "
+        f"{', '.join(config.domains)} (database {safe_url(config.database_url)}, "
+        f"storage {config.storage_path}); stop with Ctrl-C or SIGTERM"
+    )
+    log.info("listening", host=bound_host, port=bound_port, domains=list(config.domains))
     supervisor = asyncio.create_task(workers.supervise(stop))
     await stop.wait()
     log.info("stopping", sessions=len(server.sessions))
@@ -69,7 +116,6 @@ async def serve(
     await server.drain(grace)
     await spool.close()
     await workers.wait(grace)
-    gw.db.dispose()
     log.info("stopped")
 
 
@@ -86,6 +132,16 @@ class _Workers:
         self.gw = gw
         self.clock = clock
         self.slots = [_Slot(verb) for verb, count in counts.items() for _ in range(count)]
+
+    def children(self) -> list[Child]:
+        """For /readyz: each worker expected, and whether it runs (no pid: not started
+        yet, or waiting for its restart)."""
+        return [
+            Child(
+                s.verb, s.proc.pid if s.proc else None, s.proc is not None and s.proc.poll() is None
+            )
+            for s in self.slots
+        ]
 
     def _start(self, slot: _Slot) -> None:
         assert self.gw.config.path is not None
@@ -147,12 +203,3 @@ class _Slot:
     started_at: float = 0.0
     restart_at: float = 0.0
     backoff: RestartBackoff = field(default_factory=RestartBackoff)
-
-
-def _safe_url(url: str) -> str:
-    """The database URL without its password, for display."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}@{host}"
-    return url

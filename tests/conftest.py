@@ -95,6 +95,7 @@ def write_config(tmp_path: Path, database_url: str, **sections: dict[str, Any]) 
         "database": {"url": database_url},
         "storage": {"path": str(tmp_path / "storage")},
         "smtp": {"host": "127.0.0.1", "port": 0, "hostname": "mx.welyb.test"},
+        "http": {"port": 0},  # any free port: never the fixed default
         "logging": {"format": "json", "level": "warning"},
     }
     for name, values in sections.items():

@@ -23,6 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from dkim.canonicalization import Relaxed
+from prometheus_client import REGISTRY
 
 from gateway.outbound.dkim import (
     DkimError,
@@ -424,3 +425,19 @@ def test_signer_is_thread_safe_and_picklable(rsa_key: DkimKey, ed_key: DkimKey) 
         assert dkimpy_results(result, rsa_key, ed_key) == [True, True]
     clone = pickle.loads(pickle.dumps(signer))
     assert dkimpy_results(clone.sign(messages[0], DOMAIN), rsa_key, ed_key) == [True, True]
+
+
+def test_each_signature_is_counted_by_domain_and_algorithm(
+    rsa_key: DkimKey, ed_key: DkimKey
+) -> None:
+    """gateway_dkim_signatures_total (here in this process's registry; under serve, summed
+    over its processes by /metrics)."""
+
+    def made(algorithm: str) -> float:
+        labels = {"domain": DOMAIN, "algorithm": algorithm}
+        return REGISTRY.get_sample_value("gateway_dkim_signatures_total", labels) or 0.0
+
+    before = made("rsa-sha256"), made("ed25519-sha256")
+    DkimSigner([rsa_key, ed_key]).sign(outbound_message(), DOMAIN)
+    DkimSigner([rsa_key]).sign(outbound_message(), DOMAIN)
+    assert (made("rsa-sha256"), made("ed25519-sha256")) == (before[0] + 2, before[1] + 1)

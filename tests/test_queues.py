@@ -200,7 +200,7 @@ def test_a_forwarder_whose_claim_was_taken_over_is_refused(gw, clock):
     assert _status(gw, BotMailForward, f) == (ForwardStatus.SENDING, "alive")
     with gw.db.read() as s:
         story = [(e.to_status, e.detail) for e in forwards.history(s, f)]
-    assert story == [("sending", "claimed by dead"), ("sending", "claimed by alive")]
+    assert story == [("sending", "claimed by dead"), ("sending", "taken over from dead by alive")]
 
 
 # -- inbound messages --------------------------------------------------------------------------

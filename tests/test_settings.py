@@ -1,4 +1,5 @@
-"""Each setting is declared once: the parser, `gateway init`'s TOML and the README agree.
+"""Each setting is declared once: the parser, `gateway init`'s TOML, the README and the
+environment variables that override the file agree.
 
 When the README test fails after a declaration changed, regenerate the table with
 `.venv/bin/python -c "from gateway.config import settings_table; print(settings_table())"`.
@@ -6,7 +7,11 @@ When the README test fails after a declaration changed, regenerate the table wit
 
 from __future__ import annotations
 
+import copy
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,9 +19,17 @@ from typing import Any
 
 import pytest
 
-from gateway.config import TABLES, ConfigError, default_toml, parse_config, settings_table
+from gateway.config import (
+    TABLES,
+    ConfigError,
+    default_toml,
+    load_config,
+    parse_config,
+    settings_table,
+)
 from gateway.config.declare import Declared
-from gateway.config.render import toml_value
+from gateway.config.environment import lay_over, variable
+from gateway.config.render import toml_literal, toml_value
 from gateway.config.settings import Table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -88,7 +101,8 @@ def _readme_rows() -> dict[tuple[str, str], str]:
     section = text.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
     rows: dict[tuple[str, str], str] = {}
     for line in section.splitlines():
-        if cell := re.fullmatch(r"\| `\[([\w.]+)\]` \| `(\w+)` \| (.*?) \| .* \|", line):
+        row = r"\| `\[([\w.]+)\]` \| `(\w+)` \| `[\w<>]+` \| (.*?) \| .* \|"
+        if cell := re.fullmatch(row, line):
             rows[cell[1], cell[2]] = cell[3]
     return rows
 
@@ -180,3 +194,154 @@ def test_values_are_normalised_and_resolved(tmp_path: Path) -> None:
     starttls = {"host": "h", "user": "u", "password_env": "P", "tls": "starttls"}
     other = parse_config({"imap": {"sources": {"box": starttls}}}, base=tmp_path)
     assert other.imap_sources["box"].port == 143
+
+
+# -- the environment's variables (gateway/config/environment.py) ------------------------------
+
+
+def _without(data: dict[str, Any], table: Table, key: str) -> dict[str, Any]:
+    """`data` less `key` of `table` (the file that leaves that key to the environment)."""
+    data = copy.deepcopy(data)
+    place = data
+    for part in table.name.replace("NAME", "box").split("."):
+        place = place[part]
+    del place[key]
+    return data
+
+
+def _by_key(message: str, name: str) -> str:
+    """An error about a variable as it reads about the file's key: `GATEWAY_X (x): …` -> `x: …`."""
+    return re.sub(rf"{name} \(([\w.]+)\)", r"\1", message)
+
+
+def _parsed(data: dict[str, Any], base: Path, environ: dict[str, str]) -> Any:
+    try:
+        return parse_config(data, base=base, environ=environ)
+    except ConfigError as exc:
+        return _by_key(str(exc), *environ) if environ else str(exc)
+
+
+@pytest.mark.parametrize(("table", "d"), [pytest.param(*c, id=i) for i, c in CASES.items()])
+def test_every_setting_has_a_variable_read_as_the_file_is(
+    tmp_path: Path, table: Table, d: Declared
+) -> None:
+    value = toml_value(d.default if d.literal else d.setting.example)
+    name = variable(table.name.replace("NAME", "box"), d.key)
+    text = value if isinstance(value, str) else toml_literal(value)
+    in_file = _data(table, d.key, value)
+    left_out = _without(in_file, table, d.key)
+    # The variable lands on its key, and says so for the messages ...
+    merged, origins = lay_over(left_out, {name: text})
+    assert merged == in_file
+    assert origins == {f"{table.name.replace('NAME', 'box')}.{d.key}": name}
+    # ... where it goes through the file's checks: the same settings, or the same error.
+    assert _parsed(left_out, tmp_path, {name: text}) == _parsed(in_file, tmp_path, {})
+
+
+def test_every_variable_is_one_settings_own() -> None:
+    names = [variable(t.name, d.key) for t, d in EVERY_SETTING if "NAME" not in t.name]
+    assert len(set(names)) == len(names)
+    assert "GATEWAY_CONFIG" not in names
+    assert {"GATEWAY_DATABASE_URL", "GATEWAY_NODE_NAME", "GATEWAY_SMTP_PORT"} <= set(names)
+
+
+def test_the_environment_overrides_strings_ints_bools_and_nested_tables(tmp_path: Path) -> None:
+    data = {"gateway": {"node_name": "from-file"}, "smtp": {"port": 25}}
+    config = parse_config(
+        data,
+        base=tmp_path,
+        environ={
+            "GATEWAY_NODE_NAME": "mx2",
+            "GATEWAY_SMTP_PORT": "2600",
+            "GATEWAY_FILING_POLL_SECONDS": "0.5",
+            "GATEWAY_DOMAINS": '["Example.FR"]',
+            "GATEWAY_OUTBOUND_SMARTHOST_HOST": "relay.example.net",
+            "GATEWAY_OUTBOUND_SMARTHOST_STARTTLS": "false",
+            "GATEWAY_FILING_JOURNALS": '{ compta = "Comptabilité" }',
+            "GATEWAY_IMAP_SOURCES_BOITE_ACHATS_HOST": "127.0.0.1",
+            "GATEWAY_IMAP_SOURCES_BOITE_ACHATS_USER": "achats",
+            "GATEWAY_IMAP_SOURCES_BOITE_ACHATS_PASSWORD_ENV": "ACHATS_PASSWORD",
+            "GATEWAY_IMAP_SOURCES_BOITE_ACHATS_TLS": "none",
+            "GATEWAY_CONFIG": "/elsewhere/gateway.toml",  # not a setting: left alone
+            "GATEWAY_TEST_REQUIRE_POSTGRES": "1",
+        },
+    )
+    assert config.node_name == "mx2"
+    assert config.smtp.port == 2600
+    assert config.filing.poll_seconds == 0.5
+    assert config.domains == ("example.fr",)  # normalised as the file's would be
+    assert config.outbound.smarthost is not None
+    assert config.outbound.smarthost.host == "relay.example.net"
+    assert config.outbound.smarthost.starttls is False
+    assert config.filing.journals == {"compta": "Comptabilité"}
+    source = config.imap_sources["boite-achats"]
+    assert (source.host, source.user, source.port) == ("127.0.0.1", "achats", 143)
+
+
+def test_gateway_database_url_wins_over_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text('[database]\nurl = "sqlite:///gateway.db"\n', encoding="utf-8")
+    url = "postgresql+psycopg://gateway:secret@db.internal:5432/gateway"
+    assert load_config(path, {}).database_url == f"sqlite:///{tmp_path / 'gateway.db'}"
+    assert load_config(path, {"GATEWAY_DATABASE_URL": url}).database_url == url
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"GATEWAY_SMTP_PORT": "70000"}, "GATEWAY_SMTP_PORT (smtp.port): must be between 0"),
+        ({"GATEWAY_SMTP_PORT": "twenty"}, "GATEWAY_SMTP_PORT (smtp.port): expected an integer"),
+        ({"GATEWAY_SMTP_PORT": ""}, "GATEWAY_SMTP_PORT (smtp.port): expected an integer"),
+        ({"GATEWAY_DOMAINS": "welyb.fr"}, "GATEWAY_DOMAINS (gateway.domains): expected a list"),
+        ({"GATEWAY_NODE_NAME": " "}, "GATEWAY_NODE_NAME (gateway.node_name): must not be empty"),
+        ({"GATEWAY_DATABASE_URL": ""}, "GATEWAY_DATABASE_URL (database.url): is empty"),
+        (
+            {"GATEWAY_DATABASE_URL": "postgresql://gateway:secret@db:port/gateway"},
+            "GATEWAY_DATABASE_URL (database.url): 'postgresql+psycopg://gateway:***@db:port/",
+        ),
+        ({"GATEWAY_DATABASE_ULR": "x"}, "GATEWAY_DATABASE_ULR: no setting has this environment"),
+        ({"GATEWAY_LOGGING_LEVEL": "loud"}, "GATEWAY_LOGGING_LEVEL (logging.level): one of"),
+        (
+            {
+                "GATEWAY_OUTBOUND_SMARTHOST_HOST": "relay",
+                "GATEWAY_OUTBOUND_SMARTHOST_STARTTLS": "1",
+            },
+            "GATEWAY_OUTBOUND_SMARTHOST_STARTTLS (outbound.smarthost.starttls): expected true",
+        ),
+        (
+            {"GATEWAY_FILING_JOURNALS": '{ compta = "a/b" }'},
+            "GATEWAY_FILING_JOURNALS (filing.journals.compta): folder must",
+        ),
+    ],
+)
+def test_a_bad_value_names_the_variable(
+    tmp_path: Path, environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        parse_config({}, base=tmp_path, environ=environ)
+    assert "secret" not in str(error.value)
+
+
+def test_a_variable_named_as_a_password_is_not_taken_for_a_typo(tmp_path: Path) -> None:
+    relay = {"host": "relay.example.net", "password_env": "GATEWAY_OUTBOUND_SMARTHOST_SECRET"}
+    environ = {"GATEWAY_OUTBOUND_SMARTHOST_SECRET": "s3cret"}
+    config = parse_config({"outbound": {"smarthost": relay}}, base=tmp_path, environ=environ)
+    assert config.outbound.smarthost is not None
+    with pytest.raises(ConfigError, match="GATEWAY_OUTBOUND_SMARTHOST_SECRET: no setting"):
+        parse_config({}, base=tmp_path, environ=environ)
+
+
+def test_the_command_line_reads_its_environment(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text("", encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "messages", "list", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "GATEWAY_SMTP_PORT": "70000"},
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        "gateway: GATEWAY_SMTP_PORT (smtp.port): must be between 0 and 65535, got 70000\n"
+    )

@@ -1,26 +1,38 @@
 """What every verb shares: the gateway a command works on (`Context`), built from the
-configuration file that -c/--config names, and the -c and --json options."""
+configuration file that -c/--config names and the GATEWAY_* variables of the environment,
+and the -c and --json options."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import signal
+import threading
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
 
 from gateway.app import Gateway
-from gateway.config import load_config, resolve_config_path
+from gateway.config import GatewayConfig, load_config, resolve_config_path
 from gateway.logs import configure_logging
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Context:
     def __init__(
-        self, config_path: str | None, *, durable_commits: bool = True, role: str = "cli"
+        self,
+        config_path: str | None,
+        *,
+        durable_commits: bool = True,
+        environ: Mapping[str, str] = os.environ,  # the one place the environment is read
+        role: str = "cli",
     ) -> None:
         if config_path is None:  # `gateway -c FILE verb …`: given before the verb
             current = click.get_current_context(silent=True)
             config_path = current.find_root().params.get("config_path") if current else None
-        self.config_path = resolve_config_path(config_path)
+        self.environ = environ
+        self.config_path = resolve_config_path(config_path, environ)
         self.durable_commits = durable_commits
         self.role = role  # on every log line (gateway.logs): smtp, filing, sender, imap, cli
         self._gateway: Gateway | None = None
@@ -36,9 +48,29 @@ class Context:
             self._gateway = gateway
         return self._gateway
 
+    def config(self) -> GatewayConfig:
+        """The configuration: the file, with what the environment overrides."""
+        return load_config(self.config_path, self.environ)
+
+    def gateway_when_available(self) -> Gateway | None:
+        """For a long-running verb (`worker`, `sender`, `imap run`): the gateway once its
+        database answers, trying again with back-off meanwhile (`Gateway.
+        open_storage_when_available`); None if SIGTERM or SIGINT came first."""
+        gateway = self.unopened()
+        stopping = threading.Event()
+        previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in STOP_SIGNALS}
+        try:
+            if not gateway.open_storage_when_available(stopping.wait):
+                return None
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        self._gateway = gateway
+        return gateway
+
     def unopened(self) -> Gateway:
         """The gateway before its storage is looked at (`init`, `migrate`)."""
-        config = load_config(self.config_path)
+        config = self.config()
         configure_logging(
             config.logging.level, config.logging.format, node=config.node_name, role=self.role
         )

@@ -11,7 +11,6 @@ import click
 
 from gateway.cli.context import Context, config_option, json_option
 from gateway.cli.output import emit
-from gateway.config import load_config
 from gateway.outbound.dkim import KeyStore
 from gateway.outbound.dnsrecords import (
     DnsLookup,
@@ -85,7 +84,7 @@ def _dns_check(config_path: str | None, as_json: bool, make_lookup: Callable[[],
     """`dns check` with the resolver handed in (tests pass a fake); returns the exit code."""
     # Only the configuration and the key store: checking DNS has no business creating or
     # migrating the database, as Context.gateway would.
-    config = load_config(Context(config_path).config_path)
+    config = Context(config_path).config()
     expected = expected_records(config, KeyStore(config.dkim_path))
     try:
         lookup = make_lookup()

@@ -51,7 +51,8 @@ def imap_sync(config_path: str | None, source_name: str, once: bool) -> None:
     stop = _stop_on_signals()
     pollers = gw.imap_pollers(source, stop)
     if not once:
-        run_pollers(pollers, stop)
+        with gw.running_as("imap"):
+            run_pollers(pollers, stop)
         return
     failed = False
     for poller in pollers:
@@ -75,10 +76,12 @@ def imap_sync(config_path: str | None, source_name: str, once: bool) -> None:
 @config_option
 def imap_run(config_path: str | None) -> None:
     """Read every configured source until SIGTERM (started by `serve`)."""
-    gw = Context(config_path, role="imap").gateway
+    if (gw := Context(config_path, role="imap").gateway_when_available()) is None:
+        return
     stop = _stop_on_signals()
     pollers = [p for s in gw.config.imap_sources.values() for p in gw.imap_pollers(s, stop)]
-    run_pollers(pollers, stop)
+    with gw.running_as("imap"):
+        run_pollers(pollers, stop)
 
 
 @imap.command("status")
@@ -87,8 +90,7 @@ def imap_run(config_path: str | None) -> None:
 def imap_status(config_path: str | None, as_json: bool) -> None:
     """Where each source's folders stand: checkpoint, reader, last error."""
     gw = Context(config_path).gateway
-    folders = [(s.name, f) for s in gw.config.imap_sources.values() for f in s.folders]
-    rows = [asdict(row) for row in imap_folder_states(gw.db, folders)]
+    rows = [asdict(row) for row in imap_folder_states(gw.db, gw.config.imap_folders)]
     emit(
         rows,
         as_json,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import click
+from sqlalchemy.exc import OperationalError
 
 from gateway.cli import (
     bot_mail,
@@ -23,10 +24,12 @@ from gateway.cli import (
     imap,
     messages,
     service,
+    status,
 )
 from gateway.cli.context import config_option
 from gateway.errors import GatewayError
 from gateway.lifetime import follow_supervisor
+from gateway.storage.db import one_line
 
 
 def main() -> None:
@@ -40,6 +43,9 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except GatewayError as exc:  # ours: one line, exit 1; anything else is a bug (traceback)
         click.echo(f"gateway: {exc}", err=True)
+        sys.exit(1)
+    except OperationalError as exc:  # the database away (down, unreachable, refusing us)
+        click.echo(f"gateway: database unavailable: {one_line(exc)}", err=True)
         sys.exit(1)
 
 
@@ -58,6 +64,7 @@ for _command in (
     service.serve,
     service.worker,
     service.sender,
+    status.status,
     cabinets.cabinet,
     companies.company,
     folders.folder,

@@ -21,28 +21,30 @@ def emit(rows: Sequence[Mapping[str, Any]], as_json: bool, columns: Iterable[str
     if not rows:
         click.echo("(none)")
         return
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
     widths = [min(60, max(len(c), *(len(row[i]) for row in cells))) for i, c in enumerate(columns)]
     click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
     for row in cells:
         click.echo("  ".join(v[:w].ljust(w) for v, w in zip(row, widths, strict=True)))
 
 
-def print_json(rows: Sequence[Mapping[str, Any]]) -> None:
-    click.echo(
-        json.dumps(
-            [{k: _jsonable(v) for k, v in r.items()} for r in rows], ensure_ascii=False, indent=2
-        )
-    )
+def print_json(data: Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> None:
+    """Rows, or one document (`status`, `messages show`), as JSON; times in UTC ISO 8601."""
+    click.echo(json.dumps(_jsonable(data), ensure_ascii=False, indent=2))
 
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return as_utc(value).isoformat()
+    if isinstance(value, Mapping):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
     return value
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """One value as a table shows it: '-' for none, times in UTC, lists joined."""
     if value is None:
         return "-"
     if isinstance(value, datetime):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -57,7 +58,7 @@ def serve(config_path: str | None, smtp_host: str | None, smtp_port: int | None)
     from gateway.serve import install_fast_event_loop
     from gateway.serve import serve as run
 
-    gw = Context(config_path, role="smtp").gateway
+    gw = Context(config_path, role="smtp").unopened()  # serve opens it, waiting for the database
     install_fast_event_loop()
     asyncio.run(run(gw, smtp_host, smtp_port, lambda line: click.echo(line, err=True)))
 
@@ -68,14 +69,26 @@ def serve(config_path: str | None, smtp_host: str | None, smtp_port: int | None)
 def worker(config_path: str | None, once: bool) -> None:
     """Run a filing worker (started by `serve`; run more on other nodes if needed)."""
     # Filing is idempotent (a lost commit is redone), so it need not fsync each commit.
-    gw = Context(config_path, durable_commits=False, role="filing").gateway
-    filer = gw.filer()
-    runner = Runner("filing", [in_thread(filer.run_once)], gw.config.filing.poll_seconds)
+    context = Context(config_path, durable_commits=False, role="filing")
     if once:
+        opened = context.gateway
+        runner = Runner(
+            "filing", [in_thread(opened.filer().run_once)], opened.config.filing.poll_seconds
+        )
         click.echo(f"processed {asyncio.run(runner.drain())} message(s)")
         return
+    if (gw := context.gateway_when_available()) is None:
+        return
+    filer = gw.filer()
     run_at_idle_priority()  # acknowledging mail comes before filing it
-    asyncio.run(_until_signalled(runner))
+    with gw.running_as("filing") as heartbeat:
+        runner = Runner(
+            "filing",
+            [in_thread(filer.run_once)],
+            gw.config.filing.poll_seconds,
+            recover=heartbeat.release_claims,
+        )
+        asyncio.run(_until_signalled(runner))
 
 
 @click.command()
@@ -87,18 +100,25 @@ def worker(config_path: str | None, once: bool) -> None:
 def sender(config_path: str | None, once: bool, interval: float) -> None:
     """Run a sending worker: due deliveries out on each partner's schedule (R12), and bot
     mail forwards to cabinet contacts (R6)."""
-    gw = Context(config_path, role="sender").gateway
+    context = Context(config_path, role="sender")
+    gw = context.gateway if once else context.gateway_when_available()
+    if gw is None:
+        return
 
-    async def send() -> None:
+    async def send(recover: Callable[[], None] | None) -> None:
         dispatcher = gw.dispatcher()
         forwarder = gw.forwarder(dispatcher.transport)  # one connection pool for both
-        runner = sending_runner(dispatcher, forwarder, interval)
+        runner = sending_runner(dispatcher, forwarder, interval, recover)
         try:
             await (runner.drain() if once else _until_signalled(runner))
         finally:
             await dispatcher.close()
 
-    asyncio.run(send())
+    if once:
+        asyncio.run(send(None))
+        return
+    with gw.running_as("sender") as heartbeat:
+        asyncio.run(send(heartbeat.release_claims))
 
 
 async def _until_signalled(runner: Runner) -> None:

@@ -6,10 +6,14 @@ says only what is wrong and what would be right.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from gateway.config.declare import Invalid
 from gateway.routing.addresses import split_address
@@ -34,14 +38,31 @@ def domains(value: list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 
 def database_scheme(url: str) -> str:
-    if url.startswith("postgresql:"):
-        # psycopg 3 is what we install; SQLAlchemy's bare scheme means psycopg2.
-        return "postgresql+psycopg:" + url[len("postgresql:") :]
-    if url.startswith(("sqlite:", "postgresql+psycopg:")):
-        return url
-    raise Invalid(
-        f"{url!r} is not supported; use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
-    )
+    if not url.strip():
+        raise Invalid("is empty; use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB")
+    for bare in ("postgresql:", "postgres:"):
+        if url.startswith(bare):
+            # psycopg 3 is what we install; SQLAlchemy's bare scheme means psycopg2, and
+            # it does not know postgres: (the form many hosting services hand out).
+            url = "postgresql+psycopg:" + url[len(bare) :]
+    if not url.startswith(("sqlite:", "postgresql+psycopg:")):
+        raise Invalid(
+            f"{_without_password(url)!r} is not supported; use sqlite:///PATH or "
+            "postgresql+psycopg://USER@HOST/DB"
+        )
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise Invalid(
+            f"{_without_password(url)!r} is not a valid URL ({exc}); "
+            "e.g. postgresql+psycopg://USER:PASSWORD@HOST:5432/DB"
+        ) from exc
+    return url
+
+
+def _without_password(url: str) -> str:
+    """The URL as an error may show it: a password in it becomes ***."""
+    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
 
 
 def sqlite_in_folder(url: str, base: Path) -> str:
@@ -108,6 +129,13 @@ def positive(value: float) -> float:
     if value <= 0:
         raise Invalid("must be positive")
     return value
+
+
+def node_name(value: str) -> str:
+    # An empty name would make every node's claims look alike (GATEWAY_NODE_NAME="").
+    if not value.strip():
+        raise Invalid("must not be empty (e.g. 'mx1'); leave it out to use this host's name")
+    return value.strip()
 
 
 def stripped(value: str) -> str:

@@ -118,9 +118,12 @@ def computed(
     default_text: str,
     example: Any,
     table: str = "",
+    check: Callable[[Any], Any] | None = None,
 ) -> Any:
     """A key whose default is worked out on this machine (a host name): shown in words."""
-    meta = Setting(help, (str,), default_text=default_text, example=example, table=table)
+    meta = Setting(
+        help, (str,), check=check, default_text=default_text, example=example, table=table
+    )
     return field(default_factory=factory, metadata={SETTING: meta})
 
 
@@ -181,19 +184,29 @@ def declared(cls: type, table: str) -> list[Declared]:
 class TableReader:
     """Reads one table, checking types, and complains about keys nobody reads."""
 
-    def __init__(self, data: Any, name: str) -> None:
+    def __init__(self, data: Any, name: str, origins: Mapping[str, str] | None = None) -> None:
         if not isinstance(data, Mapping):
             raise ConfigError(f"[{name}] must be a table")
         self.data: Mapping[str, Any] = data
         self.name = name
         self.read: set[str] = set()
+        # "smtp.port" -> "GATEWAY_SMTP_PORT": the keys an environment variable set
+        # (environment.py), which messages name by that variable.
+        self.origins: Mapping[str, str] = origins or {}
 
     def key(self, key: str) -> str:
         return key if self.name == "top level" else f"{self.name}.{key}"
 
+    def where(self, key: str, subkey: str = "") -> str:
+        """A key as a message names it: `smtp.port`, or `GATEWAY_SMTP_PORT (smtp.port)` when
+        the environment set it."""
+        full = self.key(key) + (f".{subkey}" if subkey else "")
+        variable = self.origins.get(self.key(key))
+        return f"{variable} ({full})" if variable else full
+
     def table(self, key: str) -> TableReader:
         self.read.add(key)
-        return TableReader(self.data.get(key, {}), self.key(key))
+        return TableReader(self.data.get(key, {}), self.key(key), self.origins)
 
     def get(self, key: str, kinds: tuple[type, ...], default: Any) -> Any:
         self.read.add(key)
@@ -202,7 +215,10 @@ class TableReader:
         value = self.data[key]
         # bool is an int in Python; a port of `true` is a mistake worth naming.
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-            raise ConfigError(f"{self.key(key)}: expected {_kind_name(kinds)}, got {value!r}")
+            hint = ", written as in TOML" if self.key(key) in self.origins else ""
+            raise ConfigError(
+                f"{self.where(key)}: expected {_kind_name(kinds)}{hint}, got {value!r}"
+            )
         return value
 
     def value(self, d: Declared, base: Path) -> Any:
@@ -215,13 +231,12 @@ class TableReader:
                 return None
         elif raw == "" and d.field.default is None:
             return None  # an empty string unsets an optional key
-        where = self.key(d.key)
+        where = self.where(d.key)
         value = float(raw) if float in s.kind else raw
         try:
             value = s.check(value) if s.check and value is not None else value
         except Invalid as exc:
-            where = f"{where}.{exc.subkey}" if exc.subkey else where
-            raise ConfigError(f"{where}: {exc.text}") from exc
+            raise ConfigError(f"{self.where(d.key, exc.subkey)}: {exc.text}") from exc
         if s.required and not value:
             raise ConfigError(f"{where}: {s.missing}")
         if s.choices and value not in s.choices:

@@ -1,10 +1,11 @@
 """Reading gateway.toml: finding the file, then every table through its declarations.
 
 Each table is read by `TableReader.values` from the dataclass that declares it
-(`settings.py`); what is left here are the rules that tie several keys together, and the
-two shapes that are not one table per dataclass: `[outbound.smarthost]` (present or not)
-and `[imap.sources.NAME]` (a table of tables, one per mailbox, whose `route` is checked
-against the domains served).
+(`settings.py`), once the environment's variables are laid over the file's tables
+(`environment.py`; an error then names the variable). What is left here are the rules that
+tie several keys together, and the two shapes that are not one table per dataclass:
+`[outbound.smarthost]` (present or not) and `[imap.sources.NAME]` (a table of tables, one
+per mailbox, whose `route` is checked against the domains served).
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from gateway.config.declare import ConfigError, TableReader
+from gateway.config.environment import lay_over
 from gateway.config.settings import (
     LOOPBACK_HOSTS,
     ExtractionConfig,
     FilingConfig,
     GatewayConfig,
+    HttpConfig,
     ImapSourceConfig,
     LoggingConfig,
     OutboundConfig,
@@ -34,18 +38,23 @@ CONFIG_ENV = "GATEWAY_CONFIG"
 DEFAULT_CONFIG_NAME = "gateway.toml"
 
 T = TypeVar("T")
+NO_ENVIRONMENT: Mapping[str, str] = MappingProxyType({})
 
 
-def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path:
+def resolve_config_path(
+    explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]
+) -> Path:
     if explicit:
         return Path(explicit)
-    env = os.environ.get(CONFIG_ENV)
+    env = environ.get(CONFIG_ENV)
     if env:
         return Path(env)
     return Path.cwd() / DEFAULT_CONFIG_NAME
 
 
-def load_config(path: Path) -> GatewayConfig:
+def load_config(path: Path, environ: Mapping[str, str]) -> GatewayConfig:
+    """The file at `path`, with the settings `environ` (the process's environment, passed
+    in by the command line) overrides."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
@@ -57,11 +66,17 @@ def load_config(path: Path) -> GatewayConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return parse_config(data, base=path.resolve().parent, path=path)
+    return parse_config(data, base=path.resolve().parent, path=path, environ=environ)
 
 
-def parse_config(data: Mapping[str, Any], base: Path, path: Path | None = None) -> GatewayConfig:
-    root = TableReader(data, "top level")
+def parse_config(
+    data: Mapping[str, Any],
+    base: Path,
+    path: Path | None = None,
+    environ: Mapping[str, str] = NO_ENVIRONMENT,
+) -> GatewayConfig:
+    merged, origins = lay_over(data, environ)
+    root = TableReader(merged, "top level", origins)
     top: dict[str, Any] = {}
     for name in ("gateway", "database", "storage"):
         table = root.table(name)
@@ -73,6 +88,7 @@ def parse_config(data: Mapping[str, Any], base: Path, path: Path | None = None) 
     outbound = _outbound(root.table("outbound"), base)
     imap_sources = _imap(root.table("imap"), base, top["domains"])
     logging = _read(root.table("logging"), LoggingConfig, base)
+    http = _read(root.table("http"), HttpConfig, base)
     root.finish()
     return GatewayConfig(
         path=path,
@@ -80,6 +96,7 @@ def parse_config(data: Mapping[str, Any], base: Path, path: Path | None = None) 
         filing=filing,
         extraction=extraction,
         logging=logging,
+        http=http,
         outbound=outbound,
         imap_sources=imap_sources,
         **top,
@@ -100,7 +117,7 @@ def _smtp(table: TableReader, base: Path) -> SmtpConfig:
         raise ConfigError("smtp.tls_certificate and smtp.tls_key: set both or neither")
     for name, p in (("tls_certificate", cert), ("tls_key", key)):
         if p is not None and not p.is_file():
-            raise ConfigError(f"smtp.{name}: {p} does not exist or is not a file")
+            raise ConfigError(f"{table.where(name)}: {p} does not exist or is not a file")
     table.finish()
     return SmtpConfig(**values)
 
@@ -141,7 +158,7 @@ def _imap_source(
     if v["tls"] == "none" and v["host"].lower() not in LOOPBACK_HOSTS:
         # A password in clear over the network is refused, not warned about.
         raise ConfigError(
-            f"{table.key('tls')}: 'none' sends the password in clear and is only allowed for "
+            f"{table.where('tls')}: 'none' sends the password in clear and is only allowed for "
             f"a loopback host (127.0.0.1, ::1, localhost); use implicit or starttls for "
             f"{v['host']}"
         )
@@ -158,7 +175,7 @@ def _imap_source(
         parts = split_address(route)
         if parts is None or parts[1] not in domains:
             raise ConfigError(
-                f"{table.key('route')}: 'recipient' or one of our collection addresses "
+                f"{table.where('route')}: 'recipient' or one of our collection addresses "
                 f"(@{' / @'.join(domains)}), e.g. 'compta+dupont-maconnerie@{domains[0]}'; "
                 f"got {route!r}"
             )

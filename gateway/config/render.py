@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.declare import Declared
+from gateway.config.environment import shown_variable
 from gateway.config.settings import TABLES, Table
 
 WIDTH = 92
@@ -127,10 +128,14 @@ def readme_default(d: Declared) -> str:
 
 
 def settings_table() -> str:
-    """The README's "Settings" table: one row per key."""
-    rows = ["| table | key | default | meaning |", "|---|---|---|---|"]
+    """The README's "Settings" table: one row per key, with the variable overriding it."""
+    rows = [
+        "| table | key | environment variable | default | meaning |",
+        "|---|---|---|---|---|",
+    ]
     for table in TABLES:
         for d in table.settings:
-            cells = (f"`[{table.name}]`", f"`{d.key}`", readme_default(d), meaning(d))
+            variable = f"`{shown_variable(table, d)}`"
+            cells = (f"`[{table.name}]`", f"`{d.key}`", variable, readme_default(d), meaning(d))
             rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows) + "\n"

@@ -326,6 +326,20 @@ class ImapSourceConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """The operations listener (gateway/http/): health checks and Prometheus metrics."""
+
+    enabled: bool = setting(
+        True, "Serve /healthz, /readyz and /metrics over HTTP beside SMTP (false: no listener)."
+    )
+    host: str = setting(
+        "127.0.0.1",
+        "Address it listens on; loopback by default (0.0.0.0 for a scraper on another host).",
+    )
+    port: int = setting(8025, "Port it listens on (0: any free port).", low=0, high=65535)
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = setting(
         "info",
@@ -382,11 +396,13 @@ class GatewayConfig:
         default_text="this host's name",
         example="mx1",
         table="gateway",
+        check=checks.node_name,
     )
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     filing: FilingConfig = field(default_factory=FilingConfig)
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     partner_registry: Path = setting(
         DEFAULT_PARTNER_REGISTRY,
         "The partner registry (bot identities, aliases, destinations, limits).",
@@ -406,6 +422,17 @@ class GatewayConfig:
     @property
     def blobs_path(self) -> Path:
         return self.storage_path / "documents"
+
+    @property
+    def imap_folders(self) -> list[tuple[str, str]]:
+        """(source, folder) of every folder read, in the file's order."""
+        return [(s.name, f) for s in self.imap_sources.values() for f in s.folders]
+
+    @property
+    def run_path(self) -> Path:
+        """This node's own files of a running serve (the metrics of its processes): the
+        storage folder is shared by every node, so each has a folder of its own."""
+        return self.storage_path / "run" / self.node_name
 
     @property
     def dkim_path(self) -> Path:
@@ -457,4 +484,5 @@ TABLES: tuple[Table, ...] = (
     ),
     Table("extraction", ExtractionConfig, "Limits on what one message may expand to."),
     Table("logging", LoggingConfig, "Logs, on stderr."),
+    Table("http", HttpConfig, "Health checks and Prometheus metrics over HTTP (gateway serve)."),
 )

@@ -12,6 +12,7 @@ keeps failing is moved aside (`held`) after `filing.max_attempts` tries instead 
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from gateway import metrics
 from gateway.clock import Clock, as_utc
 from gateway.config import FilingConfig
 from gateway.inbound.extraction import (
@@ -150,6 +152,7 @@ class Prepared:
     received_at: datetime
     bounces: list[Destination]
     bounce_report: BounceReport | None
+    seconds: float  # spent preparing it
     owned: bool = False
 
 
@@ -224,7 +227,7 @@ class Filer:
         if not prepared:
             return
         try:
-            self._commit(prepared)
+            self._commit_counted(prepared)
         except IntegrityError:
             # Another worker filed the same bytes for the same company between our read
             # and our insert: file one by one, and they are seen as the duplicates they are.
@@ -252,7 +255,7 @@ class Filer:
 
     def _file_alone(self, message: InboundMessage) -> None:
         try:
-            self._commit([self._prepare(message)])
+            self._commit_counted([self._prepare(message)])
         except Exception as exc:
             log.exception("filing_failed", queue_id=message.queue_id)
             self._release_after_failure(message, exc)
@@ -261,11 +264,13 @@ class Filer:
         """Everything that can be read or decided before the write transaction, so that the
         database's write lock (one writer at a time on SQLite, shared with the SMTP server's
         commits) is held for a few inserts only."""
+        started = time.perf_counter()
         raw = read_spooled(
             self.spool_directory, message.spool_segment, message.spool_offset, message.size
         )
         destinations = [self.recipients.resolve(r) for r in message.rcpt_tos]
-        extraction = extract_documents(raw, self.limits)
+        with metrics.EXTRACTION_SECONDS.time():
+            extraction = extract_documents(raw, self.limits)
         outcome = FilingReport()
         outcome.recipients_refused = [
             f"{d.address.address}: {d.refusal}" for d in destinations if not d.accepted
@@ -295,9 +300,21 @@ class Filer:
         bots = [d for d in destinations if d.accepted and d.address.goes_to_bot_mailbox]
         bounces = [d for d in destinations if d.accepted and d.address.is_bounce]
         report = parse_bounce(raw) if bounces else None
+        seconds = time.perf_counter() - started
         return Prepared(
-            message, extraction, outcome, plan, known, bots, received_at, bounces, report
+            message, extraction, outcome, plan, known, bots, received_at, bounces, report, seconds
         )
+
+    def _commit_counted(self, batch: list[Prepared]) -> None:
+        """`_commit`, then count what it finished: each message's filing time is its own
+        preparation plus its batch's write transaction."""
+        started = time.perf_counter()
+        self._commit(batch)
+        seconds = time.perf_counter() - started
+        for p in batch:
+            if p.owned:
+                metrics.FILING_MESSAGES.labels(p.outcome.status().value).inc()
+                metrics.FILING_SECONDS.observe(p.seconds + seconds)
 
     def _commit(self, batch: list[Prepared]) -> None:
         now = self.clock.now()
@@ -420,6 +437,8 @@ class Filer:
             inbound_queue.release_after_failure(
                 s, message.id, self.worker_name, reason, self.clock.now(), retry_at=retry_at
             )
+        if retry_at is None:
+            metrics.FILING_MESSAGES.labels(MessageStatus.HELD.value).inc()
 
 
 def _apply_bounce(s: Session, delivery_id: int, report: BounceReport | None, now: datetime) -> str:

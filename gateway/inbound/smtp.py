@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from gateway import metrics
 from gateway.clock import Clock
 from gateway.config import SmtpConfig
 from gateway.inbound.recipients import Recipients
@@ -157,6 +158,7 @@ class _Refuse421(asyncio.Protocol):
         self.hostname = hostname
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        metrics.SMTP_CONNECTIONS.inc()
         say_and_close(transport, Reply.SHUTTING_DOWN.format(hostname=self.hostname))
 
 

@@ -11,10 +11,12 @@ lives in `gateway.inbound.smtp` and uses only this class's own members.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, AnyStr, Protocol, cast
 
 from aiosmtpd.smtp import MISSING, SMTP
 
+from gateway import metrics
 from gateway.replies import AIOSMTPD_REPLACEMENTS, Reply
 
 END_OF_DATA = b"\r\n.\r\n"
@@ -49,6 +51,7 @@ class GatewaySMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.open_sessions.add(self)
+        metrics.SMTP_CONNECTIONS.inc()
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -80,8 +83,11 @@ class GatewaySMTP(SMTP):
         if isinstance(status, str):
             replacement = AIOSMTPD_REPLACEMENTS.get(status)
             if replacement is not None:
-                await super().push(replacement.format(limit=self.data_size_limit))
+                reply = replacement.format(limit=self.data_size_limit)
+                _count_reply(reply)
+                await super().push(reply)
                 return
+        _count_reply(status)
         await super().push(status)
 
     async def smtp_DATA(self, arg: str | None) -> None:
@@ -106,12 +112,16 @@ class GatewaySMTP(SMTP):
             await self.push(Reply.MESSAGE_TOO_BIG.format(limit=self.data_size_limit))
             return
         self.envelope.content = self.envelope.original_content = content
+        ended = time.perf_counter()
         # aiosmtpd private: how its smtp_DATA runs the handler's handle_DATA (with this
         # server, session and envelope; MISSING when there is none). Calling it keeps our
         # smtp_DATA calling the hook exactly as aiosmtpd's does.
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd private, as above
-        await self.push(Reply.OK.value if status is MISSING else status)
+        reply = Reply.OK.value if status is MISSING else status
+        await self.push(reply)
+        if reply.startswith("250"):
+            metrics.SMTP_ACKNOWLEDGEMENT_SECONDS.observe(time.perf_counter() - ended)
 
     async def read_content(self) -> bytes | None:
         """The message up to the end-of-data line, dot-unstuffed; None on disconnect.
@@ -166,8 +176,16 @@ def say_and_close(transport: asyncio.BaseTransport, line: str) -> None:
     """Write one reply line and close. (uvloop's transports are not registered as
     asyncio.WriteTransport, hence the cast rather than an isinstance check.)"""
     if not transport.is_closing():
+        _count_reply(line)
         cast(asyncio.WriteTransport, transport).write(line.encode() + b"\r\n")
         transport.close()
+
+
+def _count_reply(reply: str | bytes) -> None:
+    code = reply[:3]
+    metrics.SMTP_REPLIES.labels(
+        code.decode("ascii", "replace") if isinstance(code, bytes) else code
+    ).inc()
 
 
 # aiosmtpd internal: HELP lists a command, and answers `HELP MAIL`, only if its method

@@ -43,6 +43,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
+from gateway import metrics
 from gateway.clock import Clock, SystemClock
 from gateway.errors import GatewayError
 
@@ -444,6 +445,7 @@ class DkimSigner:
         folded = "\r\n ".join(chunk for chunk in chunks if chunk)
         if not chunks[0]:
             folded = "\r\n " + folded
+        metrics.DKIM_SIGNATURES.labels(key.domain, key.algorithm).inc()
         return unsigned + folded.encode("ascii") + b"\r\n"
 
 

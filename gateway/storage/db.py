@@ -20,7 +20,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -193,6 +193,19 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def safe_url(url: str) -> str:
+    """A database URL without its password, for messages and logs."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def one_line(error: BaseException) -> str:
+    """A database error as one line: the driver's first line, without SQLAlchemy's
+    statement, parameters and link (a log line per failure, not a page)."""
+    original = getattr(error, "orig", None) or error
+    first = (str(original).strip().splitlines() or [""])[0]
+    return f"{type(original).__name__}: {first}"
 
 
 def upsert_insert(session: Session) -> Any:

@@ -350,3 +350,25 @@ class ImapMessage(Base):
     inbound_message_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_messages.id"))
     taken_at: Mapped[datetime]
     settled_at: Mapped[datetime | None]  # moved or flagged on the server
+
+
+# -- the processes of every node ---------------------------------------------------------------
+
+
+class GatewayProcess(Base):
+    """One running (or stopped, or dead) gateway process: who holds claims, and whether it
+    is still alive. `name` is what the process writes in the queues' `claimed_by` (its IMAP
+    pollers add `:<source>`): node, pid and a random part, so a restarted process with the
+    same pid (a container) is never taken for its dead predecessor. A live process renews
+    `heartbeat_at`, and the leases of everything it holds, every few seconds
+    (`gateway.storage.processes`)."""
+
+    __tablename__ = "gateway_processes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    node: Mapped[str] = mapped_column(String(64), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]
+    stopped_at: Mapped[datetime | None]

@@ -57,7 +57,9 @@ from gateway.storage.queues.imap_checkpoints import LEASE, Claimant, LeaseLost
 
 log = structlog.get_logger("gateway.imap")
 
-LEASE_RENEW_SECONDS = 30.0
+# The process's heartbeat renews the lease too; this keeps `imap sync --once` (no heartbeat)
+# holding its mailbox: three renewals a lease.
+LEASE_RENEW_SECONDS = LEASE.total_seconds() / 3
 IDLE_RESTART_SECONDS = 9 * 60.0  # RFC 2177: re-issue IDLE well before the 29-minute timeout
 BACKOFF_MIN_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0

@@ -1,4 +1,5 @@
-"""Listings of what came in: the inbound message log, bot mail, IMAP folders' states."""
+"""Listings of what came in: the inbound message log and one message in detail, bot mail,
+IMAP folders' states."""
 
 from __future__ import annotations
 
@@ -13,10 +14,16 @@ from gateway.storage.models import (
     BotMail,
     BotMailForward,
     Cabinet,
+    Company,
+    Document,
+    DuplicateDocument,
+    Folder,
     ImapCheckpoint,
     ImapMessage,
     InboundMessage,
+    MessageStatus,
 )
+from gateway.storage.queues import inbound as inbound_queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,24 +49,115 @@ def list_messages(db: Database, status: str | None = None, limit: int = 100) -> 
     if status:
         query = query.where(InboundMessage.status == status)
     with db.read() as s:
-        return [
-            MessageRow(
-                queue_id=m.queue_id,
-                received_at=m.received_at,
-                source=m.source,
-                source_mailbox=m.source_mailbox,
-                peer=m.peer,
-                mail_from=m.mail_from,
-                rcpt_tos=m.rcpt_tos,
-                size=m.size,
-                message_id=m.header_message_id,
-                subject=m.subject,
-                status=m.status,
-                reason=m.reason,
-                attempts=m.attempts,
-            )
-            for m in s.execute(query).scalars()
-        ]
+        return [_message_row(m) for m in s.execute(query).scalars()]
+
+
+def _message_row(m: InboundMessage) -> MessageRow:
+    return MessageRow(
+        queue_id=m.queue_id,
+        received_at=m.received_at,
+        source=m.source,
+        source_mailbox=m.source_mailbox,
+        peer=m.peer,
+        mail_from=m.mail_from,
+        rcpt_tos=m.rcpt_tos,
+        size=m.size,
+        message_id=m.header_message_id,
+        subject=m.subject,
+        status=m.status,
+        reason=m.reason,
+        attempts=m.attempts,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    at: datetime
+    from_status: str | None  # None: the row's creation, or a claim
+    to_status: str
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MadeRow:
+    """What a message became: a document filed, a duplicate of one, or a bot mail."""
+
+    kind: str  # document | duplicate | bot_mail
+    id: int  # the document's (for a duplicate: the document already filed), the bot mail's
+    where: str  # company:folder, or the bot mail's recipient
+    filename: str | None  # None for a bot mail
+    detail: str | None  # media type and size; for a bot mail, its forward's status
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDetail:
+    message: MessageRow  # the envelope, the status and its reason
+    helo: str | None
+    sha256: str
+    claimed_by: str | None
+    lease_until: datetime | None
+    processed_at: datetime | None
+    history: list[HistoryRow]  # oldest first, from its reception
+    made: list[MadeRow]
+
+
+def message_detail(db: Database, queue_id: str) -> MessageDetail | None:
+    """One message (by the queue id of its 250, any case): its envelope, its history and
+    what was made of it; None when there is no such message."""
+    with db.read() as s:
+        m = s.execute(
+            select(InboundMessage).where(InboundMessage.queue_id == queue_id.upper())
+        ).scalar_one_or_none()
+        if m is None:
+            return None
+        events = inbound_queue.history(s, m.id)
+        documents = s.execute(
+            select(Document, Company.slug, Folder.path)
+            .join(Company, Document.company_id == Company.id)
+            .join(Folder, Document.folder_id == Folder.id)
+            .where(Document.inbound_message_id == m.id)
+            .order_by(Document.id)
+        ).all()
+        duplicates = s.execute(
+            select(DuplicateDocument, Company.slug)
+            .join(Company, DuplicateDocument.company_id == Company.id)
+            .where(DuplicateDocument.inbound_message_id == m.id)
+            .order_by(DuplicateDocument.id)
+        ).all()
+        bot_mail = s.execute(
+            select(BotMail, BotMailForward.status)
+            .outerjoin(BotMailForward, BotMailForward.bot_mail_id == BotMail.id)
+            .where(BotMail.inbound_message_id == m.id)
+            .order_by(BotMail.id)
+        ).all()
+    # The row's creation is its first event (the history table starts after it); a row
+    # with no later event that is `rejected` was refused at intake (IMAP).
+    rejected_at_intake = m.status == MessageStatus.REJECTED and not events
+    first = (MessageStatus.REJECTED if rejected_at_intake else MessageStatus.RECEIVED).value
+    history = [HistoryRow(m.received_at, None, first, f"{m.source} from {m.peer or 'unknown'}")]
+    history += [HistoryRow(e.at, e.from_status, e.to_status, e.detail) for e in events]
+    made = [
+        MadeRow("document", d.id, f"{slug}:{path}", d.filename, f"{d.media_type}, {d.size} B")
+        for d, slug, path in documents
+    ]
+    made += [
+        MadeRow("duplicate", d.document_id, slug, d.filename, f"already filed as #{d.document_id}")
+        for d, slug in duplicates
+    ]
+    made += [
+        MadeRow("bot_mail", b.id, b.recipient, None, f"forward {f}" if f else None)
+        for b, f in bot_mail
+    ]
+    return MessageDetail(
+        message=_message_row(m),
+        helo=m.helo,
+        sha256=m.sha256,
+        claimed_by=m.claimed_by,
+        lease_until=m.lease_until,
+        processed_at=m.processed_at,
+        history=history,
+        made=made,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +219,7 @@ class ImapFolderRow:
     last_uid: int | None
     taken: int  # messages taken from it, under every UIDVALIDITY
     reader: str | None  # who holds its lease
+    lease_until: datetime | None  # until when (past: the reader stopped renewing it)
     last_sync_at: datetime | None
     last_error: str | None
 
@@ -148,6 +247,7 @@ def imap_folder_states(db: Database, folders: Iterable[tuple[str, str]]) -> list
                 last_uid=c.last_uid if c else None,
                 taken=taken.get((source, folder), 0),
                 reader=c.claimed_by if c else None,
+                lease_until=c.lease_until if c else None,
                 last_sync_at=c.last_sync_at if c else None,
                 last_error=c.last_error if c else None,
             )

@@ -16,14 +16,30 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Executable, Select, insert, select, update
+import structlog
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Executable,
+    Select,
+    Update,
+    case,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from gateway.errors import GatewayError
 
-# How long a worker holds what it claimed before another may take it over: long enough for a
-# batch (a claim is a few seconds of work), short enough that a dead worker's rows wait little.
-LEASE = timedelta(minutes=5)
+log = structlog.get_logger("gateway.queues")
+
+# How long a claim lasts unless renewed. A live process renews the leases of everything it
+# holds with its heartbeat (`gateway.storage.processes.HEARTBEAT`, 10 s), however long the
+# work takes; a process that dies or hangs stops renewing, and what it held can be taken
+# over by any other worker 30 s later at most (plus that worker's poll interval).
+LEASE = timedelta(seconds=30)
 
 
 class TransitionError(GatewayError, RuntimeError):
@@ -56,35 +72,95 @@ def claim(
     candidates: Select[Any],
     claimable: ColumnElement[bool],
     **values: Any,
-) -> list[int]:
+) -> list[tuple[int, str | None]]:
     """Take the rows `candidates` selects (ids, in its order and limit) in ONE statement,
-    setting `values`; returns their ids, sorted.
+    setting `values`; returns their ids, sorted, each with the process that held it before
+    (a lease that ran out: a takeover) or None.
 
     PostgreSQL: `WITH picked AS MATERIALIZED (SELECT … FOR UPDATE SKIP LOCKED) UPDATE … FROM
     picked WHERE id = picked.id AND claimable RETURNING id`. SKIP LOCKED makes concurrent
     workers take different rows instead of all reaching for the lowest ids and all but one
     coming back empty; MATERIALIZED makes the pick run once (a LIMIT sub-select inside
     `IN (…)` may be re-scanned, and each re-scan, skipping the rows this very statement
-    has just changed, would take `limit` more). SQLite has one writer at a time, so the
-    guarded `UPDATE … WHERE id IN (SELECT …) AND claimable` is atomic as it stands.
+    has just changed, would take `limit` more); the CTE carries each row's holder before.
+    SQLite has one writer at a time, so inside the write transaction a SELECT of the
+    candidates and their holders, then `UPDATE … WHERE id IN (…) AND claimable`, is as
+    good as one statement.
     """
+    held_before = _holder(model)
     if s.get_bind().dialect.name == "postgresql":
         picked = (
-            candidates.with_for_update(skip_locked=True, of=model)
+            candidates.add_columns(held_before.label("held_before"))
+            .with_for_update(skip_locked=True, of=model)
             .cte("picked")
             .prefix_with("MATERIALIZED")
         )
-        chosen = model.id == picked.c.id
+        claimed: list[tuple[Any, Any]] = [
+            (row[0], row[1])
+            for row in s.execute(
+                update(model)
+                .where(model.id == picked.c.id, claimable)
+                .values(**values)
+                .returning(model.id, picked.c.held_before)
+                .execution_options(synchronize_session=False)
+            )
+        ]
     else:
-        chosen = model.id.in_(candidates.scalar_subquery())
-    claimed = s.execute(
-        update(model)
-        .where(chosen, claimable)
-        .values(**values)
-        .returning(model.id)
-        .execution_options(synchronize_session=False)
-    ).scalars()
-    return sorted(claimed)
+        # RETURNING gives new values only: read the holders first, inside the write
+        # transaction (SQLite's one writer: nothing changes in between).
+        before: dict[Any, Any] = dict(
+            s.execute(
+                select(model.id, held_before).where(model.id.in_(candidates.scalar_subquery()))
+            ).all()
+        )
+        chosen = s.execute(
+            update(model)
+            .where(model.id.in_(list(before)), claimable)
+            .values(**values)
+            .returning(model.id)
+            .execution_options(synchronize_session=False)
+        ).scalars()
+        claimed = [(i, before[i]) for i in chosen]
+    return sorted((int(i), holder) for i, holder in claimed)
+
+
+def _holder(model: Any) -> ColumnElement[Any]:
+    """The row's holder while it was held (a claimant with a lease), else NULL: a queued
+    row keeps no holder, one released after a failure keeps none either."""
+    return case((model.lease_until.is_not(None), model.claimed_by), else_=None)
+
+
+def held_by(model: Any, holder: str) -> ColumnElement[bool]:
+    """Rows `holder` (a process) claimed: its own name, or one of its parts (an IMAP poller
+    writes `<process>:<source>`)."""
+    return or_(
+        model.claimed_by == holder, model.claimed_by.startswith(holder + ":", autoescape=True)
+    )
+
+
+@dataclass(frozen=True)
+class Leases:
+    """The leases of one queue's claimed rows (`held`: the rows a claim leaves held, e.g.
+    `status = 'filing'`), as a process's heartbeat renews them and its end releases them.
+    Lease writes, not status writes: a row keeps its status and its holder's name (so the
+    worker that takes it over can say from whom)."""
+
+    model: Any
+    held: ColumnElement[bool] | None = None  # None: every claimed row (IMAP checkpoints)
+
+    def renew(self, s: Session, holder: str, now: datetime) -> int:
+        """Extend by `LEASE` the leases `holder` still has; an expired one is not revived
+        (it may be taken over at any moment, or released already)."""
+        return rows_changed(s, self._held(holder, now).values(lease_until=now + LEASE))
+
+    def release(self, s: Session, holder: str, now: datetime) -> int:
+        """End `holder`'s leases now: any worker may take the rows at once."""
+        return rows_changed(s, self._held(holder, now).values(lease_until=now))
+
+    def _held(self, holder: str, now: datetime) -> Update:
+        m = self.model
+        update_held = update(m).where(held_by(m, holder), m.lease_until > now)
+        return update_held if self.held is None else update_held.where(self.held)
 
 
 def rows_changed(s: Session, statement: Executable) -> int:
@@ -164,7 +240,8 @@ def claim_for_worker(
     now: datetime,
 ) -> list[int]:
     """A worker's claim (`claim`): the rows move to `target`, held by `worker` for `LEASE`,
-    one more attempt each, and the claim goes into the queue's history."""
+    one more attempt each, and the claim goes into the queue's history — a takeover (a row
+    whose holder stopped renewing its lease) with the previous holder, and logged."""
     claimed = claim(
         s,
         model,
@@ -175,5 +252,25 @@ def claim_for_worker(
         lease_until=now + LEASE,
         attempts=model.attempts + 1,
     )
-    history.record(s, [(i, None, target, f"claimed by {worker}") for i in claimed], now)
-    return claimed
+    history.record(
+        s,
+        [
+            (i, None, target, f"taken over from {held} by {worker}")
+            if held and held != worker
+            else (i, None, target, f"claimed by {worker}")
+            for i, held in claimed
+        ],
+        now,
+    )
+    log_takeovers(model.__tablename__, claimed, worker)
+    return [i for i, _ in claimed]
+
+
+def log_takeovers(queue: str, claimed: Iterable[tuple[int, str | None]], worker: str) -> None:
+    """One warning per previous holder whose rows `worker` took over."""
+    taken: dict[str, list[int]] = {}
+    for i, held in claimed:
+        if held and held != worker:
+            taken.setdefault(held, []).append(i)
+    for held, ids in taken.items():
+        log.warning("takeover", queue=queue, previous_holder=held, by=worker, ids=ids)

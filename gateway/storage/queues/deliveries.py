@@ -29,13 +29,14 @@ from gateway.storage.models import Connection, Delivery, DeliveryEvent, Delivery
 from gateway.storage.queues.base import (
     LEASE,
     History,
+    Leases,
     StateTable,
     TransitionError,
     claim_for_worker,
     rows_changed,
 )
 
-__all__ = ["LEASE", "STATES", "Move", "TransitionError"]
+__all__ = ["LEASE", "LEASES", "STATES", "Move", "TransitionError"]
 
 Q, SENDING, SENT = DeliveryStatus.QUEUED, DeliveryStatus.SENDING, DeliveryStatus.SENT
 DEFERRED, FAILED = DeliveryStatus.DEFERRED, DeliveryStatus.FAILED
@@ -57,6 +58,8 @@ STATES = StateTable(
 )
 ALLOWED = STATES.allowed
 HISTORY = History(DeliveryEvent, "delivery_id")
+# What a heartbeat renews: the rows its process is working on.
+LEASES = Leases(Delivery, Delivery.status == SENDING)
 
 
 def create(

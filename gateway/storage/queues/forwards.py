@@ -34,13 +34,14 @@ from gateway.storage.models import (
 from gateway.storage.queues.base import (
     LEASE,
     History,
+    Leases,
     StateTable,
     TransitionError,
     claim_for_worker,
     move_one,
 )
 
-__all__ = ["LEASE", "STATES", "TransitionError"]
+__all__ = ["LEASE", "LEASES", "STATES", "TransitionError"]
 
 QUEUED, SENDING, SENT = ForwardStatus.QUEUED, ForwardStatus.SENDING, ForwardStatus.SENT
 DEFERRED, FAILED = ForwardStatus.DEFERRED, ForwardStatus.FAILED
@@ -57,6 +58,8 @@ STATES = StateTable(
 )
 ALLOWED = STATES.allowed
 HISTORY = History(BotMailForwardEvent, "forward_id")
+# What a heartbeat renews: the rows its process is working on.
+LEASES = Leases(BotMailForward, BotMailForward.status == SENDING)
 
 # A forward's Message-ID, `<bmf<id>.<sha256[:16]>@<domain>>`: stable per forward (a retry is
 # the same mail) and recognisable when it comes back to a bot identity (the loop guard).

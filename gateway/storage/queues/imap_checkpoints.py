@@ -41,7 +41,7 @@ recreated) starts over from UID 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -51,14 +51,16 @@ from sqlalchemy.orm import Session
 from gateway.errors import GatewayError
 from gateway.storage.db import upsert_insert
 from gateway.storage.models import ImapCheckpoint
+from gateway.storage.queues.base import LEASE, Leases, log_takeovers, rows_changed
 from gateway.storage.queues.base import claim as claim_rows
-from gateway.storage.queues.base import rows_changed
 
 log = structlog.get_logger("gateway.imap")
 
-# Shorter than the workers' (queues.base.LEASE): a poller holds its mailbox for hours and
-# renews every 30 s, so a dead poller's mailbox is picked up again within two minutes.
-LEASE = timedelta(minutes=2)
+__all__ = ["LEASE", "LEASES", "LeaseLost"]
+
+# A poller holds its mailbox for hours: its process's heartbeat renews the lease (`LEASE`,
+# as every queue's), so a dead poller's mailbox is picked up again within a minute.
+LEASES = Leases(ImapCheckpoint)
 
 
 class LeaseLost(GatewayError):
@@ -119,6 +121,7 @@ def claim(s: Session, who: Claimant, now: datetime) -> bool:
         lease_until=now + LEASE,
     )
     if claimed:
+        log_takeovers(f"imap_checkpoints {who.mailbox}", claimed, who.poller)
         return True
     exists = s.execute(select(ImapCheckpoint.id).where(_this_mailbox(who))).first()
     if exists is not None:

@@ -35,6 +35,7 @@ from gateway.storage.models import (
 from gateway.storage.queues.base import (
     LEASE,
     History,
+    Leases,
     StateTable,
     TransitionError,
     claim_for_worker,
@@ -42,7 +43,7 @@ from gateway.storage.queues.base import (
     rows_changed,
 )
 
-__all__ = ["LEASE", "STATES", "TransitionError"]
+__all__ = ["LEASE", "LEASES", "STATES", "TransitionError"]
 
 RECEIVED, FILING, HELD = MessageStatus.RECEIVED, MessageStatus.FILING, MessageStatus.HELD
 REJECTED = MessageStatus.REJECTED
@@ -57,6 +58,8 @@ STATES = StateTable(
     },
 )
 HISTORY = History(InboundMessageEvent, "inbound_message_id")
+# What a heartbeat renews: the rows its process is working on.
+LEASES = Leases(InboundMessage, InboundMessage.status == FILING)
 
 
 def enqueue(session: Session, rows: Sequence[dict[str, Any]]) -> list[int]:

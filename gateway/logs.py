@@ -30,7 +30,7 @@ import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 TRACEBACK_INTERVAL = 60.0  # seconds: at most one traceback per distinct error in this time
-MAX_ERROR_CHARS = 500  # a driver's message can carry a whole SQL statement and its values
+MAX_ERROR_CHARS = 500
 _HANDLER_NAME = "gateway"
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -74,9 +74,11 @@ class OneLineErrors:
 
 
 def one_line(error: BaseException) -> str:
-    """`Type: message` on one line, cut at MAX_ERROR_CHARS."""
-    message = " ".join(str(error).split())
-    text = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    """`Type: message`, the message's first line, cut at MAX_ERROR_CHARS. A database error
+    is the driver's (SQLAlchemy's wrapper adds the statement, its parameters and a link)."""
+    original = getattr(error, "orig", None) or error
+    message = (str(original).strip().splitlines() or [""])[0].strip()
+    text = f"{type(original).__name__}: {message}" if message else type(original).__name__
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 import structlog
-from sqlalchemy import make_url
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.exc import OperationalError
 
 from gateway.logs import MAX_ERROR_CHARS, OneLineErrors, configure_logging, one_line
 from tests.conftest import write_config
@@ -98,10 +99,12 @@ def test_an_exception_instance_counts_as_exc_info_and_a_given_error_field_stays(
     assert line["error"] == "ours"
 
 
-def test_one_line_joins_the_lines_of_a_message_and_cuts_a_long_one():
+def test_one_line_keeps_the_first_line_of_the_drivers_message_and_cuts_a_long_one():
     assert one_line(RuntimeError("connection failed\n\tIs the server running?")) == (
-        "RuntimeError: connection failed Is the server running?"
+        "RuntimeError: connection failed"
     )
+    wrapped = OperationalError("SELECT 1", {}, ConnectionRefusedError("port 5432 refused"))
+    assert one_line(wrapped) == "ConnectionRefusedError: port 5432 refused"  # no SQL, no link
     assert one_line(TimeoutError()) == "TimeoutError"
     long = one_line(ValueError("x" * 10_000))
     assert len(long) == MAX_ERROR_CHARS and long.endswith("…")
@@ -199,7 +202,8 @@ def test_a_worker_whose_database_goes_away_logs_a_bounded_number_of_one_line_err
         text=True,
     )
     try:
-        time.sleep(1.5)  # a few passes with the database there
+        assert _registered(database_url, worker.pid, 30)  # it runs passes: the database is there
+        time.sleep(0.5)
         proxy.cut()
         time.sleep(5)
     finally:
@@ -215,3 +219,19 @@ def test_a_worker_whose_database_goes_away_logs_a_bounded_number_of_one_line_err
     # the runner's back-off (0.2 s doubling) keeps the count small.
     assert 3 <= len(failures) <= 10
     assert 1 <= sum("exception" in x for x in lines) <= 2
+
+
+def _registered(database_url: str, pid: int, seconds: float) -> bool:
+    """Whether the process `pid` appears in the registry of running processes in time."""
+    engine = create_engine(database_url)
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                query = text("SELECT count(*) FROM gateway_processes WHERE pid = :pid")
+                if conn.execute(query, {"pid": pid}).scalar_one():
+                    return True
+            time.sleep(0.1)
+        return False
+    finally:
+        engine.dispose()

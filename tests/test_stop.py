@@ -128,12 +128,12 @@ def test_a_dead_worker_is_restarted_with_back_off_and_each_restart_is_logged(tmp
         ("worker", -9, 2.0),
         ("worker", 1, 4.0),  # dies at start each time: the pause keeps doubling
     ]
-    assert [d["pid"] for d in died[:2]] == [first, second]
+    assert [d["worker_pid"] for d in died[:2]] == [first, second]
     # The restart after the second death waited its 2 s: no tight loop.
     assert _seconds(died[2]["timestamp"]) - _seconds(died[1]["timestamp"]) >= 2.0
-    started = [x["pid"] for x in lines if x.get("event") == "worker_started"]
+    started = [x["worker_pid"] for x in lines if x.get("event") == "worker_started"]
     assert started[:2] == [first, second] and len(started) <= len(died) + 1
-    assert {(x["node"], x["role"]) for x in died} == {("test", "serve")}
+    assert {(x["node"], x["role"], x["pid"]) for x in died} == {("test", "serve", proc.pid)}
 
 
 def _read_json_lines(stream: Any, into: list[dict[str, Any]]) -> None:

@@ -60,7 +60,8 @@ class Context:
         stopping = threading.Event()
         previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in STOP_SIGNALS}
         try:
-            if not gateway.open_storage_when_available(stopping.wait):
+            # A stop that came while the storage was being opened counts too.
+            if not gateway.open_storage_when_available(stopping.wait) or stopping.is_set():
                 return None
         finally:
             for sig, handler in previous.items():

@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.errors import GatewayError
+from gateway.logs import one_line as one_line  # a database error as one line, for callers here
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The PostgreSQL advisory lock every `migrate` takes: one migration at a time across nodes.
@@ -198,14 +199,6 @@ class Database:
 def safe_url(url: str) -> str:
     """A database URL without its password, for messages and logs."""
     return make_url(url).render_as_string(hide_password=True)
-
-
-def one_line(error: BaseException) -> str:
-    """A database error as one line: the driver's first line, without SQLAlchemy's
-    statement, parameters and link (a log line per failure, not a page)."""
-    original = getattr(error, "orig", None) or error
-    first = (str(original).strip().splitlines() or [""])[0]
-    return f"{type(original).__name__}: {first}"
 
 
 def upsert_insert(session: Session) -> Any:

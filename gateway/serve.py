@@ -150,7 +150,7 @@ class _Workers:
             env=supervised_environment(),  # the worker dies with us, even by SIGKILL
         )
         slot.started_at = self.clock()
-        log.info("worker_started", verb=slot.verb, pid=slot.proc.pid)
+        log.info("worker_started", verb=slot.verb, worker_pid=slot.proc.pid)
 
     async def supervise(self, stop: asyncio.Event) -> None:
         for slot in self.slots:
@@ -166,7 +166,7 @@ class _Workers:
                     log.warning(
                         "worker_died",
                         verb=slot.verb,
-                        pid=slot.proc.pid,
+                        worker_pid=slot.proc.pid,
                         code=code,
                         restart_in=delay,
                     )
@@ -189,7 +189,7 @@ class _Workers:
             await asyncio.sleep(0.02)
         for proc in running:
             if proc.poll() is None:
-                log.warning("worker_killed", pid=proc.pid, after=seconds)
+                log.warning("worker_killed", worker_pid=proc.pid, after=seconds)
                 proc.kill()
                 proc.wait()
 

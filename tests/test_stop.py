@@ -14,6 +14,7 @@ import time
 from datetime import datetime
 from typing import Any
 
+from gateway.lifetime import RestartBackoff
 from tests.conftest import write_config
 from tests.processes import connections_to, live_processes
 from tests.support import message
@@ -145,3 +146,10 @@ def _read_json_lines(stream: Any, into: list[dict[str, Any]]) -> None:
 
 def _seconds(timestamp: str) -> float:
     return datetime.fromisoformat(timestamp).timestamp()
+
+
+def test_restart_back_off_doubles_to_a_minute_and_starts_again_after_a_good_run():
+    backoff = RestartBackoff()
+    assert [backoff.delay_after(ran_for=0.5) for _ in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert backoff.delay_after(ran_for=61) == 1  # it had run a minute: a new incident
+    assert backoff.delay_after(ran_for=3) == 2

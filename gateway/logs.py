@@ -21,7 +21,6 @@ import os
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -93,10 +92,12 @@ def _exc_info(value: Any) -> ExcInfo | None:
 
 
 def _raised_at(tb: TracebackType | None) -> str:
+    """Where the error was raised: the innermost frame of its traceback."""
     if tb is None:
         return ""
-    frame = traceback.extract_tb(tb)[-1]
-    return f"{frame.filename}:{frame.lineno}"
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
 
 
 def identity(node: str, role: str, pid: int) -> Processor:

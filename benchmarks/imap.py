@@ -233,7 +233,7 @@ def prepare_gateway(home: Path, dovecot: Dovecot, batch_size: int) -> GatewayHom
     box = config.imap_sources.get("box")
     if box is None or box.port != dovecot.port or box.batch_size != batch_size:
         raise RuntimeError("the [imap.sources.box] section did not take")
-    configure_logging(config.logging.level, "json")
+    configure_logging(config.logging.level, "json", node=config.node_name, role="benchmark")
     gateway = Gateway.from_config(config)
     gateway.prepare_storage()
     now = gateway.clock.now

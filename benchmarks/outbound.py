@@ -116,7 +116,7 @@ def prepare(home: Path, sink_port: int) -> Setup:
     config = load_config(home / "gateway.toml", os.environ)
     if config.outbound.smarthost is None or config.outbound.smarthost.port != sink_port:
         raise RuntimeError("the smarthost section did not take")
-    configure_logging(config.logging.level, "json")
+    configure_logging(config.logging.level, "json", node=config.node_name, role="benchmark")
     gateway = Gateway.from_config(config)
     gateway.prepare_storage()
     placer = Gateway.from_config(config, durable_commits=False)

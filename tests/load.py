@@ -135,3 +135,10 @@ def wait_until_filed(
         if done or time.monotonic() - started > timeout:
             return seen, time.monotonic() - started
         time.sleep(0.5)
+
+
+def assert_filed_once(seen: Outcome, acknowledged: list[str]) -> None:
+    """Every acknowledged message filed, each exactly once, and nothing left to file."""
+    assert seen.statuses == Counter({"filed": len(acknowledged)}), seen
+    assert seen.unfinished == 0, seen
+    assert seen.documents == seen.distinct_documents == len(acknowledged), seen

@@ -17,7 +17,7 @@ import pytest
 
 from tests import postgres_server
 from tests.conftest import write_config
-from tests.load import SmtpLoad, wait_until_filed
+from tests.load import SmtpLoad, assert_filed_once, wait_until_filed
 from tests.test_serve import free_port, gateway_cli
 
 pytestmark = pytest.mark.skipif(
@@ -108,7 +108,5 @@ def test_serve_waits_for_the_database_then_rides_out_an_outage_under_load(tmp_pa
     )
     assert during and all(400 <= code < 500 for code in during), during
     assert all(code < 500 for code in load.replies), load.replies
-    assert seen.statuses == {"filed": len(acknowledged)}, seen
-    assert seen.unfinished == 0
-    assert seen.documents == seen.distinct_documents == len(acknowledged)
+    assert_filed_once(seen, acknowledged)
     assert seconds < 60

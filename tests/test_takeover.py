@@ -17,7 +17,7 @@ from gateway.app import Gateway
 from gateway.storage.models import InboundMessage, InboundMessageEvent
 from gateway.storage.queues.inbound import LEASE
 from tests.conftest import load, write_config
-from tests.load import SmtpLoad, wait_until_filed
+from tests.load import SmtpLoad, assert_filed_once, wait_until_filed
 from tests.processes import live_processes
 from tests.test_serve import free_port, gateway_cli, serving
 
@@ -108,9 +108,7 @@ def test_kill_9_under_load_then_restart_files_everything_once_within_a_minute(
         f"\n{len(acknowledged)} acknowledged, {orphaned} claimed by the killed worker; "
         f"all filed {seconds:.1f} s after the restart"
     )
-    assert seen.statuses == {"filed": len(acknowledged)}, seen
-    assert seen.unfinished == 0
-    assert seen.documents == seen.distinct_documents == len(acknowledged)
+    assert_filed_once(seen, acknowledged)
     # Taken back at once by the restarted node, not after the dead worker's lease.
     assert seconds < LEASE.total_seconds()
     assert _taken_over(config, "taken over from n1:") == orphaned
@@ -142,9 +140,7 @@ def test_one_of_two_nodes_killed_mid_load_the_other_files_its_mail(tmp_path, dat
         f"\n{len(acknowledged)} acknowledged by node-a, {orphaned} claimed by its worker; "
         f"all filed {seconds:.1f} s after it died"
     )
-    assert seen.statuses == {"filed": len(acknowledged)}, seen
-    assert seen.unfinished == 0
-    assert seen.documents == seen.distinct_documents == len(acknowledged)
+    assert_filed_once(seen, acknowledged)
     assert seconds < 90
     assert _taken_over(config_b, "taken over from node-a:") == orphaned
     takeovers = [e for e in logged if e["event"] == "takeover"]

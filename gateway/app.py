@@ -20,6 +20,7 @@ from gateway.inbound.extraction import ExtractionLimits
 from gateway.inbound.filing import Filer
 from gateway.inbound.imap import Connector, MailboxPoller, connect
 from gateway.inbound.recipients import Recipients
+from gateway.inbound.sandbox import ExtractionSandbox
 from gateway.inbound.smtp import InboundHandler, InboundServer
 from gateway.inbound.spool import Spool, SpoolWriter
 from gateway.outbound.dispatch import Dispatcher, SigningPool
@@ -149,7 +150,11 @@ class Gateway:
         return Filer(
             db=self.db,
             config=self.config.filing,
-            limits=self.extraction_limits(),
+            sandbox=ExtractionSandbox(
+                self.extraction_limits(),
+                self.config.extraction.timeout_seconds,
+                self.config.extraction.memory_limit_mb,
+            ),
             recipients=self.recipients(),
             registry=self.registry,
             blobs=self.blobs,

@@ -23,6 +23,7 @@ class Reply(Enum):
     BAD_RECIPIENT_SYNTAX = "553 5.1.3 <{address}>: Bad recipient address syntax"
     BAD_SENDER_SYNTAX = "553 5.1.7 Bad sender address syntax"
     MESSAGE_TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size ({limit} bytes)"
+    HEADER_TOO_BIG = "552 5.3.4 Message header exceeds fixed limits: {why}"
     LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)"
     SYNTAX_ERROR = "500 5.5.2 Syntax error, command unrecognised"
     START_DATA = "354 End data with <CR><LF>.<CR><LF>"

@@ -4,6 +4,10 @@ One frozen dataclass per table of the file; `TABLES` lists the tables in the ord
 `gateway init`'s TOML and the README show them. A declaration's check looks at one value
 (`checks.py`); rules that tie several keys together (TLS certificate and key, retry bounds,
 an IMAP source's password, folders and route) are in `parse.py`.
+
+Why this module is long: it is the one place every setting is declared (the rule), and each
+declaration carries its help text and bounds; split by table, the tables would only be
+re-imported here for `TABLES`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from gateway.config.declare import (
     required,
     setting,
 )
+from gateway.mail.header_limits import HeaderLimits
 
 # The registry the gateway ships with, as package data (in the wheel too); an admin who
 # changes partners points `partner_registry` at an edited copy.
@@ -83,6 +88,36 @@ class SmtpConfig:
         default_text="unset",
         example="/etc/ssl/mx.key",
     )
+    # Header bounds (README "SMTP intake limits"): checked over the raw bytes before any
+    # parsing; over one of them, 552 5.3.4 at the end of DATA (IMAP: stored rejected).
+    header_size_limit: int = setting(
+        102_400,
+        "Bytes of one header field, continuation lines included (Postfix's "
+        "header_size_limit); 552 5.3.4 beyond (Postfix cuts instead, see the README).",
+        low=1000,
+        high=16 * 1024 * 1024,
+        unit="bytes",
+    )
+    header_section_limit: int = setting(
+        1024 * 1024,
+        "Bytes of the whole header section (Exim's header_maxsize; Postfix has none); "
+        "552 5.3.4 beyond.",
+        low=1000,
+        high=64 * 1024 * 1024,
+        unit="bytes",
+    )
+    header_line_limit: int = setting(
+        10_000,
+        "Lines of the header section (Postfix has no such limit); 552 5.3.4 beyond.",
+        low=100,
+        high=1_000_000,
+    )
+
+    @property
+    def header_limits(self) -> HeaderLimits:
+        return HeaderLimits(
+            self.header_size_limit, self.header_section_limit, self.header_line_limit
+        )
 
 
 @dataclass(frozen=True)
@@ -145,6 +180,20 @@ class ExtractionConfig:
     )
     max_nesting_depth: int = setting(
         3, "Levels of ZIP, forwarded mail and TNEF opened inside each other.", low=0, high=10
+    )
+    # The budget of one message's extraction (gateway/inbound/sandbox.py): beyond it the
+    # message is held with the reason, and the messages behind it are filed.
+    timeout_seconds: float = setting(
+        30.0,
+        "Seconds one message's extraction may take (a watchdog kills it beyond: held).",
+        low=1,
+        high=3600,
+    )
+    memory_limit_mb: int = setting(
+        1024,
+        "Address space of the process extracting one message (RLIMIT_AS), in MB; beyond: held.",
+        low=256,
+        high=1024 * 1024,
     )
 
 

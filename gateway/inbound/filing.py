@@ -25,13 +25,9 @@ from sqlalchemy.orm import Session
 from gateway import metrics
 from gateway.clock import Clock, as_utc
 from gateway.config import FilingConfig
-from gateway.inbound.extraction import (
-    ExtractedDocument,
-    Extraction,
-    ExtractionLimits,
-    extract_documents,
-)
+from gateway.inbound.extraction import ExtractedDocument, Extraction
 from gateway.inbound.recipients import Destination, Recipients
+from gateway.inbound.sandbox import ExtractionSandbox, OverBudget
 from gateway.mail.dsn import BounceReport, parse_bounce
 from gateway.routing.partners import PartnerRegistry
 from gateway.runner import Backoff
@@ -161,7 +157,7 @@ class Filer:
         self,
         db: Database,
         config: FilingConfig,
-        limits: ExtractionLimits,
+        sandbox: ExtractionSandbox,
         recipients: Recipients,
         registry: PartnerRegistry,
         blobs: BlobStore,
@@ -171,7 +167,7 @@ class Filer:
     ) -> None:
         self.db = db
         self.config = config
-        self.limits = limits
+        self.sandbox = sandbox  # extraction under a time and memory budget
         self.recipients = recipients
         self.registry = registry
         self.blobs = blobs
@@ -221,6 +217,10 @@ class Filer:
         for message in messages:
             try:
                 prepared.append(self._prepare(message))
+            except OverBudget as exc:
+                # It would blow the budget again: held at once, with the reason.
+                log.warning("extraction_over_budget", queue_id=message.queue_id, why=str(exc))
+                self._hold(message, exc)
             except Exception as exc:
                 log.exception("filing_failed", queue_id=message.queue_id, attempt=message.attempts)
                 self._release_after_failure(message, exc)
@@ -270,7 +270,7 @@ class Filer:
         )
         destinations = [self.recipients.resolve(r) for r in message.rcpt_tos]
         with metrics.EXTRACTION_SECONDS.time():
-            extraction = extract_documents(raw, self.limits)
+            extraction = self.sandbox.extract(raw)
         outcome = FilingReport()
         outcome.recipients_refused = [
             f"{d.address.address}: {d.refusal}" for d in destinations if not d.accepted
@@ -423,11 +423,18 @@ class Filer:
             )
             return {(c, sha): i for c, sha, i in rows if (c, sha) in keys}
 
-    def _release_after_failure(self, message: InboundMessage, error: Exception) -> None:
+    def _hold(self, message: InboundMessage, error: OverBudget) -> None:
+        self._release_after_failure(message, error, retry=False)
+
+    def _release_after_failure(
+        self, message: InboundMessage, error: Exception, retry: bool = True
+    ) -> None:
         """Retry later with back-off (the row stays claimable once `lease_until` passes)."""
         reason = f"filing failed (attempt {message.attempts}): {error!r}"
-        retry_at = self.backoff.next_try(
-            message.attempts, as_utc(message.received_at), self.clock.now()
+        retry_at = (
+            self.backoff.next_try(message.attempts, as_utc(message.received_at), self.clock.now())
+            if retry
+            else None
         )
         if retry_at is None:
             reason += "; held for an administrator after too many attempts"

@@ -24,6 +24,7 @@ from gateway.config import SmtpConfig
 from gateway.inbound.recipients import Recipients
 from gateway.inbound.smtp_session import GatewaySMTP, say_and_close
 from gateway.inbound.spool import Arrival, Spool, new_queue_id
+from gateway.mail.header_limits import header_overflow
 from gateway.replies import Reply
 from gateway.routing.addresses import split_address
 
@@ -97,6 +98,8 @@ class InboundHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         queue_id: str = getattr(envelope, "queue_id", None) or new_queue_id()
         content = envelope.original_content or b""
+        if (refusal := self._header_refusal(content, session, queue_id)) is not None:
+            return refusal
         arrival = Arrival(
             queue_id=queue_id,
             source="smtp",
@@ -123,6 +126,15 @@ class InboundHandler:
             peer=arrival.peer,
         )
         return Reply.QUEUED.format(queue_id=queue_id)
+
+    def _header_refusal(self, content: bytes, session: Session, queue_id: str) -> str | None:
+        """552 5.3.4 when the header section is over a limit: refused before anything
+        parses it (README "SMTP intake limits" says why refused rather than cut)."""
+        why = header_overflow(content, self.config.header_limits)
+        if why is None:
+            return None
+        log.info("header_refused", queue_id=queue_id, peer=_peer(session), why=why)
+        return Reply.HEADER_TOO_BIG.format(why=why)
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default is a 500: senders would bounce the mail for our own failure.

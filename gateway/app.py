@@ -264,6 +264,7 @@ class Gateway:
                 clock=self.clock,
                 worker_name=f"{self.process_name}:{source.name}",
                 max_message_size=self.config.smtp.max_message_size,
+                header_limits=self.config.smtp.header_limits,
                 connector=connector,
                 stop=stop,
             )

@@ -390,6 +390,25 @@ def test_oversize_message_is_recorded_and_set_aside(
     assert len(dovecot.folder_uids(USER, "Rejected")) == 1
 
 
+def test_a_huge_header_is_recorded_rejected_never_parsed(
+    tmp_path: Path, database_url: str, clock: FixedClock, dovecot: Dovecot
+) -> None:
+    """Issue 10: the IMAP intake bounds headers as SMTP does (500 KB field: ~30 s to parse)."""
+    gw = _gateway(tmp_path, database_url, clock, dovecot)
+    huge = "; ".join(f"p{i}=v{i}" for i in range(90_000))[:500_000]
+    dovecot.append(USER, "INBOX", f"Subject: {huge}\r\n".encode() + _invoice(1))
+    dovecot.append(USER, "INBOX", _invoice(2))
+    started = time.monotonic()
+    result = _sync(gw)
+    assert time.monotonic() - started < 10
+    assert (result.rejected, result.stored) == (1, 1)
+    with gw.db.read() as s:
+        rows = list(s.execute(select(InboundMessage).order_by(InboundMessage.id)).scalars())
+    assert rows[0].status == MessageStatus.REJECTED
+    assert "header field larger than 102400 bytes" in (rows[0].reason or "")
+    assert len(dovecot.folder_uids(USER, "Rejected")) == 1
+
+
 def test_one_poller_per_mailbox(
     tmp_path: Path, database_url: str, clock: FixedClock, dovecot: Dovecot
 ) -> None:

@@ -48,6 +48,7 @@ from gateway.inbound.imap.connection import (
 from gateway.inbound.imap.headers import candidate_recipients, fingerprint, parse_header_block
 from gateway.inbound.recipients import Recipients
 from gateway.inbound.spool import Arrival, SpoolWriter, new_queue_id
+from gateway.mail.header_limits import HeaderLimits, header_overflow
 from gateway.routing.addresses import AddressKind
 from gateway.storage.db import Database, upsert_insert
 from gateway.storage.models import ImapMessage
@@ -105,6 +106,7 @@ class MailboxPoller:
         clock: Clock,
         worker_name: str,
         max_message_size: int,
+        header_limits: HeaderLimits,
         connector: Connector = connect,
         stop: threading.Event | None = None,
     ) -> None:
@@ -116,6 +118,7 @@ class MailboxPoller:
         self.clock = clock
         self.worker_name = worker_name
         self.max_message_size = max_message_size
+        self.header_limits = header_limits  # as SMTP's: over them, stored rejected
         self.connector = connector
         self.stop = stop or threading.Event()
         self.mailbox = source.mailbox(folder)
@@ -244,7 +247,12 @@ class MailboxPoller:
         return sorted(taken, key=lambda t: t.uid)
 
     def _route(self, uid: int, raw: bytes, data: dict[bytes, Any], refusal: str | None) -> _Taken:
-        headers = parse_header_block(raw)
+        # A header over the intake limits is never parsed (Python's parser is super-linear
+        # in a field's length): the message is recorded rejected, as SMTP refuses it.
+        overflow = header_overflow(raw, self.header_limits)
+        if overflow is not None:
+            refusal = refusal or f"{overflow} (the [smtp] header limits); not parsed"
+        headers = parse_header_block(b"" if overflow else raw)
         if self.source.routes_by_recipient:
             grammar = self.recipients.grammar
             candidates = candidate_recipients(

@@ -4,8 +4,11 @@ delaying the messages queued behind it."""
 
 from __future__ import annotations
 
+import io
+import os
 import threading
 import time
+import zipfile
 
 import pytest
 from sqlalchemy import select
@@ -102,3 +105,30 @@ def test_a_message_over_the_extraction_budget_is_held_and_the_others_are_filed(
         with gw.db.read() as s:
             names = sorted(d.filename for d in s.execute(select(Document)).scalars())
         assert names == ["facture-0.pdf", "facture-1.pdf", "facture-2.pdf"]
+
+
+def test_a_message_over_the_memory_budget_is_held_and_the_next_is_filed(
+    tmp_path, database_url, clock
+):
+    """Two ZIPs within every extraction limit (ratio < 100, < 100 MB each) whose 90 MB
+    members do not fit a 256 MB address space together: held with the reason; the next
+    message is filed."""
+    archives = []
+    for i in range(2):
+        archive = io.BytesIO()
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr(f"scan{i}.pdf", b"%PDF-1.4\n" + os.urandom(1_100_000) + b"\0" * 90_000_000)
+        archives.append((f"scans{i}.zip", "application/zip", archive.getvalue()))
+    hostile = message(attachments=archives)
+    with custom_server(tmp_path, database_url, clock, extraction={"memory_limit_mb": 256}) as (
+        gw,
+        running,
+    ):
+        assert _send(running, hostile)[0] == 250
+        invoice = message(attachments=[("facture.pdf", "application/pdf", pdf("Facture"))])
+        assert _send(running, invoice)[0] == 250
+        file_all(gw)
+        hostile_row, other = _messages(gw)
+        assert hostile_row.status == "held", hostile_row.reason
+        assert "extraction.memory_limit_mb" in (hostile_row.reason or "")
+        assert other.status == "filed"

@@ -120,7 +120,11 @@ def _serve(connection: Connection, limits: ExtractionLimits, memory_bytes: int) 
         except EOFError:
             return
         try:
-            result: tuple[str, object] = ("ok", extract_documents(raw, limits))
+            extraction = extract_documents(raw, limits)
+            result: tuple[str, object] = (
+                "memory" if _ran_out_of_memory(extraction) else "ok",
+                extraction,
+            )
         except MemoryError:
             result = ("memory", None)
         except Exception as exc:
@@ -129,3 +133,10 @@ def _serve(connection: Connection, limits: ExtractionLimits, memory_bytes: int) 
         connection.send(result)
         if result[0] == "memory":
             return  # a fresh process for the next message, not a fragmented heap
+
+
+def _ran_out_of_memory(extraction: Extraction) -> bool:
+    """Extraction keeps going past a part that fails (the part is kept as it came, the
+    reason noted): one that failed for want of memory is the budget's, not the part's."""
+    said = [*extraction.defects, *(r.reason for r in extraction.refused)]
+    return any("MemoryError" in text for text in said)

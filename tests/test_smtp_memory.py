@@ -8,6 +8,7 @@ the memory must come back once they leave. The server's memory is read from
 
 from __future__ import annotations
 
+import smtplib
 import socket
 import threading
 import time
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from tests.conftest import seeded_gateway, write_config
+from tests.conftest import custom_server, seeded_gateway, write_config
 from tests.support import DEFAULT_NOW, FixedClock
 from tests.test_serve import free_port, serving
 
@@ -128,3 +129,70 @@ def test_unfinished_data_of_many_clients_stays_within_the_budget_and_is_returned
     # Today the 128 MB are all held (and more, as the buffers grow by doubling).
     assert held < 32 + 40, f"server grew by {held:.0f} MB holding unfinished DATA"
     assert after < 20, f"server still {after:.0f} MB above its baseline after the clients left"
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's highest resident memory so far (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_large_messages_at_once_beyond_the_budget_get_451_and_the_session_goes_on(
+    tmp_path, database_url
+):
+    """8 clients send an 8 MB message each at once against a 16 MB budget: those that fit
+    are stored (250), the others get 451 4.3.2 after their data and can send again on the
+    same connection; the server's peak stays near the budget and its memory comes back."""
+    clients_count, each = 8, 8 * MB
+    with gateway_process(tmp_path, database_url, data_memory_budget=16 * MB) as (pid, port):
+        baseline = rss_mb(pid)
+        with ExitStack() as stack:
+            clients = [Client(port) for _ in range(clients_count)]
+            for c in clients:
+                stack.callback(c.close)
+                c.start_data()
+
+            def send(i: int) -> str:
+                clients[i].send_body(each)
+                clients[i].sock.sendall(b"\r\n.\r\n")
+                return clients[i].expect("")
+
+            replies = [str(r) for r in in_parallel(clients_count, send)]
+            peak = peak_rss_mb(pid) - baseline
+            busy = [c for c, r in zip(clients, replies, strict=True) if r.startswith("451")]
+            assert all(r.startswith("451 4.3.2") for r in replies if r[:1] == "4"), replies
+            assert 0 < len(busy) < clients_count, replies
+            assert sum(r.startswith("250") for r in replies) + len(busy) == clients_count
+            for c in busy:  # the budget was given back: a retry on the same session passes
+                c.command("MAIL FROM:<fournisseur@example.org>", "250")
+                c.command(f"RCPT TO:<{RCPT}>", "250")
+                c.command("DATA", "354")
+                c.sock.sendall(b"Subject: small\r\n\r\nhello\r\n.\r\n")
+                c.expect("250")
+        after = settled_rss(pid, below=baseline + 20) - baseline
+    # Without a budget all 64 MB are held at once, several times over (buffer and copies).
+    assert peak < 16 * 2 + 40, f"peak {peak:.0f} MB above the baseline"
+    assert after < 20, f"server still {after:.0f} MB above its baseline after the clients left"
+
+
+def test_an_oversize_message_gets_552_and_holds_nothing_of_the_budget(
+    tmp_path, database_url, clock
+):
+    """A message past the size limit and past the budget is refused as too big (552, not
+    451), and its dropped bytes hold none of the budget: the next message fits."""
+    sections = {"max_message_size": 100_000, "data_memory_budget": 1 * MB}
+    with custom_server(tmp_path, database_url, clock, smtp=sections) as (_, running):
+        with running.client() as smtp:
+            code, reply = send_on(smtp, b"Subject: big\r\n\r\n" + (b"x" * 998 + b"\r\n") * 3000)
+            assert (code, reply[:5]) == (552, b"5.3.4"), reply
+            code, reply = send_on(smtp, b"Subject: fits\r\n\r\n" + (b"y" * 998 + b"\r\n") * 90)
+            assert code == 250, reply
+        assert running.server is not None and running.server.data_budget.held == 0
+
+
+def send_on(smtp: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
+    smtp.mail("fournisseur@example.org")
+    smtp.rcpt(RCPT)
+    return smtp.data(data)

@@ -154,6 +154,9 @@ class GatewaySMTP(SMTP):
         content = await self.read_content()
         if content is None:  # the connection went away mid-data
             return
+        limit = self.data_size_limit
+        if limit and not isinstance(content, Dropped) and len(content) > limit:
+            content = Dropped.TOO_BIG  # past the limit only in its last chunk
         if isinstance(content, Dropped):
             # aiosmtpd private: its own end-of-transaction reset (a fresh envelope), which
             # its smtp_DATA calls on every outcome; ours replaces that method, so must too.
@@ -204,7 +207,7 @@ class GatewaySMTP(SMTP):
             # aiosmtpd private: restarts the idle timer, which aiosmtpd resets only per
             # command line; without it a long upload would be cut at `timeout` seconds.
             self._reset_timeout()
-            self.hold_data(len(chunk))
+            self.hold_data(len(chunk), keep=not dropped)
             buf += chunk
         # Bytes after the terminator are the client's next (pipelined) commands: give them
         # back to the reader, where aiosmtpd's command loop reads them next.
@@ -213,10 +216,10 @@ class GatewaySMTP(SMTP):
             # asyncio private: StreamReader has no "unread"; its buffer is a bytearray that
             # aiosmtpd itself edits (it clears it on STARTTLS).
             reader._buffer[:0] = rest  # type: ignore[attr-defined]
+        if limit and dropped + end - 2 > limit:  # (buf began with 2 bytes of ours)
+            return Dropped.TOO_BIG
         if self.data_over_budget:
             return Dropped.OVER_BUDGET
-        if dropped:
-            return Dropped.TOO_BIG
         # One copy of the message at a time: the buffer goes as soon as the bytes are out
         # (replace returns the same object when there is no dot to remove).
         del buf[end + 2 :]
@@ -225,20 +228,20 @@ class GatewaySMTP(SMTP):
         data = data.replace(b"\r\n.", b"\r\n")
         return data[1:] if data.startswith(b".") else data
 
-    def hold_data(self, size: int) -> None:
+    def hold_data(self, size: int, keep: bool) -> None:
         """Count `size` more bytes of this DATA in the shared budget, or, when they do not
         fit, mark this DATA as over budget: its bytes are dropped from now on, and what it
         held goes back to the budget at once, so that the sessions already under way can
-        finish (all of them sharing the budget and all failing is what this avoids)."""
+        finish (all of them sharing the budget and all failing is what this avoids).
+        `keep` false: the data is being dropped (past the size limit), nothing is held."""
         self.data_bytes_read += size
-        if self.data_over_budget:
-            return
-        if self.data_budget.take(size):
-            self.data_held += size
-        else:
+        if keep and not self.data_over_budget:
+            if self.data_budget.take(size):
+                self.data_held += size
+                return
             self.data_over_budget = True
-            self.data_budget.give_back(self.data_held)
-            self.data_held = 0
+        self.data_budget.give_back(self.data_held)
+        self.data_held = 0
 
     def release_data(self) -> None:
         """The DATA is over (stored, refused or cut off): give its bytes back to the budget,

@@ -24,12 +24,12 @@ MB = 1024 * 1024
 RCPT = "compta+dupont-maconnerie@welyb.fr"
 
 
-def rss_mb(pid: int) -> float:
-    """The process's resident memory now, in MB."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """The process's resident memory now (VmHWM: its highest so far), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError(f"no {field}")
 
 
 class Client:
@@ -53,6 +53,9 @@ class Client:
 
     def start_data(self) -> None:
         self.command("EHLO client.example.org", "250")
+        self.next_data()
+
+    def next_data(self) -> None:
         self.command("MAIL FROM:<fournisseur@example.org>", "250")
         self.command(f"RCPT TO:<{RCPT}>", "250")
         self.command("DATA", "354")
@@ -99,6 +102,17 @@ def gateway_process(tmp_path: Path, database_url: str, **smtp: object) -> Iterat
         yield proc.pid, port
 
 
+@contextmanager
+def clients_in_data(port: int, count: int) -> Iterator[list[Client]]:
+    """`count` clients on the server, each past its 354, closed on the way out."""
+    with ExitStack() as stack:
+        clients = [Client(port) for _ in range(count)]
+        for c in clients:
+            stack.callback(c.close)
+            c.start_data()
+        yield clients
+
+
 def settled_rss(pid: int, below: float, seconds: float = 5) -> float:
     """RSS once it has come down under `below`, or its last value after `seconds`."""
     deadline = time.monotonic() + seconds
@@ -117,11 +131,7 @@ def test_unfinished_data_of_many_clients_stays_within_the_budget_and_is_returned
     clients_count, each = 16, 8 * MB
     with gateway_process(tmp_path, database_url, data_memory_budget=32 * MB) as (pid, port):
         baseline = rss_mb(pid)
-        with ExitStack() as stack:
-            clients = [Client(port) for _ in range(clients_count)]
-            for c in clients:
-                stack.callback(c.close)
-                c.start_data()
+        with clients_in_data(port, clients_count) as clients:
             in_parallel(clients_count, lambda i: clients[i].send_body(each))
             time.sleep(0.5)  # the last chunks reach the server
             held = rss_mb(pid) - baseline
@@ -129,14 +139,6 @@ def test_unfinished_data_of_many_clients_stays_within_the_budget_and_is_returned
     # Today the 128 MB are all held (and more, as the buffers grow by doubling).
     assert held < 32 + 40, f"server grew by {held:.0f} MB holding unfinished DATA"
     assert after < 20, f"server still {after:.0f} MB above its baseline after the clients left"
-
-
-def peak_rss_mb(pid: int) -> float:
-    """The process's highest resident memory so far (VmHWM), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
 
 
 def test_large_messages_at_once_beyond_the_budget_get_451_and_the_session_goes_on(
@@ -148,11 +150,7 @@ def test_large_messages_at_once_beyond_the_budget_get_451_and_the_session_goes_o
     clients_count, each = 8, 8 * MB
     with gateway_process(tmp_path, database_url, data_memory_budget=16 * MB) as (pid, port):
         baseline = rss_mb(pid)
-        with ExitStack() as stack:
-            clients = [Client(port) for _ in range(clients_count)]
-            for c in clients:
-                stack.callback(c.close)
-                c.start_data()
+        with clients_in_data(port, clients_count) as clients:
 
             def send(i: int) -> str:
                 clients[i].send_body(each)
@@ -160,15 +158,13 @@ def test_large_messages_at_once_beyond_the_budget_get_451_and_the_session_goes_o
                 return clients[i].expect("")
 
             replies = [str(r) for r in in_parallel(clients_count, send)]
-            peak = peak_rss_mb(pid) - baseline
+            peak = rss_mb(pid, "VmHWM") - baseline
             busy = [c for c, r in zip(clients, replies, strict=True) if r.startswith("451")]
             assert all(r.startswith("451 4.3.2") for r in replies if r[:1] == "4"), replies
             assert 0 < len(busy) < clients_count, replies
             assert sum(r.startswith("250") for r in replies) + len(busy) == clients_count
             for c in busy:  # the budget was given back: a retry on the same session passes
-                c.command("MAIL FROM:<fournisseur@example.org>", "250")
-                c.command(f"RCPT TO:<{RCPT}>", "250")
-                c.command("DATA", "354")
+                c.next_data()
                 c.sock.sendall(b"Subject: small\r\n\r\nhello\r\n.\r\n")
                 c.expect("250")
         after = settled_rss(pid, below=baseline + 20) - baseline

@@ -28,6 +28,7 @@ class Reply(Enum):
     START_DATA = "354 End data with <CR><LF>.<CR><LF>"
     NEED_RCPT = "503 5.5.1 Error: need RCPT command"
     DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
+    DATA_MEMORY_BUSY = "451 4.3.2 Too much mail data in progress, try again later"
 
     def format(self, **values: object) -> str:
         return self.value.format(**values)

@@ -24,7 +24,7 @@ from packaging.requirements import Requirement
 
 import gateway
 import gateway.inbound.smtp_session
-from gateway.inbound.smtp_session import SYNTAX_ATTRIBUTES, GatewaySMTP
+from gateway.inbound.smtp_session import SYNTAX_ATTRIBUTES, DataBudget, GatewaySMTP
 from gateway.replies import AIOSMTPD_REPLACEMENTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,7 +182,7 @@ def test_no_name_of_ours_shadows_one_of_aiosmtpds(monkeypatch: pytest.MonkeyPatc
         loop.close()
     # What GatewaySMTP's own __init__ sets, without aiosmtpd's.
     monkeypatch.setattr(SMTP, "__init__", lambda self, *args, **kwargs: None)
-    ours = set(vars(GatewaySMTP(_Handler(), set()))) | {
+    ours = set(vars(GatewaySMTP(_Handler(), set(), DataBudget(2**30)))) | {
         n for n in vars(GatewaySMTP) if not (n.startswith("__") and n.endswith("__"))
     }
     shadowed = (ours - OVERRIDES) & aiosmtpd_names
@@ -232,7 +232,9 @@ class _LiveSession:
     async def __aenter__(self) -> _LiveSession:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: GatewaySMTP(self.handler, self.sessions, hostname="test", loop=loop),
+            lambda: GatewaySMTP(
+                self.handler, self.sessions, DataBudget(2**30), hostname="test", loop=loop
+            ),
             "127.0.0.1",
             0,
         )
@@ -310,7 +312,9 @@ def test_private_methods_do_what_smtp_data_relies_on() -> None:
         class NoHooks:
             draining = False
 
-        bare = GatewaySMTP(NoHooks(), set(), hostname="test", loop=asyncio.get_running_loop())
+        bare = GatewaySMTP(
+            NoHooks(), set(), DataBudget(2**30), hostname="test", loop=asyncio.get_running_loop()
+        )
         assert await bare._call_handler_hook("DATA") is MISSING, (
             f"{AIOSMTPD}: SMTP._call_handler_hook no longer returns MISSING without a hook"
         )

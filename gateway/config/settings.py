@@ -83,6 +83,15 @@ class SmtpConfig:
         default_text="unset",
         example="/etc/ssl/mx.key",
     )
+    # Memory (issue 10, item 3): DATA in memory is bounded for all sessions together.
+    data_memory_budget: int = setting(
+        256 * 1024 * 1024,
+        "Bytes of DATA all sessions together may hold in memory; a message that would go "
+        "beyond gets 451 4.3.2 after its data (Postfix streams to its queue file instead).",
+        low=1024 * 1024,
+        high=2**40,
+        unit="bytes",
+    )
 
 
 @dataclass(frozen=True)

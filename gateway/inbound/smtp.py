@@ -22,7 +22,7 @@ from gateway import metrics
 from gateway.clock import Clock
 from gateway.config import SmtpConfig
 from gateway.inbound.recipients import Recipients
-from gateway.inbound.smtp_session import GatewaySMTP, say_and_close
+from gateway.inbound.smtp_session import DataBudget, GatewaySMTP, say_and_close
 from gateway.inbound.spool import Arrival, Spool, new_queue_id
 from gateway.replies import Reply
 from gateway.routing.addresses import split_address
@@ -169,6 +169,7 @@ class InboundServer:
         self.handler = handler
         self.config = config
         self.sessions: set[GatewaySMTP] = set()
+        self.data_budget = DataBudget(config.data_memory_budget)
         self._server: asyncio.AbstractServer | None = None
         self.tls_context = _tls_context(config)
 
@@ -178,6 +179,7 @@ class InboundServer:
         return GatewaySMTP(
             self.handler,
             self.sessions,
+            self.data_budget,
             hostname=self.config.hostname,
             ident="ESMTP gateway",
             data_size_limit=self.config.max_message_size,

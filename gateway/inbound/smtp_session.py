@@ -11,6 +11,10 @@ lives in `gateway.inbound.smtp` and uses only this class's own members.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import enum
+import functools
 import time
 from typing import Any, AnyStr, Protocol, cast
 
@@ -21,6 +25,33 @@ from gateway.replies import AIOSMTPD_REPLACEMENTS, Reply
 
 END_OF_DATA = b"\r\n.\r\n"
 DATA_CHUNK = 64 * 1024
+# After a session has held this much DATA, its freed memory is handed back to the system.
+RETURN_MEMORY_AFTER = 1024 * 1024
+
+
+class Dropped(enum.Enum):
+    """What `read_content` returns when it had to drop the data rather than keep it."""
+
+    TOO_BIG = "past the size limit"
+    OVER_BUDGET = "past the in-flight DATA budget"
+
+
+class DataBudget:
+    """Bytes of DATA held in memory by all sessions together, against one limit
+    (`smtp.data_memory_budget`). One per server; every session takes from it and gives back."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
 
 
 class DrainingFlag(Protocol):
@@ -44,10 +75,21 @@ class GatewaySMTP(SMTP):
     asyncio's (the internals test lists them from this module's source).
     """
 
-    def __init__(self, handler: DrainingFlag, sessions: set[GatewaySMTP], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: DrainingFlag,
+        sessions: set[GatewaySMTP],
+        data_budget: DataBudget,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self.gateway_handler = handler
         self.open_sessions = sessions
+        self.data_budget = data_budget
+        self.data_held = 0  # bytes of the current DATA counted in data_budget
+        self.data_over_budget = False
+        self.data_bytes_read = 0  # bytes of the current DATA read so far, kept or not
+        self.data_buffer = bytearray()  # read_content's buffer, emptied by release_data
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.open_sessions.add(self)
@@ -101,15 +143,29 @@ class GatewaySMTP(SMTP):
             await self.push(Reply.DATA_SYNTAX.value)
             return
         await self.push(Reply.START_DATA.value)
+        try:
+            await self.receive_message()
+        finally:
+            self.release_data()
+
+    async def receive_message(self) -> None:
+        """The DATA phase after the 354: read, store (through the handler), answer."""
+        assert self.envelope is not None
         content = await self.read_content()
         if content is None:  # the connection went away mid-data
             return
-        if self.data_size_limit and len(content) > self.data_size_limit:
+        limit = self.data_size_limit
+        if limit and not isinstance(content, Dropped) and len(content) > limit:
+            content = Dropped.TOO_BIG  # past the limit only in its last chunk
+        if isinstance(content, Dropped):
             # aiosmtpd private: its own end-of-transaction reset (a fresh envelope), which
             # its smtp_DATA calls on every outcome; ours replaces that method, so must too.
             # (aiosmtpd leaves it unannotated.)
             self._set_post_data_state()  # type: ignore[no-untyped-call]
-            await self.push(Reply.MESSAGE_TOO_BIG.format(limit=self.data_size_limit))
+            if content is Dropped.OVER_BUDGET:
+                await self.push(Reply.DATA_MEMORY_BUSY.value)
+            else:
+                await self.push(Reply.MESSAGE_TOO_BIG.format(limit=self.data_size_limit))
             return
         self.envelope.content = self.envelope.original_content = content
         ended = time.perf_counter()
@@ -123,22 +179,24 @@ class GatewaySMTP(SMTP):
         if reply.startswith("250"):
             metrics.SMTP_ACKNOWLEDGEMENT_SECONDS.observe(time.perf_counter() - ended)
 
-    async def read_content(self) -> bytes | None:
+    async def read_content(self) -> bytes | Dropped | None:
         """The message up to the end-of-data line, dot-unstuffed; None on disconnect.
 
-        Past the size limit the rest is read and dropped (keeping a tail to find the end),
-        so that memory stays bounded and the 552 comes after the data, as RFC 5321 4.2.5
-        implies. The result is then longer than the limit, which is how the caller knows.
+        Past the size limit, or once the sessions together hold `data_budget` bytes, the
+        rest is read and dropped (keeping a tail to find the end), so that memory stays
+        bounded and the 552 (451 4.3.2 for the budget) comes after the data, as RFC 5321
+        4.2.5 implies. The result then says which (`Dropped`).
         """
         # aiosmtpd private: the StreamReader the connection feeds (set in its
         # `_cb_client_connected`); aiosmtpd offers no public way to read the raw stream.
         reader = self._reader
         limit = self.data_size_limit or 0
         buf = bytearray(b"\r\n")  # so that a message starting with ".\r\n" ends at once
+        self.data_buffer = buf
         dropped = 0
         start = 0
         while (end := buf.find(END_OF_DATA, start)) < 0:
-            if limit and len(buf) + dropped > limit + 2:
+            if (limit and len(buf) + dropped > limit + 2) or self.data_over_budget:
                 keep = len(END_OF_DATA) - 1  # searched already; only a split marker matters
                 dropped += len(buf) - keep
                 del buf[:-keep]
@@ -149,6 +207,7 @@ class GatewaySMTP(SMTP):
             # aiosmtpd private: restarts the idle timer, which aiosmtpd resets only per
             # command line; without it a long upload would be cut at `timeout` seconds.
             self._reset_timeout()
+            self.hold_data(len(chunk), keep=not dropped)
             buf += chunk
         # Bytes after the terminator are the client's next (pipelined) commands: give them
         # back to the reader, where aiosmtpd's command loop reads them next.
@@ -157,10 +216,45 @@ class GatewaySMTP(SMTP):
             # asyncio private: StreamReader has no "unread"; its buffer is a bytearray that
             # aiosmtpd itself edits (it clears it on STARTTLS).
             reader._buffer[:0] = rest  # type: ignore[attr-defined]
-        if dropped:
-            return b"\0" * (limit + 1)  # marker length only; the content is gone
-        data = bytes(buf[2 : end + 2]).replace(b"\r\n.", b"\r\n")
+        if limit and dropped + end - 2 > limit:  # (buf began with 2 bytes of ours)
+            return Dropped.TOO_BIG
+        if self.data_over_budget:
+            return Dropped.OVER_BUDGET
+        # One copy of the message at a time: the buffer goes as soon as the bytes are out
+        # (replace returns the same object when there is no dot to remove).
+        del buf[end + 2 :]
+        data = bytes(memoryview(buf)[2:])
+        buf.clear()
+        data = data.replace(b"\r\n.", b"\r\n")
         return data[1:] if data.startswith(b".") else data
+
+    def hold_data(self, size: int, keep: bool) -> None:
+        """Count `size` more bytes of this DATA in the shared budget, or, when they do not
+        fit, mark this DATA as over budget: its bytes are dropped from now on, and what it
+        held goes back to the budget at once, so that the sessions already under way can
+        finish (all of them sharing the budget and all failing is what this avoids).
+        `keep` false: the data is being dropped (past the size limit), nothing is held."""
+        self.data_bytes_read += size
+        if keep and not self.data_over_budget:
+            if self.data_budget.take(size):
+                self.data_held += size
+                return
+            self.data_over_budget = True
+        self.data_budget.give_back(self.data_held)
+        self.data_held = 0
+
+    def release_data(self) -> None:
+        """The DATA is over (stored, refused or cut off): give its bytes back to the budget,
+        and, after a large one, its memory back to the system."""
+        self.data_budget.give_back(self.data_held)
+        received, self.data_bytes_read = self.data_bytes_read, 0
+        self.data_held, self.data_over_budget = 0, False
+        # When the client went away mid-data, the exception that ends the task keeps
+        # read_content's frame, and its buffer, alive in a reference cycle until the garbage
+        # collector runs, which an idle server may not do for a long time: empty it now.
+        self.data_buffer.clear()
+        if received >= RETURN_MEMORY_AFTER:
+            return_freed_memory()
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         # Draining: the transaction in progress has finished; start no new one.
@@ -170,6 +264,22 @@ class GatewaySMTP(SMTP):
                 self.transport.close()
             return
         await super().smtp_MAIL(arg)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    libc = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+
+
+def return_freed_memory() -> None:
+    """Hand freed heap memory back to the system. glibc keeps what a large message's
+    buffers used (its mmap threshold rises to the largest block freed, so the next large
+    buffers come from the heap), and the server would stay at its peak after the clients
+    left; malloc_trim(0) releases the free pages. Elsewhere (musl, macOS) nothing to do."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def say_and_close(transport: asyncio.BaseTransport, line: str) -> None:

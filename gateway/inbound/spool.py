@@ -208,6 +208,9 @@ class Spool:
                 for (_, future), row_id in zip(batch, ids, strict=True):
                     if not future.done():
                         future.set_result(row_id)
+                # The batch's bytes (up to many large messages) must not wait here, held,
+                # for the next arrival: the memory goes back once the senders have left.
+                del batch
 
     async def close(self) -> None:
         if self._task is not None:

@@ -28,6 +28,10 @@ class Reply(Enum):
     START_DATA = "354 End data with <CR><LF>.<CR><LF>"
     NEED_RCPT = "503 5.5.1 Error: need RCPT command"
     DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
+    BAD_HELO = "501 5.5.2 Syntax: {verb} hostname"
+    BAD_RECIPIENT_CHARACTERS = "553 5.1.3 Bad recipient address syntax"
+    TLS_ALREADY_ACTIVE = "554 5.5.1 Error: TLS already active"
+    AUTH_NOT_ENABLED = "503 5.5.1 Error: authentication not enabled"
 
     def format(self, **values: object) -> str:
         return self.value.format(**values)

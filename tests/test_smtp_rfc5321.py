@@ -7,10 +7,11 @@ import asyncio
 import smtplib
 import socket
 import ssl
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from gateway.app import Gateway
 from gateway.inbound.spool import Arrival
@@ -81,6 +82,75 @@ def test_a_row_that_cannot_be_stored_fails_alone_in_its_group(server, gw):
         "TAKEN0000000001",
         "GOOD000000000001",
         "GOOD000000000002",
+    ]
+
+
+POISON = "poison@example.org"
+
+
+def _refuse_rows_from(gw: Gateway, sender: str) -> None:
+    """A row the database refuses (as PostgreSQL refuses a NUL or an oversized value)."""
+    with gw.db.write() as s:
+        if gw.db.is_sqlite:
+            s.execute(
+                text(
+                    "CREATE TRIGGER poison BEFORE INSERT ON inbound_messages "
+                    f"WHEN NEW.mail_from = '{sender}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                )
+            )
+            return
+        s.execute(
+            text(
+                "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN "
+                f"IF NEW.mail_from = '{sender}' THEN RAISE EXCEPTION 'refused'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+        )
+        s.execute(
+            text(
+                "CREATE TRIGGER poison BEFORE INSERT ON inbound_messages "
+                "FOR EACH ROW EXECUTE FUNCTION poison()"
+            )
+        )
+
+
+def test_concurrent_clients_one_refused_row_fails_only_its_own_message(server, gw):
+    """Real clients at once; the writer is held while they queue, so that one group commit
+    holds the refused row and two good ones. Only the refused one gets its 451."""
+    assert server.spool is not None
+    _refuse_rows_from(gw, POISON)
+
+    def send(sender: str) -> tuple[int, bytes]:
+        # A generous timeout: the test's console log renders the 451's traceback slowly.
+        with smtplib.SMTP(server.host, server.port, timeout=60) as smtp:
+            smtp.ehlo("client.example.org")
+            smtp.mail(sender)
+            smtp.rcpt(OURS)
+            return smtp.data(message(subject=sender))
+
+    senders = ["good-1@example.org", POISON, "good-2@example.org"]
+    with ThreadPoolExecutor(len(senders) + 1) as pool, gw.db.write() as held:
+        if not gw.db.is_sqlite:  # (on SQLite the write turn held here is enough)
+            held.execute(text("LOCK TABLE inbound_messages IN EXCLUSIVE MODE"))
+        first = pool.submit(send, "first@example.org")  # its group waits on the lock
+        for _ in range(100):  # bounded: 5 s, until its group is with the writer
+            if server.spool._busy and not server.spool._pending:
+                break
+            time.sleep(0.05)
+        replies = [pool.submit(send, sender) for sender in senders]
+        for _ in range(100):  # the next group: what arrives meanwhile
+            if len(server.spool._pending) == len(senders):
+                break
+            time.sleep(0.05)
+        assert len(server.spool._pending) == len(senders)
+    good1, poison, good2 = (r.result(30) for r in replies)
+    assert first.result(30)[0] == 250
+    assert good1[0] == 250 and good2[0] == 250, (good1, good2)
+    assert poison[0] == 451 and poison[1].startswith(b"4.3.0"), poison
+    assert sorted(r.mail_from for r in rows(gw)) == [
+        "first@example.org",
+        "good-1@example.org",
+        "good-2@example.org",
     ]
 
 

@@ -167,12 +167,17 @@ def test_the_modules_private_uses_are_exactly_the_checked_ones() -> None:
     )
 
 
-def test_no_other_module_uses_aiosmtpd_private_members() -> None:
+def _plain_session() -> SMTP:
+    """aiosmtpd's own protocol object, as it stands before any connection."""
     loop = asyncio.new_event_loop()
     try:
-        plain = SMTP(object(), hostname="test", loop=loop)
+        return SMTP(object(), hostname="test", loop=loop)
     finally:
         loop.close()
+
+
+def test_no_other_module_uses_aiosmtpd_private_members() -> None:
+    plain = _plain_session()
     private = {
         n for n in set(dir(SMTP)) | set(vars(plain)) if n.startswith("_") and not n.startswith("__")
     } | PRIVATE_ATTRIBUTES
@@ -213,11 +218,7 @@ def test_help_reads_the_syntax_attributes_we_copy(command: str) -> None:
 
 def test_tls_protocol_is_none_until_starttls() -> None:
     """`smtp_STARTTLS` refuses a second STARTTLS when `_tls_protocol` is set."""
-    loop = asyncio.new_event_loop()
-    try:
-        plain = SMTP(object(), hostname="test", loop=loop)
-    finally:
-        loop.close()
+    plain = _plain_session()
     assert "_tls_protocol" in vars(plain) and plain._tls_protocol is None, (
         f"{AIOSMTPD}: SMTP._tls_protocol is gone or not None before STARTTLS; "
         "GatewaySMTP.smtp_STARTTLS can no longer tell a session already in TLS"

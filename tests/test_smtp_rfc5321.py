@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import socket
-import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,9 +16,8 @@ from gateway.app import Gateway
 from gateway.inbound.spool import Arrival
 from gateway.routing.reverse_path import is_reverse_path
 from gateway.storage.models import BotMail, InboundMessage
-from tests.conftest import custom_server
 from tests.support import DEFAULT_NOW, RunningServer, file_all, message
-from tests.test_smtp import _self_signed
+from tests.test_smtp import tls_server
 
 OURS = "compta+dupont-maconnerie@welyb.fr"
 
@@ -325,17 +323,13 @@ def test_a_long_sender_does_not_open_a_relay(server, gw):
 
 
 @pytest.fixture
-def tls_server(tmp_path, database_url, clock):
-    cert, key = _self_signed(tmp_path)
-    tls = {"tls_certificate": str(cert), "tls_key": str(key)}
-    with custom_server(tmp_path, database_url, clock, smtp=tls) as (gw, running):
-        context = ssl.create_default_context(cafile=str(cert))
-        context.check_hostname = False
-        yield gw, running, context
+def tls(tmp_path, database_url, clock):
+    with tls_server(tmp_path, database_url, clock) as running:
+        yield running
 
 
-def test_starttls_inside_tls_is_refused_and_the_session_goes_on(tls_server):
-    gw, running, context = tls_server
+def test_starttls_inside_tls_is_refused_and_the_session_goes_on(tls):
+    gw, running, context = tls
     with smtplib.SMTP(running.host, running.port, timeout=10) as smtp:
         smtp.ehlo("client.example.org")
         smtp.starttls(context=context)
@@ -348,8 +342,8 @@ def test_starttls_inside_tls_is_refused_and_the_session_goes_on(tls_server):
     assert len(rows(gw)) == 1
 
 
-def test_auth_is_not_advertised_on_a_receive_only_mx(tls_server):
-    _, running, context = tls_server
+def test_auth_is_not_advertised_on_a_receive_only_mx(tls):
+    _, running, context = tls
     with smtplib.SMTP(running.host, running.port, timeout=10) as smtp:
         smtp.ehlo("client.example.org")
         assert not smtp.has_extn("auth")

@@ -29,6 +29,10 @@ class Reply(Enum):
     NEED_RCPT = "503 5.5.1 Error: need RCPT command"
     DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
     DATA_MEMORY_BUSY = "451 4.3.2 Too much mail data in progress, try again later"
+    BAD_HELO = "501 5.5.2 Syntax: {verb} hostname"
+    BAD_RECIPIENT_CHARACTERS = "553 5.1.3 Bad recipient address syntax"
+    TLS_ALREADY_ACTIVE = "554 5.5.1 Error: TLS already active"
+    AUTH_NOT_ENABLED = "503 5.5.1 Error: authentication not enabled"
 
     def format(self, **values: object) -> str:
         return self.value.format(**values)

@@ -36,12 +36,18 @@ PRIVATE_CALLS: dict[str, tuple[tuple[object, ...], bool]] = {
     "_set_post_data_state": ((), False),
     "_reset_timeout": ((), False),
 }
-# Private attributes it reads: the session's StreamReader, and that reader's buffer.
-PRIVATE_ATTRIBUTES = {"_reader", "_buffer"}
+# Private attributes it reads: the session's StreamReader, and that reader's buffer; whether
+# STARTTLS has begun (the TLS protocol, None before).
+PRIVATE_ATTRIBUTES = {"_reader", "_buffer", "_tls_protocol"}
 # aiosmtpd methods GatewaySMTP overrides or calls, as aiosmtpd calls them / we call them.
 PUBLIC_CALLS: dict[str, tuple[tuple[object, ...], bool]] = {
     "smtp_DATA": (("",), True),
     "smtp_MAIL": (("FROM:<a@example.org>",), True),
+    "smtp_HELO": (("client.example.org",), True),
+    "smtp_EHLO": (("client.example.org",), True),
+    "smtp_RCPT": (("TO:<a@example.org>",), True),
+    "smtp_STARTTLS": (("",), True),
+    "smtp_AUTH": (("PLAIN",), True),
     "push": (("250 OK",), True),
     "check_helo_needed": ((), True),
     "check_auth_needed": (("DATA",), True),
@@ -57,6 +63,11 @@ OVERRIDES = {
     "push",
     "smtp_DATA",
     "smtp_MAIL",
+    "smtp_HELO",
+    "smtp_EHLO",
+    "smtp_RCPT",
+    "smtp_STARTTLS",
+    "smtp_AUTH",
 }
 
 
@@ -156,12 +167,17 @@ def test_the_modules_private_uses_are_exactly_the_checked_ones() -> None:
     )
 
 
-def test_no_other_module_uses_aiosmtpd_private_members() -> None:
+def _plain_session() -> SMTP:
+    """aiosmtpd's own protocol object, as it stands before any connection."""
     loop = asyncio.new_event_loop()
     try:
-        plain = SMTP(object(), hostname="test", loop=loop)
+        return SMTP(object(), hostname="test", loop=loop)
     finally:
         loop.close()
+
+
+def test_no_other_module_uses_aiosmtpd_private_members() -> None:
+    plain = _plain_session()
     private = {
         n for n in set(dir(SMTP)) | set(vars(plain)) if n.startswith("_") and not n.startswith("__")
     } | PRIVATE_ATTRIBUTES
@@ -189,13 +205,24 @@ def test_no_name_of_ours_shadows_one_of_aiosmtpds(monkeypatch: pytest.MonkeyPatc
     assert not shadowed, f"{AIOSMTPD} now has members GatewaySMTP also defines: {sorted(shadowed)}"
 
 
-def test_help_reads_the_syntax_attributes_we_copy() -> None:
+@pytest.mark.parametrize("command", ["MAIL", "HELO", "EHLO", "RCPT", "STARTTLS"])
+def test_help_reads_the_syntax_attributes_we_copy(command: str) -> None:
+    theirs, ours = getattr(SMTP, f"smtp_{command}"), getattr(GatewaySMTP, f"smtp_{command}")
     for attribute in SYNTAX_ATTRIBUTES:
-        assert hasattr(SMTP.smtp_MAIL, attribute), (
-            f"{AIOSMTPD}: SMTP.smtp_MAIL has no {attribute} (set by its @syntax decorator); "
-            "HELP would no longer list our MAIL override"
+        assert hasattr(theirs, attribute), (
+            f"{AIOSMTPD}: SMTP.smtp_{command} has no {attribute} (set by its @syntax "
+            f"decorator); HELP would no longer list our {command} override"
         )
-        assert getattr(GatewaySMTP.smtp_MAIL, attribute) == getattr(SMTP.smtp_MAIL, attribute)
+        assert getattr(ours, attribute) == getattr(theirs, attribute)
+
+
+def test_tls_protocol_is_none_until_starttls() -> None:
+    """`smtp_STARTTLS` refuses a second STARTTLS when `_tls_protocol` is set."""
+    plain = _plain_session()
+    assert "_tls_protocol" in vars(plain) and plain._tls_protocol is None, (
+        f"{AIOSMTPD}: SMTP._tls_protocol is gone or not None before STARTTLS; "
+        "GatewaySMTP.smtp_STARTTLS can no longer tell a session already in TLS"
+    )
 
 
 def test_reply_texts_we_replace_are_still_aiosmtpds() -> None:

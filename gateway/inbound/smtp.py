@@ -25,7 +25,7 @@ from gateway.inbound.recipients import Recipients
 from gateway.inbound.smtp_session import DataBudget, GatewaySMTP, say_and_close
 from gateway.inbound.spool import Arrival, Spool, new_queue_id
 from gateway.replies import Reply
-from gateway.routing.addresses import split_address
+from gateway.routing.reverse_path import is_reverse_path
 
 log = structlog.get_logger("gateway.smtp")
 
@@ -57,13 +57,26 @@ class InboundHandler:
         self.config = config
         self.draining = False
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        # A receive-only MX: no login can succeed, so AUTH is not offered (aiosmtpd offers
+        # its built-in mechanisms after STARTTLS whatever the handler does with them).
+        session.host_name = hostname  # this hook's job once it exists
+        return [line for line in responses if not line[4:].upper().startswith("AUTH")]
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        # "<>" is the null sender of bounces and must be accepted (RFC 5321 4.5.5).
-        if address not in ("", "<>") and split_address(address) is None:
+        sender = _reverse_path(address, options)
+        if sender is None:
             return Reply.BAD_SENDER_SYNTAX.value
-        envelope.mail_from = address
+        envelope.mail_from = sender
         envelope.mail_options.extend(options)
         envelope.queue_id = new_queue_id()  # type: ignore[attr-defined]
         return Reply.SENDER_OK.value
@@ -128,6 +141,14 @@ class InboundHandler:
         # aiosmtpd's default is a 500: senders would bounce the mail for our own failure.
         log.error("session_error", exc_info=error)
         return Reply.INTERNAL_ERROR.value
+
+
+def _reverse_path(address: str, options: list[str]) -> str | None:
+    """The sender as stored, "<>" for the null sender of bounces (RFC 5321 4.5.5: aiosmtpd
+    needs a non-empty sender to take RCPT); None when it is not a valid reverse path.
+    aiosmtpd has already refused SMTPUTF8 unless the server offers it."""
+    utf8 = any(option.upper() == "SMTPUTF8" for option in options)
+    return address if is_reverse_path("" if address == "<>" else address, utf8=utf8) else None
 
 
 def _peer(session: Session) -> str | None:

@@ -22,6 +22,7 @@ from aiosmtpd.smtp import MISSING, SMTP
 
 from gateway import metrics
 from gateway.replies import AIOSMTPD_REPLACEMENTS, Reply
+from gateway.routing.reverse_path import has_control_characters
 
 END_OF_DATA = b"\r\n.\r\n"
 DATA_CHUNK = 64 * 1024
@@ -257,6 +258,8 @@ class GatewaySMTP(SMTP):
             return_freed_memory()
 
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self.refused_for_control_characters(arg, Reply.BAD_SENDER_SYNTAX.value):
+            return
         # Draining: the transaction in progress has finished; start no new one.
         if self.gateway_handler.draining:
             await self.push(Reply.SHUTTING_DOWN.format(hostname=self.hostname))
@@ -264,6 +267,45 @@ class GatewaySMTP(SMTP):
                 self.transport.close()
             return
         await super().smtp_MAIL(arg)
+
+    # RFC 5321 as Postfix reads it: control characters, STARTTLS inside TLS, no AUTH.
+
+    async def refused_for_control_characters(self, arg: str | None, reply: str) -> bool:
+        """NUL, CR, LF, other C0 controls or DEL in HELO, MAIL or RCPT: refused before any
+        parsing, so that they are never stored (PostgreSQL's text cannot even hold NUL)."""
+        if arg is None or not has_control_characters(arg):
+            return False
+        await self.push(reply)
+        return True
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        if await self.refused_for_control_characters(hostname, Reply.BAD_HELO.format(verb="HELO")):
+            return
+        await super().smtp_HELO(hostname)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if await self.refused_for_control_characters(hostname, Reply.BAD_HELO.format(verb="EHLO")):
+            return
+        await super().smtp_EHLO(hostname)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self.refused_for_control_characters(arg, Reply.BAD_RECIPIENT_CHARACTERS.value):
+            return
+        await super().smtp_RCPT(arg)
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        # aiosmtpd answers 220 and starts a second handshake inside the first, which kills
+        # the session with a traceback; Postfix refuses and the session goes on.
+        # (aiosmtpd private: `_tls_protocol` is set once its STARTTLS handshake has begun.)
+        if self._tls_protocol is not None:
+            await self.push(Reply.TLS_ALREADY_ACTIVE.value)
+            return
+        await super().smtp_STARTTLS(arg)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        # A receive-only MX: no login can succeed, so AUTH is neither advertised (see
+        # `InboundHandler.handle_EHLO`) nor taken; Postfix's answer without SASL.
+        await self.push(Reply.AUTH_NOT_ENABLED.value)
 
 
 @functools.cache
@@ -302,6 +344,8 @@ def _count_reply(reply: str | bytes) -> None:
 # carries the attributes aiosmtpd's @syntax decorator sets (read by its private
 # `_syntax_available`); our override keeps aiosmtpd's text.
 SYNTAX_ATTRIBUTES = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__")
-for _attr in SYNTAX_ATTRIBUTES:
-    if hasattr(SMTP.smtp_MAIL, _attr):
-        setattr(GatewaySMTP.smtp_MAIL, _attr, getattr(SMTP.smtp_MAIL, _attr))
+for _command in ("MAIL", "HELO", "EHLO", "RCPT", "STARTTLS"):
+    for _attr in SYNTAX_ATTRIBUTES:
+        if hasattr(getattr(SMTP, f"smtp_{_command}"), _attr):
+            _ours = getattr(GatewaySMTP, f"smtp_{_command}")
+            setattr(_ours, _attr, getattr(getattr(SMTP, f"smtp_{_command}"), _attr))

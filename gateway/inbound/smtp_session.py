@@ -17,6 +17,8 @@ from typing import Any, AnyStr, Protocol, cast
 from aiosmtpd.smtp import MISSING, SMTP
 
 from gateway import metrics
+from gateway.config import SmtpConfig
+from gateway.inbound.anvil import Anvil
 from gateway.replies import AIOSMTPD_REPLACEMENTS, Reply
 
 END_OF_DATA = b"\r\n.\r\n"
@@ -44,17 +46,46 @@ class GatewaySMTP(SMTP):
     asyncio's (the internals test lists them from this module's source).
     """
 
-    def __init__(self, handler: DrainingFlag, sessions: set[GatewaySMTP], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: DrainingFlag,
+        sessions: set[GatewaySMTP],
+        anvil: Anvil,
+        limits: SmtpConfig,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self.gateway_handler = handler
         self.open_sessions = sessions
+        self.anvil = anvil
+        self.limits = limits
+        self.client: str | None = None
+        self.admitted: bool | None = None  # None until the connection is made
+        self.error_count = 0  # 4xx/5xx replies since the last message queued
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.open_sessions.add(self)
-        metrics.SMTP_CONNECTIONS.inc()
+        if self.admitted is None:  # not the second call of STARTTLS, which changes transport
+            metrics.SMTP_CONNECTIONS.inc()
+            if not self.admit(transport):
+                return
+            self.open_sessions.add(self)
         super().connection_made(transport)
 
+    def admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Count the session with the anvil, or answer 421 and close before any greeting."""
+        peer = transport.get_extra_info("peername")
+        self.client = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        refusal = self.anvil.open_session(self.client)
+        self.admitted = refusal is None
+        if refusal is not None:
+            say_and_close(transport, refusal.format(hostname=self.hostname, client=self.client))
+        return self.admitted
+
     def connection_lost(self, error: Exception | None) -> None:
+        if not self.admitted:
+            return  # refused in connection_made: aiosmtpd never saw the connection
+        self.admitted = False
+        self.anvil.close_session(self.client)
         self.open_sessions.discard(self)
         super().connection_lost(error)
 
@@ -65,6 +96,8 @@ class GatewaySMTP(SMTP):
         # nothing closes it afterwards, and the socket sits in CLOSE-WAIT, counted as a
         # session that a stop waits for, until the idle timeout (300 s). Returning False
         # makes asyncio close the transport, and connection_lost forgets the session.
+        if not self.admitted:
+            return False
         super().eof_received()  # cancels the session's task
         self.open_sessions.discard(self)
         return False
@@ -80,15 +113,34 @@ class GatewaySMTP(SMTP):
             say_and_close(self.transport, Reply.SHUTTING_DOWN.format(hostname=self.hostname))
 
     async def push(self, status: AnyStr) -> None:
+        reply: str | bytes = status
         if isinstance(status, str):
             replacement = AIOSMTPD_REPLACEMENTS.get(status)
             if replacement is not None:
                 reply = replacement.format(limit=self.data_size_limit)
-                _count_reply(reply)
-                await super().push(reply)
-                return
-        _count_reply(status)
-        await super().push(status)
+        closing = reply[:3] in ("421", b"421")
+        error = reply[:1] in ("4", "5", b"4", b"5") and not closing
+        self.error_count += error
+        if self.error_count > self.limits.soft_error_limit:
+            # Postfix: past the soft limit every reply waits a second per error, which
+            # slows a harvester down to a crawl without hurting a client's odd mistake.
+            await asyncio.sleep(self.error_count * self.limits.error_delay_seconds)
+        _count_reply(reply)
+        if isinstance(reply, str):  # two calls: push takes str or bytes, not their union
+            await super().push(reply)
+        else:
+            await super().push(reply)
+        if error and self.error_count >= self.limits.hard_error_limit:
+            self.close_with(Reply.TOO_MANY_ERRORS.format(hostname=self.hostname))
+
+    def close_with(self, line: str) -> None:
+        if self.transport is not None:
+            say_and_close(self.transport, line)
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd private: its timer's callback, which closes without a word; an MTA says
+        # why (Postfix: 421 4.4.2 timeout exceeded) so that the sender retries.
+        self.close_with(Reply.TIMEOUT_EXCEEDED.format(hostname=self.hostname))
 
     async def smtp_DATA(self, arg: str | None) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
@@ -122,6 +174,7 @@ class GatewaySMTP(SMTP):
         await self.push(reply)
         if reply.startswith("250"):
             metrics.SMTP_ACKNOWLEDGEMENT_SECONDS.observe(time.perf_counter() - ended)
+            self.error_count = 0  # Postfix's error limits count errors "without delivering mail"
 
     async def read_content(self) -> bytes | None:
         """The message up to the end-of-data line, dot-unstuffed; None on disconnect.
@@ -137,6 +190,9 @@ class GatewaySMTP(SMTP):
         buf = bytearray(b"\r\n")  # so that a message starting with ".\r\n" ends at once
         dropped = 0
         start = 0
+        deadline = DataDeadline(
+            self.loop.time(), self.limits.timeout_seconds, self.limits.data_min_rate, limit
+        )
         while (end := buf.find(END_OF_DATA, start)) < 0:
             if limit and len(buf) + dropped > limit + 2:
                 keep = len(END_OF_DATA) - 1  # searched already; only a split marker matters
@@ -146,9 +202,9 @@ class GatewaySMTP(SMTP):
             chunk = await reader.read(DATA_CHUNK)
             if not chunk:
                 return None
-            # aiosmtpd private: restarts the idle timer, which aiosmtpd resets only per
-            # command line; without it a long upload would be cut at `timeout` seconds.
-            self._reset_timeout()
+            # aiosmtpd private: moves the session's timer (aiosmtpd's resets it per command
+            # line only) to DATA's deadline, which the bytes just received extend.
+            self._reset_timeout(deadline.received(len(chunk), self.loop.time()))
             buf += chunk
         # Bytes after the terminator are the client's next (pipelined) commands: give them
         # back to the reader, where aiosmtpd's command loop reads them next.
@@ -169,7 +225,33 @@ class GatewaySMTP(SMTP):
             if self.transport is not None:
                 self.transport.close()
             return
+        # Counted only when MAIL could succeed (after HELO, outside a transaction).
+        if self.session is not None and self.session.host_name and not self.in_transaction:
+            refusal = self.anvil.new_message(self.client)
+            if refusal is not None:
+                await self.push(refusal.format(client=self.client))
+                return
         await super().smtp_MAIL(arg)
+
+
+class DataDeadline:
+    """When DATA must be over: `timeout` seconds from its start, extended by 1/`min_rate`
+    seconds per byte received, never more than `timeout` ahead (Postfix's
+    smtpd_per_request_deadline with smtpd_min_data_rate). Bytes past the size limit extend
+    nothing, so a session in DATA lasts at most timeout + limit / min_rate seconds."""
+
+    def __init__(self, now: float, timeout: float, min_rate: int, limit: int) -> None:
+        self.at = now + timeout
+        self.timeout = timeout
+        self.min_rate = min_rate
+        self.credit_left = limit or 2**63
+
+    def received(self, size: int, now: float) -> float:
+        """Seconds left after `size` more bytes arrived at `now`."""
+        credited = min(size, self.credit_left)
+        self.credit_left -= credited
+        self.at = min(self.at + credited / self.min_rate, now + self.timeout)
+        return max(self.at - now, 0.001)  # aiosmtpd reads 0 as "the full timeout"
 
 
 def say_and_close(transport: asyncio.BaseTransport, line: str) -> None:

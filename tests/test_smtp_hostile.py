@@ -43,6 +43,11 @@ class Client:
             pass
         return line.rstrip(b"\r\n")
 
+    def hello(self) -> None:
+        """The greeting, then EHLO."""
+        assert self.reply().startswith(b"220")
+        assert self.command(b"EHLO client.example.org").startswith(b"250")
+
     def command(self, line: bytes) -> bytes:
         self.sock.sendall(line + b"\r\n")
         return self.reply()
@@ -138,8 +143,7 @@ def test_connection_rate_limit_refuses_the_client_for_the_rest_of_the_window(
 def test_message_rate_limit_answers_450_to_mail_from(tmp_path, database_url, clock):
     limits = {"client_message_rate_limit": 2, "client_rate_window_seconds": 3600}
     with serving(tmp_path, database_url, clock, limits, 1) as (_, [client]):
-        client.reply()
-        client.command(b"EHLO client.example.org")
+        client.hello()
         for _ in range(2):
             assert client.command(b"MAIL FROM:<a@example.org>").startswith(b"250")
             assert client.command(b"RSET").startswith(b"250")
@@ -169,8 +173,7 @@ def test_data_trickled_slowly_is_cut_at_its_deadline_with_421(tmp_path, database
     no trickle meets) the session gets 421 4.4.2 and is closed."""
     limits = {"timeout_seconds": 2, "data_min_rate": 1_000_000}
     with serving(tmp_path, database_url, clock, limits, 1) as (server, [client]):
-        client.reply()
-        client.command(b"EHLO client.example.org")
+        client.hello()
         client.command(b"MAIL FROM:<a@example.org>")
         assert client.command(b"RCPT TO:<compta+dupont-maconnerie@welyb.fr>")[:3] == b"250"
         assert client.command(b"DATA")[:3] == b"354"
@@ -210,8 +213,7 @@ def test_unknown_recipients_get_one_text_and_the_hard_error_limit_closes(
     the same whatever was missing; after 20 errors the session gets 421 4.7.0 and ends."""
     limits = {"error_delay_seconds": 0.001}
     with serving(tmp_path, database_url, clock, limits, 1) as (_, [client]):
-        client.reply()
-        client.command(b"EHLO harvester.example")
+        client.hello()
         client.command(b"MAIL FROM:<a@example.org>")
         replies = []
         for n in range(1000):
@@ -240,8 +242,7 @@ def test_replies_past_the_soft_error_limit_wait_longer_per_error(tmp_path, datab
     (lower bounds only: a slow machine can only make them longer)."""
     limits = {"soft_error_limit": 2, "hard_error_limit": 5, "error_delay_seconds": 0.1}
     with serving(tmp_path, database_url, clock, limits, 1) as (_, [client]):
-        client.reply()
-        client.command(b"EHLO client.example.org")
+        client.hello()
         waits = []
         for _ in range(4):
             started = time.monotonic()
@@ -255,8 +256,7 @@ def test_replies_past_the_soft_error_limit_wait_longer_per_error(tmp_path, datab
 def test_a_delivered_message_starts_the_error_count_again(tmp_path, database_url, clock):
     limits = {"hard_error_limit": 3, "error_delay_seconds": 0.001}
     with serving(tmp_path, database_url, clock, limits, 1) as (_, [client]):
-        client.reply()
-        client.command(b"EHLO client.example.org")
+        client.hello()
         for _ in range(2):
             assert client.command(b"BOGUS")[:1] == b"5"
             client.command(b"MAIL FROM:<a@example.org>")

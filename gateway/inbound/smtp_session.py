@@ -118,9 +118,14 @@ class GatewaySMTP(SMTP):
             replacement = AIOSMTPD_REPLACEMENTS.get(status)
             if replacement is not None:
                 reply = replacement.format(limit=self.data_size_limit)
+        if self.error_count >= self.limits.hard_error_limit:
+            # Postfix: the command after the last error allowed is answered 421 4.7.0, and
+            # the session ends (answering the command, not unasked, spares the client a
+            # reset connection that could lose the 421).
+            self.close_with(Reply.TOO_MANY_ERRORS.format(hostname=self.hostname))
+            return
         closing = reply[:3] in ("421", b"421")
-        error = reply[:1] in ("4", "5", b"4", b"5") and not closing
-        self.error_count += error
+        self.error_count += reply[:1] in ("4", "5", b"4", b"5") and not closing
         if self.error_count > self.limits.soft_error_limit:
             # Postfix: past the soft limit every reply waits a second per error, which
             # slows a harvester down to a crawl without hurting a client's odd mistake.
@@ -130,8 +135,6 @@ class GatewaySMTP(SMTP):
             await super().push(reply)
         else:
             await super().push(reply)
-        if error and self.error_count >= self.limits.hard_error_limit:
-            self.close_with(Reply.TOO_MANY_ERRORS.format(hostname=self.hostname))
 
     def close_with(self, line: str) -> None:
         if self.transport is not None:

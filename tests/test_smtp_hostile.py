@@ -256,6 +256,21 @@ def test_replies_past_the_soft_error_limit_wait_longer_per_error(tmp_path, datab
         assert client.closed()
 
 
+def test_a_client_s_errors_count_over_all_its_sessions(tmp_path, database_url, clock):
+    """A harvester that reconnects before the hard limit: its errors add up over the window;
+    at the limit its session ends and its new connections are refused."""
+    limits = {"client_error_rate_limit": 5, "client_rate_window_seconds": 3600}
+    with serving(tmp_path, database_url, clock, limits, 2) as (server, [first, second]):
+        for client, errors in ((first, 3), (second, 2)):
+            client.hello()
+            for _ in range(errors):
+                assert client.command(b"RCPT TO:<a@welyb.fr>")[:3] == b"503"
+        assert second.command(b"NOOP").startswith(b"421 4.7.0")
+        assert first.command(b"NOOP")[:3] == b"250", "a session under its own limit goes on"
+        with clients(server, 1) as [third]:
+            assert third.reply().startswith(b"421 4.7.0")
+
+
 def test_a_delivered_message_starts_the_error_count_again(tmp_path, database_url, clock):
     limits = {"hard_error_limit": 3, "error_delay_seconds": 0.001}
     with serving(tmp_path, database_url, clock, limits, 1) as (_, [client]):
@@ -287,6 +302,7 @@ def anvil(ticks: Ticks, **limits: int) -> Anvil:
         "connection_count_limit": 0,
         "connection_rate_limit": 0,
         "message_rate_limit": 0,
+        "error_rate_limit": 0,
         "window_seconds": 60,
     } | limits
     return Anvil(**values, exempt_networks=["10.0.0.0/8", "::1"], monotonic=ticks)
@@ -322,6 +338,17 @@ def test_anvil_rates_count_in_a_window_and_exempt_networks_are_free():
     ticks.now += 60
     assert limits.open_session("192.0.2.1") is None
     assert limits.new_message("192.0.2.1") is None
+
+
+def test_anvil_counts_a_client_s_errors_in_its_window():
+    ticks = Ticks()
+    limits = anvil(ticks, error_rate_limit=3)
+    assert [limits.new_error("192.0.2.1") for _ in range(3)] == [False, False, True]
+    assert limits.open_session("192.0.2.1") is Reply.TOO_MANY_ERRORS
+    assert limits.open_session("192.0.2.2") is None
+    assert limits.new_error("10.0.0.1") is False and limits.new_error(None) is False
+    ticks.now += 60
+    assert limits.open_session("192.0.2.1") is None
 
 
 def test_anvil_forgets_clients_once_their_window_is_over():

@@ -137,6 +137,14 @@ class SmtpConfig:
         high=2**31,
         unit="bytes per second",
     )
+    client_error_rate_limit: int = setting(
+        100,
+        "Errors one client address may make per rate window over all its sessions; then its "
+        "sessions end and new ones get 421 4.7.0 until the window is over, 0: no limit "
+        "(no Postfix equivalent).",
+        low=0,
+        high=1_000_000,
+    )
     soft_error_limit: int = setting(
         10,
         "Errors (4xx/5xx replies) in a session after which each reply waits "

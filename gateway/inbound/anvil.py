@@ -24,6 +24,7 @@ class _Client:
     sessions: int = 0
     connections: int = 0  # opened in the current window
     messages: int = 0  # MAIL FROM in the current window
+    errors: int = 0  # 4xx/5xx replies in the current window, over all its sessions
 
 
 class Anvil:
@@ -34,6 +35,7 @@ class Anvil:
         connection_count_limit: int,
         connection_rate_limit: int,
         message_rate_limit: int,
+        error_rate_limit: int,
         window_seconds: float,
         exempt_networks: Sequence[str],
         monotonic: Callable[[], float],
@@ -42,6 +44,7 @@ class Anvil:
         self.connection_count_limit = connection_count_limit
         self.connection_rate_limit = connection_rate_limit
         self.message_rate_limit = message_rate_limit
+        self.error_rate_limit = error_rate_limit
         self.window_seconds = window_seconds
         self.exempt = [ipaddress.ip_network(n, strict=False) for n in exempt_networks]
         self.monotonic = monotonic
@@ -56,6 +59,7 @@ class Anvil:
             connection_count_limit=config.client_connection_count_limit,
             connection_rate_limit=config.client_connection_rate_limit,
             message_rate_limit=config.client_message_rate_limit,
+            error_rate_limit=config.client_error_rate_limit,
             window_seconds=config.client_rate_window_seconds,
             exempt_networks=config.limit_exempt_networks,
             monotonic=monotonic,
@@ -74,6 +78,8 @@ class Anvil:
             return Reply.TOO_MANY_CONNECTIONS
         if self.connection_rate_limit and entry.connections >= self.connection_rate_limit:
             return Reply.CONNECTION_RATE_EXCEEDED
+        if self.error_rate_limit and entry.errors >= self.error_rate_limit:
+            return Reply.TOO_MANY_ERRORS
         entry.connections += 1
         entry.sessions += 1
         self.sessions += 1
@@ -95,6 +101,15 @@ class Anvil:
         entry.messages += 1
         return None
 
+    def new_error(self, client: str | None) -> bool:
+        """Count an error of `client`; True when it has made too many in this window (its
+        sessions then end, and new ones are refused until the window is over)."""
+        if not self.error_rate_limit or client is None or self.is_exempt(client):
+            return False
+        entry = self.current(client)
+        entry.errors += 1
+        return entry.errors >= self.error_rate_limit
+
     def is_exempt(self, client: str) -> bool:
         if not self.exempt:
             return False
@@ -115,7 +130,7 @@ class Anvil:
         if entry is None:
             entry = self.clients[client] = _Client(window_start=now)
         elif now - entry.window_start >= self.window_seconds:
-            entry.window_start, entry.connections, entry.messages = now, 0, 0
+            entry.window_start, entry.connections, entry.messages, entry.errors = now, 0, 0, 0
         return entry
 
     def prune(self, now: float) -> None:

@@ -125,7 +125,11 @@ class GatewaySMTP(SMTP):
             self.close_with(Reply.TOO_MANY_ERRORS.format(hostname=self.hostname))
             return
         closing = reply[:3] in ("421", b"421")
-        self.error_count += reply[:1] in ("4", "5", b"4", b"5") and not closing
+        error = reply[:1] in ("4", "5", b"4", b"5") and not closing
+        self.error_count += error
+        # The client's errors over all its sessions: at their limit this one ends as at
+        # the hard limit (after this reply, which waits only for this session's errors).
+        client_over_limit = error and self.anvil.new_error(self.client)
         if self.error_count > self.limits.soft_error_limit:
             # Postfix: past the soft limit every reply waits a second per error, which
             # slows a harvester down to a crawl without hurting a client's odd mistake.
@@ -135,6 +139,8 @@ class GatewaySMTP(SMTP):
             await super().push(reply)
         else:
             await super().push(reply)
+        if client_over_limit:
+            self.error_count = max(self.error_count, self.limits.hard_error_limit)
 
     def close_with(self, line: str) -> None:
         if self.transport is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import time
 import tomllib
 from collections.abc import Awaitable, Callable
 from importlib.metadata import version
@@ -24,6 +25,8 @@ from packaging.requirements import Requirement
 
 import gateway
 import gateway.inbound.smtp_session
+from gateway.config import SmtpConfig
+from gateway.inbound.anvil import Anvil
 from gateway.inbound.smtp_session import SYNTAX_ATTRIBUTES, DataBudget, GatewaySMTP
 from gateway.replies import AIOSMTPD_REPLACEMENTS
 
@@ -34,8 +37,10 @@ AIOSMTPD = f"aiosmtpd {version('aiosmtpd')}"
 PRIVATE_CALLS: dict[str, tuple[tuple[object, ...], bool]] = {
     "_call_handler_hook": (("DATA",), True),
     "_set_post_data_state": ((), False),
-    "_reset_timeout": ((), False),
+    "_reset_timeout": ((1.0,), False),
 }
+# Private methods it overrides: aiosmtpd's timer callback, called with no argument.
+PRIVATE_OVERRIDES: dict[str, tuple[tuple[object, ...], bool]] = {"_timeout_cb": ((), False)}
 # Private attributes it reads: the session's StreamReader, and that reader's buffer; whether
 # STARTTLS has begun (the TLS protocol, None before).
 PRIVATE_ATTRIBUTES = {"_reader", "_buffer", "_tls_protocol"}
@@ -68,6 +73,7 @@ OVERRIDES = {
     "smtp_RCPT",
     "smtp_STARTTLS",
     "smtp_AUTH",
+    "_timeout_cb",
 }
 
 
@@ -114,6 +120,11 @@ def test_installed_aiosmtpd_is_inside_the_tested_range() -> None:
 @pytest.mark.parametrize("name", sorted(PRIVATE_CALLS))
 def test_private_method_takes_the_arguments_we_pass(name: str) -> None:
     _assert_callable_as(name, *PRIVATE_CALLS[name])
+
+
+@pytest.mark.parametrize("name", sorted(PRIVATE_OVERRIDES))
+def test_private_method_we_override_is_called_as_we_define_it(name: str) -> None:
+    _assert_callable_as(name, *PRIVATE_OVERRIDES[name])
 
 
 @pytest.mark.parametrize("name", sorted(PUBLIC_CALLS))
@@ -198,7 +209,7 @@ def test_no_name_of_ours_shadows_one_of_aiosmtpds(monkeypatch: pytest.MonkeyPatc
         loop.close()
     # What GatewaySMTP's own __init__ sets, without aiosmtpd's.
     monkeypatch.setattr(SMTP, "__init__", lambda self, *args, **kwargs: None)
-    ours = set(vars(GatewaySMTP(_Handler(), set(), DataBudget(2**30)))) | {
+    ours = set(vars(GatewaySMTP(_Handler(), set(), DataBudget(2**30), _anvil(), SmtpConfig()))) | {
         n for n in vars(GatewaySMTP) if not (n.startswith("__") and n.endswith("__"))
     }
     shadowed = (ours - OVERRIDES) & aiosmtpd_names
@@ -236,6 +247,10 @@ def test_reply_texts_we_replace_are_still_aiosmtpds() -> None:
     )
 
 
+def _anvil() -> Anvil:
+    return Anvil.for_config(SmtpConfig(), time.monotonic)
+
+
 class _Handler:
     """The least a GatewaySMTP needs: the draining flag and a DATA hook."""
 
@@ -260,7 +275,13 @@ class _LiveSession:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             lambda: GatewaySMTP(
-                self.handler, self.sessions, DataBudget(2**30), hostname="test", loop=loop
+                self.handler,
+                self.sessions,
+                DataBudget(2**30),
+                _anvil(),
+                SmtpConfig(),
+                hostname="test",
+                loop=loop,
             ),
             "127.0.0.1",
             0,
@@ -334,13 +355,19 @@ def test_private_methods_do_what_smtp_data_relies_on() -> None:
         assert isinstance(session.envelope, Envelope) and session.envelope is not envelope, (
             f"{AIOSMTPD}: SMTP._set_post_data_state() no longer starts a fresh envelope"
         )
-        session._reset_timeout()  # callable without arguments on a live session
+        session._reset_timeout(5.0)  # callable with a duration on a live session
 
         class NoHooks:
             draining = False
 
         bare = GatewaySMTP(
-            NoHooks(), set(), DataBudget(2**30), hostname="test", loop=asyncio.get_running_loop()
+            NoHooks(),
+            set(),
+            DataBudget(2**30),
+            _anvil(),
+            SmtpConfig(),
+            hostname="test",
+            loop=asyncio.get_running_loop(),
         )
         assert await bare._call_handler_hook("DATA") is MISSING, (
             f"{AIOSMTPD}: SMTP._call_handler_hook no longer returns MISSING without a hook"

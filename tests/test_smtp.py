@@ -140,7 +140,7 @@ def test_partner_alias_in_use_by_a_connection_reaches_the_bot_mailbox(server, gw
     with server.client() as smtp:
         smtp.mail("no-reply@factures-meg.fr")
         refused, reply = smtp.rcpt("meg+macon-durand@welyb.fr")  # no connection uses it
-    assert (refused, b"no connection uses this partner alias" in reply) == (550, True)
+    assert (refused, reply.endswith(b"recipient unknown")) == (550, True)
     rcpt = "MEG+Macon-Dupont@welyb.com"
     send(server, rcpt, message(to=rcpt, subject="Compte MEG activé"), sender="no-reply@meg.fr")
     file_all(gw)

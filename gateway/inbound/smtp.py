@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway import metrics
 from gateway.clock import Clock
 from gateway.config import SmtpConfig
+from gateway.inbound.anvil import Anvil
 from gateway.inbound.recipients import Recipients
 from gateway.inbound.smtp_session import DataBudget, GatewaySMTP, say_and_close
 from gateway.inbound.spool import Arrival, Spool, new_queue_id
@@ -100,6 +102,7 @@ class InboundHandler:
                 peer=_peer(session),
                 mail_from=envelope.mail_from,
                 reply=destination.refusal,
+                reason=destination.reason,
             )
             return destination.refusal
         # A custom handle_RCPT must record the recipient itself.
@@ -186,9 +189,15 @@ class _Refuse421(asyncio.Protocol):
 class InboundServer:
     """Listens on the SMTP port; `drain()` stops it the way an MTA should."""
 
-    def __init__(self, handler: InboundHandler, config: SmtpConfig) -> None:
+    def __init__(
+        self,
+        handler: InboundHandler,
+        config: SmtpConfig,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.handler = handler
         self.config = config
+        self.anvil = Anvil.for_config(config, monotonic)
         self.sessions: set[GatewaySMTP] = set()
         self.data_budget = DataBudget(config.data_memory_budget)
         self._server: asyncio.AbstractServer | None = None
@@ -201,6 +210,8 @@ class InboundServer:
             self.handler,
             self.sessions,
             self.data_budget,
+            self.anvil,
+            self.config,
             hostname=self.config.hostname,
             ident="ESMTP gateway",
             data_size_limit=self.config.max_message_size,

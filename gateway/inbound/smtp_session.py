@@ -21,6 +21,8 @@ from typing import Any, AnyStr, Protocol, cast
 from aiosmtpd.smtp import MISSING, SMTP
 
 from gateway import metrics
+from gateway.config import SmtpConfig
+from gateway.inbound.anvil import Anvil
 from gateway.replies import AIOSMTPD_REPLACEMENTS, Reply
 from gateway.routing.reverse_path import has_control_characters
 
@@ -81,6 +83,8 @@ class GatewaySMTP(SMTP):
         handler: DrainingFlag,
         sessions: set[GatewaySMTP],
         data_budget: DataBudget,
+        anvil: Anvil,
+        limits: SmtpConfig,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
@@ -91,13 +95,35 @@ class GatewaySMTP(SMTP):
         self.data_over_budget = False
         self.data_bytes_read = 0  # bytes of the current DATA read so far, kept or not
         self.data_buffer = bytearray()  # read_content's buffer, emptied by release_data
+        self.anvil = anvil
+        self.limits = limits
+        self.client: str | None = None
+        self.admitted: bool | None = None  # None until the connection is made
+        self.error_count = 0  # 4xx/5xx replies since the last message queued
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.open_sessions.add(self)
-        metrics.SMTP_CONNECTIONS.inc()
+        if self.admitted is None:  # not the second call of STARTTLS, which changes transport
+            metrics.SMTP_CONNECTIONS.inc()
+            if not self.admit(transport):
+                return
+            self.open_sessions.add(self)
         super().connection_made(transport)
 
+    def admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Count the session with the anvil, or answer 421 and close before any greeting."""
+        peer = transport.get_extra_info("peername")
+        self.client = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        refusal = self.anvil.open_session(self.client)
+        self.admitted = refusal is None
+        if refusal is not None:
+            say_and_close(transport, refusal.format(hostname=self.hostname, client=self.client))
+        return self.admitted
+
     def connection_lost(self, error: Exception | None) -> None:
+        if not self.admitted:
+            return  # refused in connection_made: aiosmtpd never saw the connection
+        self.admitted = False
+        self.anvil.close_session(self.client)
         self.open_sessions.discard(self)
         super().connection_lost(error)
 
@@ -108,6 +134,8 @@ class GatewaySMTP(SMTP):
         # nothing closes it afterwards, and the socket sits in CLOSE-WAIT, counted as a
         # session that a stop waits for, until the idle timeout (300 s). Returning False
         # makes asyncio close the transport, and connection_lost forgets the session.
+        if not self.admitted:
+            return False
         super().eof_received()  # cancels the session's task
         self.open_sessions.discard(self)
         return False
@@ -123,15 +151,43 @@ class GatewaySMTP(SMTP):
             say_and_close(self.transport, Reply.SHUTTING_DOWN.format(hostname=self.hostname))
 
     async def push(self, status: AnyStr) -> None:
+        reply: str | bytes = status
         if isinstance(status, str):
             replacement = AIOSMTPD_REPLACEMENTS.get(status)
             if replacement is not None:
                 reply = replacement.format(limit=self.data_size_limit)
-                _count_reply(reply)
-                await super().push(reply)
-                return
-        _count_reply(status)
-        await super().push(status)
+        if self.error_count >= self.limits.hard_error_limit:
+            # Postfix: the command after the last error allowed is answered 421 4.7.0, and
+            # the session ends (answering the command, not unasked, spares the client a
+            # reset connection that could lose the 421).
+            self.close_with(Reply.TOO_MANY_ERRORS.format(hostname=self.hostname))
+            return
+        closing = reply[:3] in ("421", b"421")
+        error = reply[:1] in ("4", "5", b"4", b"5") and not closing
+        self.error_count += error
+        # The client's errors over all its sessions: at their limit this one ends as at
+        # the hard limit (after this reply, which waits only for this session's errors).
+        client_over_limit = error and self.anvil.new_error(self.client)
+        if self.error_count > self.limits.soft_error_limit:
+            # Postfix: past the soft limit every reply waits a second per error, which
+            # slows a harvester down to a crawl without hurting a client's odd mistake.
+            await asyncio.sleep(self.error_count * self.limits.error_delay_seconds)
+        _count_reply(reply)
+        if isinstance(reply, str):  # two calls: push takes str or bytes, not their union
+            await super().push(reply)
+        else:
+            await super().push(reply)
+        if client_over_limit:
+            self.error_count = max(self.error_count, self.limits.hard_error_limit)
+
+    def close_with(self, line: str) -> None:
+        if self.transport is not None:
+            say_and_close(self.transport, line)
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd private: its timer's callback, which closes without a word; an MTA says
+        # why (Postfix: 421 4.4.2 timeout exceeded) so that the sender retries.
+        self.close_with(Reply.TIMEOUT_EXCEEDED.format(hostname=self.hostname))
 
     async def smtp_DATA(self, arg: str | None) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
@@ -179,6 +235,7 @@ class GatewaySMTP(SMTP):
         await self.push(reply)
         if reply.startswith("250"):
             metrics.SMTP_ACKNOWLEDGEMENT_SECONDS.observe(time.perf_counter() - ended)
+            self.error_count = 0  # Postfix's error limits count errors "without delivering mail"
 
     async def read_content(self) -> bytes | Dropped | None:
         """The message up to the end-of-data line, dot-unstuffed; None on disconnect.
@@ -196,6 +253,9 @@ class GatewaySMTP(SMTP):
         self.data_buffer = buf
         dropped = 0
         start = 0
+        deadline = DataDeadline(
+            self.loop.time(), self.limits.timeout_seconds, self.limits.data_min_rate, limit
+        )
         while (end := buf.find(END_OF_DATA, start)) < 0:
             if (limit and len(buf) + dropped > limit + 2) or self.data_over_budget:
                 keep = len(END_OF_DATA) - 1  # searched already; only a split marker matters
@@ -205,9 +265,9 @@ class GatewaySMTP(SMTP):
             chunk = await reader.read(DATA_CHUNK)
             if not chunk:
                 return None
-            # aiosmtpd private: restarts the idle timer, which aiosmtpd resets only per
-            # command line; without it a long upload would be cut at `timeout` seconds.
-            self._reset_timeout()
+            # aiosmtpd private: moves the session's timer (aiosmtpd's resets it per command
+            # line only) to DATA's deadline, which the bytes just received extend.
+            self._reset_timeout(deadline.received(len(chunk), self.loop.time()))
             self.hold_data(len(chunk), keep=not dropped)
             buf += chunk
         # Bytes after the terminator are the client's next (pipelined) commands: give them
@@ -266,6 +326,12 @@ class GatewaySMTP(SMTP):
             if self.transport is not None:
                 self.transport.close()
             return
+        # Counted only when MAIL could succeed (after HELO, outside a transaction).
+        if self.session is not None and self.session.host_name and not self.in_transaction:
+            refusal = self.anvil.new_message(self.client)
+            if refusal is not None:
+                await self.push(refusal.format(client=self.client))
+                return
         await super().smtp_MAIL(arg)
 
     # RFC 5321 as Postfix reads it: control characters, STARTTLS inside TLS, no AUTH.
@@ -322,6 +388,26 @@ def return_freed_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
+
+
+class DataDeadline:
+    """When DATA must be over: `timeout` seconds from its start, extended by 1/`min_rate`
+    seconds per byte received, never more than `timeout` ahead (Postfix's
+    smtpd_per_request_deadline with smtpd_min_data_rate). Bytes past the size limit extend
+    nothing, so a session in DATA lasts at most timeout + limit / min_rate seconds."""
+
+    def __init__(self, now: float, timeout: float, min_rate: int, limit: int) -> None:
+        self.at = now + timeout
+        self.timeout = timeout
+        self.min_rate = min_rate
+        self.credit_left = limit or 2**63
+
+    def received(self, size: int, now: float) -> float:
+        """Seconds left after `size` more bytes arrived at `now`."""
+        credited = min(size, self.credit_left)
+        self.credit_left -= credited
+        self.at = min(self.at + credited / self.min_rate, now + self.timeout)
+        return max(self.at - now, 0.001)  # aiosmtpd reads 0 as "the full timeout"
 
 
 def say_and_close(transport: asyncio.BaseTransport, line: str) -> None:

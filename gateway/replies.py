@@ -19,7 +19,7 @@ class Reply(Enum):
     INTERNAL_ERROR = "451 4.3.0 Temporary failure, message not accepted; please try again later"
     DIRECTORY_UNAVAILABLE = "451 4.3.0 Temporary failure looking up <{address}>; try again later"
     RELAY_DENIED = "550 5.7.1 <{address}>: Relay access denied, we only accept mail for our domains"
-    UNKNOWN_RECIPIENT = "550 5.1.1 <{address}>: Recipient address rejected: {why}"
+    UNKNOWN_RECIPIENT = "550 5.1.1 <{address}>: Recipient address rejected: recipient unknown"
     BAD_RECIPIENT_SYNTAX = "553 5.1.3 <{address}>: Bad recipient address syntax"
     BAD_SENDER_SYNTAX = "553 5.1.7 Bad sender address syntax"
     MESSAGE_TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size ({limit} bytes)"
@@ -29,6 +29,20 @@ class Reply(Enum):
     START_DATA = "354 End data with <CR><LF>.<CR><LF>"
     NEED_RCPT = "503 5.5.1 Error: need RCPT command"
     DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
+    DATA_MEMORY_BUSY = "451 4.3.2 Too much mail data in progress, try again later"
+    BAD_HELO = "501 5.5.2 Syntax: {verb} hostname"
+    BAD_RECIPIENT_CHARACTERS = "553 5.1.3 Bad recipient address syntax"
+    TLS_ALREADY_ACTIVE = "554 5.5.1 Error: TLS already active"
+    AUTH_NOT_ENABLED = "503 5.5.1 Error: authentication not enabled"
+    # Limits per client and session (gateway/inbound/anvil.py; Postfix's texts).
+    TOO_MANY_SESSIONS = "421 4.7.0 {hostname} Error: too many sessions, try again later"
+    TOO_MANY_CONNECTIONS = "421 4.7.0 {hostname} Error: too many connections from {client}"
+    CONNECTION_RATE_EXCEEDED = (
+        "421 4.7.0 {hostname} Error: too many connection attempts from {client}"
+    )
+    MESSAGE_RATE_EXCEEDED = "450 4.7.1 Error: too much mail from {client}"
+    TOO_MANY_ERRORS = "421 4.7.0 {hostname} Error: too many errors"
+    TIMEOUT_EXCEEDED = "421 4.4.2 {hostname} Error: timeout exceeded"
 
     def format(self, **values: object) -> str:
         return self.value.format(**values)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import signal
 import subprocess
 import sys
@@ -96,6 +97,7 @@ async def _serve(
     stop: asyncio.Event,
     workers: _Workers,
 ) -> None:
+    raise_open_files_limit(open_files_needed(gw.config.smtp.session_limit))
     server, spool = gw.inbound_server()
     bound_host, bound_port = await server.start(host, port)
     config = gw.config
@@ -117,6 +119,42 @@ async def _serve(
     await spool.close()
     await workers.wait(grace)
     log.info("stopped")
+
+
+# Descriptors besides the sessions': listener, database pool, spool files, workers' pipes,
+# the operations listener, logs.
+OPEN_FILES_MARGIN = 256
+
+
+def open_files_needed(session_limit: int) -> int:
+    """Two descriptors a session (its socket, and the spool file or TLS it may use)."""
+    return 2 * session_limit + OPEN_FILES_MARGIN
+
+
+def raise_open_files_limit(
+    needed: int,
+    get: Callable[[int], tuple[int, int]] = resource.getrlimit,
+    set_: Callable[[int, tuple[int, int]], None] = resource.setrlimit,
+) -> int:
+    """Raise the soft RLIMIT_NOFILE to `needed` (systemd starts services at 1,024), up to the
+    hard limit, which only root can raise; logged. Returns the soft limit now in force."""
+    soft, hard = get(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or (soft >= needed):
+        return soft
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        set_(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        log.warning(
+            "open_files_limit_low",
+            soft=target,
+            hard=hard,
+            needed=needed,
+            hint="raise the hard limit (systemd: LimitNOFILE=) or lower smtp.session_limit",
+        )
+    else:
+        log.info("open_files_limit_raised", soft_was=soft, soft=target, needed=needed)
+    return target
 
 
 class _Workers:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import time
 import tomllib
 from collections.abc import Awaitable, Callable
 from importlib.metadata import version
@@ -24,7 +25,9 @@ from packaging.requirements import Requirement
 
 import gateway
 import gateway.inbound.smtp_session
-from gateway.inbound.smtp_session import SYNTAX_ATTRIBUTES, GatewaySMTP
+from gateway.config import SmtpConfig
+from gateway.inbound.anvil import Anvil
+from gateway.inbound.smtp_session import SYNTAX_ATTRIBUTES, DataBudget, GatewaySMTP
 from gateway.replies import AIOSMTPD_REPLACEMENTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,14 +37,22 @@ AIOSMTPD = f"aiosmtpd {version('aiosmtpd')}"
 PRIVATE_CALLS: dict[str, tuple[tuple[object, ...], bool]] = {
     "_call_handler_hook": (("DATA",), True),
     "_set_post_data_state": ((), False),
-    "_reset_timeout": ((), False),
+    "_reset_timeout": ((1.0,), False),
 }
-# Private attributes it reads: the session's StreamReader, and that reader's buffer.
-PRIVATE_ATTRIBUTES = {"_reader", "_buffer"}
+# Private methods it overrides: aiosmtpd's timer callback, called with no argument.
+PRIVATE_OVERRIDES: dict[str, tuple[tuple[object, ...], bool]] = {"_timeout_cb": ((), False)}
+# Private attributes it reads: the session's StreamReader, and that reader's buffer; whether
+# STARTTLS has begun (the TLS protocol, None before).
+PRIVATE_ATTRIBUTES = {"_reader", "_buffer", "_tls_protocol"}
 # aiosmtpd methods GatewaySMTP overrides or calls, as aiosmtpd calls them / we call them.
 PUBLIC_CALLS: dict[str, tuple[tuple[object, ...], bool]] = {
     "smtp_DATA": (("",), True),
     "smtp_MAIL": (("FROM:<a@example.org>",), True),
+    "smtp_HELO": (("client.example.org",), True),
+    "smtp_EHLO": (("client.example.org",), True),
+    "smtp_RCPT": (("TO:<a@example.org>",), True),
+    "smtp_STARTTLS": (("",), True),
+    "smtp_AUTH": (("PLAIN",), True),
     "push": (("250 OK",), True),
     "check_helo_needed": ((), True),
     "check_auth_needed": (("DATA",), True),
@@ -57,6 +68,12 @@ OVERRIDES = {
     "push",
     "smtp_DATA",
     "smtp_MAIL",
+    "smtp_HELO",
+    "smtp_EHLO",
+    "smtp_RCPT",
+    "smtp_STARTTLS",
+    "smtp_AUTH",
+    "_timeout_cb",
 }
 
 
@@ -103,6 +120,11 @@ def test_installed_aiosmtpd_is_inside_the_tested_range() -> None:
 @pytest.mark.parametrize("name", sorted(PRIVATE_CALLS))
 def test_private_method_takes_the_arguments_we_pass(name: str) -> None:
     _assert_callable_as(name, *PRIVATE_CALLS[name])
+
+
+@pytest.mark.parametrize("name", sorted(PRIVATE_OVERRIDES))
+def test_private_method_we_override_is_called_as_we_define_it(name: str) -> None:
+    _assert_callable_as(name, *PRIVATE_OVERRIDES[name])
 
 
 @pytest.mark.parametrize("name", sorted(PUBLIC_CALLS))
@@ -156,12 +178,17 @@ def test_the_modules_private_uses_are_exactly_the_checked_ones() -> None:
     )
 
 
-def test_no_other_module_uses_aiosmtpd_private_members() -> None:
+def _plain_session() -> SMTP:
+    """aiosmtpd's own protocol object, as it stands before any connection."""
     loop = asyncio.new_event_loop()
     try:
-        plain = SMTP(object(), hostname="test", loop=loop)
+        return SMTP(object(), hostname="test", loop=loop)
     finally:
         loop.close()
+
+
+def test_no_other_module_uses_aiosmtpd_private_members() -> None:
+    plain = _plain_session()
     private = {
         n for n in set(dir(SMTP)) | set(vars(plain)) if n.startswith("_") and not n.startswith("__")
     } | PRIVATE_ATTRIBUTES
@@ -182,20 +209,31 @@ def test_no_name_of_ours_shadows_one_of_aiosmtpds(monkeypatch: pytest.MonkeyPatc
         loop.close()
     # What GatewaySMTP's own __init__ sets, without aiosmtpd's.
     monkeypatch.setattr(SMTP, "__init__", lambda self, *args, **kwargs: None)
-    ours = set(vars(GatewaySMTP(_Handler(), set()))) | {
+    ours = set(vars(GatewaySMTP(_Handler(), set(), DataBudget(2**30), _anvil(), SmtpConfig()))) | {
         n for n in vars(GatewaySMTP) if not (n.startswith("__") and n.endswith("__"))
     }
     shadowed = (ours - OVERRIDES) & aiosmtpd_names
     assert not shadowed, f"{AIOSMTPD} now has members GatewaySMTP also defines: {sorted(shadowed)}"
 
 
-def test_help_reads_the_syntax_attributes_we_copy() -> None:
+@pytest.mark.parametrize("command", ["MAIL", "HELO", "EHLO", "RCPT", "STARTTLS"])
+def test_help_reads_the_syntax_attributes_we_copy(command: str) -> None:
+    theirs, ours = getattr(SMTP, f"smtp_{command}"), getattr(GatewaySMTP, f"smtp_{command}")
     for attribute in SYNTAX_ATTRIBUTES:
-        assert hasattr(SMTP.smtp_MAIL, attribute), (
-            f"{AIOSMTPD}: SMTP.smtp_MAIL has no {attribute} (set by its @syntax decorator); "
-            "HELP would no longer list our MAIL override"
+        assert hasattr(theirs, attribute), (
+            f"{AIOSMTPD}: SMTP.smtp_{command} has no {attribute} (set by its @syntax "
+            f"decorator); HELP would no longer list our {command} override"
         )
-        assert getattr(GatewaySMTP.smtp_MAIL, attribute) == getattr(SMTP.smtp_MAIL, attribute)
+        assert getattr(ours, attribute) == getattr(theirs, attribute)
+
+
+def test_tls_protocol_is_none_until_starttls() -> None:
+    """`smtp_STARTTLS` refuses a second STARTTLS when `_tls_protocol` is set."""
+    plain = _plain_session()
+    assert "_tls_protocol" in vars(plain) and plain._tls_protocol is None, (
+        f"{AIOSMTPD}: SMTP._tls_protocol is gone or not None before STARTTLS; "
+        "GatewaySMTP.smtp_STARTTLS can no longer tell a session already in TLS"
+    )
 
 
 def test_reply_texts_we_replace_are_still_aiosmtpds() -> None:
@@ -207,6 +245,10 @@ def test_reply_texts_we_replace_are_still_aiosmtpds() -> None:
         f"{AIOSMTPD} no longer sends {missing}: gateway.replies.AIOSMTPD_REPLACEMENTS would "
         "let its own wording (without enhanced status codes) through"
     )
+
+
+def _anvil() -> Anvil:
+    return Anvil.for_config(SmtpConfig(), time.monotonic)
 
 
 class _Handler:
@@ -232,7 +274,15 @@ class _LiveSession:
     async def __aenter__(self) -> _LiveSession:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: GatewaySMTP(self.handler, self.sessions, hostname="test", loop=loop),
+            lambda: GatewaySMTP(
+                self.handler,
+                self.sessions,
+                DataBudget(2**30),
+                _anvil(),
+                SmtpConfig(),
+                hostname="test",
+                loop=loop,
+            ),
             "127.0.0.1",
             0,
         )
@@ -305,12 +355,20 @@ def test_private_methods_do_what_smtp_data_relies_on() -> None:
         assert isinstance(session.envelope, Envelope) and session.envelope is not envelope, (
             f"{AIOSMTPD}: SMTP._set_post_data_state() no longer starts a fresh envelope"
         )
-        session._reset_timeout()  # callable without arguments on a live session
+        session._reset_timeout(5.0)  # callable with a duration on a live session
 
         class NoHooks:
             draining = False
 
-        bare = GatewaySMTP(NoHooks(), set(), hostname="test", loop=asyncio.get_running_loop())
+        bare = GatewaySMTP(
+            NoHooks(),
+            set(),
+            DataBudget(2**30),
+            _anvil(),
+            SmtpConfig(),
+            hostname="test",
+            loop=asyncio.get_running_loop(),
+        )
         assert await bare._call_handler_hook("DATA") is MISSING, (
             f"{AIOSMTPD}: SMTP._call_handler_hook no longer returns MISSING without a hook"
         )

@@ -7,6 +7,8 @@ import smtplib
 import socket
 import ssl
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from gateway.storage.connections import add_connection
 from gateway.storage.models import BotMail, Company, Document, Folder, InboundMessage
 from gateway.storage.rawmail import read_spooled
 from tests.conftest import custom_server
-from tests.support import RunningServer, file_all, message, pdf
+from tests.support import FixedClock, RunningServer, file_all, message, pdf
 
 
 def messages(gw: Gateway) -> list[InboundMessage]:
@@ -138,7 +140,7 @@ def test_partner_alias_in_use_by_a_connection_reaches_the_bot_mailbox(server, gw
     with server.client() as smtp:
         smtp.mail("no-reply@factures-meg.fr")
         refused, reply = smtp.rcpt("meg+macon-durand@welyb.fr")  # no connection uses it
-    assert (refused, b"no connection uses this partner alias" in reply) == (550, True)
+    assert (refused, reply.endswith(b"recipient unknown")) == (550, True)
     rcpt = "MEG+Macon-Dupont@welyb.com"
     send(server, rcpt, message(to=rcpt, subject="Compte MEG activé"), sender="no-reply@meg.fr")
     file_all(gw)
@@ -294,12 +296,21 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def test_starttls_when_a_certificate_is_configured(tmp_path, database_url, clock):
+@contextmanager
+def tls_server(
+    tmp_path: Path, database_url: str, clock: FixedClock
+) -> Iterator[tuple[Gateway, RunningServer, ssl.SSLContext]]:
+    """A server with a self-signed certificate, and a client context that trusts it."""
     cert, key = _self_signed(tmp_path)
     tls = {"tls_certificate": str(cert), "tls_key": str(key)}
     with custom_server(tmp_path, database_url, clock, smtp=tls) as (gw, running):
         context = ssl.create_default_context(cafile=str(cert))
         context.check_hostname = False
+        yield gw, running, context
+
+
+def test_starttls_when_a_certificate_is_configured(tmp_path, database_url, clock):
+    with tls_server(tmp_path, database_url, clock) as (gw, running, context):
         with smtplib.SMTP(running.host, running.port, timeout=10) as smtp:
             smtp.ehlo("client.example.org")
             assert smtp.has_extn("starttls")

@@ -6,6 +6,7 @@ says only what is wrong and what would be right.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -144,3 +145,13 @@ def stripped(value: str) -> str:
 
 def lower(value: str) -> str:
     return value.lower()
+
+
+def networks(value: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """CIDR networks (`10.0.0.0/8`, `::1/128`, or a bare address for one host)."""
+    for n in value:
+        try:
+            ipaddress.ip_network(n, strict=False)
+        except (TypeError, ValueError):
+            raise Invalid(f"{n!r} is not a network (e.g. '10.0.0.0/8' or '::1')") from None
+    return tuple(value)

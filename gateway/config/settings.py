@@ -5,9 +5,9 @@ One frozen dataclass per table of the file; `TABLES` lists the tables in the ord
 (`checks.py`); rules that tie several keys together (TLS certificate and key, retry bounds,
 an IMAP source's password, folders and route) are in `parse.py`.
 
-Why this module is long: it is the one place every setting is declared (the rule), and each
-declaration carries its help text and bounds; split by table, the tables would only be
-re-imported here for `TABLES`.
+Why this module is long: it is the one place each setting is declared (README's table, the
+parser and `gateway init` all come from it), and each declaration is a few lines of default,
+bounds and help; splitting the tables over modules would scatter that one list.
 """
 
 from __future__ import annotations
@@ -65,7 +65,11 @@ class SmtpConfig:
     )
     max_recipients: int = setting(50, "Recipients per message; 452 4.5.3 beyond.", low=1, high=1000)
     timeout_seconds: int = setting(
-        300, "Seconds of silence after which a session is closed.", low=5, high=3600
+        300,
+        "Seconds a command line may take, from the previous reply (smtpd_timeout); 421 4.4.2 "
+        "and close after.",
+        low=1,
+        high=3600,
     )
     drain_seconds: int = setting(
         8,
@@ -118,6 +122,93 @@ class SmtpConfig:
         return HeaderLimits(
             self.header_size_limit, self.header_section_limit, self.header_line_limit
         )
+
+    # Memory (issue 10, item 3): DATA in memory is bounded for all sessions together.
+    data_memory_budget: int = setting(
+        256 * 1024 * 1024,
+        "Bytes of DATA all sessions together may hold in memory; a message that would go "
+        "beyond gets 451 4.3.2 after its data (Postfix streams to its queue file instead).",
+        low=1024 * 1024,
+        high=2**40,
+        unit="bytes",
+    )
+    # -- limits per client and per session (README "SMTP intake limits"; Postfix's names) --
+    session_limit: int = setting(
+        1000,
+        "Sessions open at once, all clients together; 421 4.7.0 beyond (Postfix: the "
+        "smtpd process_limit, whose excess waits in the listen queue instead).",
+        low=1,
+        high=100_000,
+    )
+    client_connection_count_limit: int = setting(
+        50,
+        "Sessions open at once from one client address; 421 4.7.0 beyond, 0: no limit "
+        "(smtpd_client_connection_count_limit).",
+        low=0,
+        high=100_000,
+    )
+    client_connection_rate_limit: int = setting(
+        0,
+        "Connections one client address may open per rate window; 421 4.7.0 beyond, 0: no "
+        "limit (smtpd_client_connection_rate_limit).",
+        low=0,
+        high=1_000_000,
+    )
+    client_message_rate_limit: int = setting(
+        0,
+        "MAIL FROM commands one client address may send per rate window; 450 4.7.1 beyond, "
+        "0: no limit (smtpd_client_message_rate_limit).",
+        low=0,
+        high=1_000_000,
+    )
+    client_rate_window_seconds: int = setting(
+        60,
+        "The window of the two rate limits (anvil_rate_time_unit).",
+        low=1,
+        high=86_400,
+        unit="seconds",
+    )
+    limit_exempt_networks: tuple[str, ...] = setting(
+        (),
+        "Client networks (CIDR) the per-client limits do not apply to "
+        "(smtpd_client_event_limit_exceptions); the session limit still does.",
+        check=checks.networks,
+    )
+    data_min_rate: int = setting(
+        10_000,
+        "DATA must go at least this fast: each byte received extends its deadline by "
+        "1/rate seconds, never beyond timeout_seconds ahead (smtpd_min_data_rate).",
+        low=1,
+        high=2**31,
+        unit="bytes per second",
+    )
+    client_error_rate_limit: int = setting(
+        100,
+        "Errors one client address may make per rate window over all its sessions; then its "
+        "sessions end and new ones get 421 4.7.0 until the window is over, 0: no limit "
+        "(no Postfix equivalent).",
+        low=0,
+        high=1_000_000,
+    )
+    soft_error_limit: int = setting(
+        10,
+        "Errors (4xx/5xx replies) in a session after which each reply waits "
+        "error_delay_seconds per error (smtpd_soft_error_limit).",
+        low=1,
+        high=1000,
+    )
+    hard_error_limit: int = setting(
+        20,
+        "Errors in a session after which it is closed with 421 4.7.0 (smtpd_hard_error_limit).",
+        low=1,
+        high=1000,
+    )
+    error_delay_seconds: float = setting(
+        1.0,
+        "Past soft_error_limit, each reply waits this long times the session's error count "
+        "(Postfix: 1 s per error).",
+        unit="seconds",
+    )
 
 
 @dataclass(frozen=True)

@@ -273,7 +273,7 @@ class Filer:
             extraction = self.sandbox.extract(raw)
         outcome = FilingReport()
         outcome.recipients_refused = [
-            f"{d.address.address}: {d.refusal}" for d in destinations if not d.accepted
+            f"{d.address.address}: {d.reason or d.refusal}" for d in destinations if not d.accepted
         ]
         ged = [d for d in destinations if d.accepted and d.address.files_into_ged]
         now = self.clock.now()

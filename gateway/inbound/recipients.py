@@ -27,6 +27,10 @@ class Destination:
     cabinet_id: int | None = None  # bot mailbox owner
     delivery_id: int | None = None  # the outbound delivery a bounce address stands for
     refusal: str | None = None  # the SMTP reply when the address is refused
+    # Why an address is unknown (which of company, journal, alias was missing): for the
+    # log only. The reply says "recipient unknown" whatever it was, so that probing
+    # addresses does not tell which companies exist.
+    reason: str | None = None
 
     @property
     def accepted(self) -> bool:
@@ -131,5 +135,5 @@ def decide(address: Address, found: CompanyRef | CabinetRef | int | None) -> Des
 
 def _unknown(address: Address, why: str) -> Destination:
     return Destination(
-        address, refusal=Reply.UNKNOWN_RECIPIENT.format(address=address.address, why=why)
+        address, refusal=Reply.UNKNOWN_RECIPIENT.format(address=address.address), reason=why
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,12 +22,13 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway import metrics
 from gateway.clock import Clock
 from gateway.config import SmtpConfig
+from gateway.inbound.anvil import Anvil
 from gateway.inbound.recipients import Recipients
-from gateway.inbound.smtp_session import GatewaySMTP, say_and_close
+from gateway.inbound.smtp_session import DataBudget, GatewaySMTP, say_and_close
 from gateway.inbound.spool import Arrival, Spool, new_queue_id
 from gateway.mail.header_limits import header_overflow
 from gateway.replies import Reply
-from gateway.routing.addresses import split_address
+from gateway.routing.reverse_path import is_reverse_path
 
 log = structlog.get_logger("gateway.smtp")
 
@@ -58,13 +60,26 @@ class InboundHandler:
         self.config = config
         self.draining = False
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        # A receive-only MX: no login can succeed, so AUTH is not offered (aiosmtpd offers
+        # its built-in mechanisms after STARTTLS whatever the handler does with them).
+        session.host_name = hostname  # this hook's job once it exists
+        return [line for line in responses if not line[4:].upper().startswith("AUTH")]
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        # "<>" is the null sender of bounces and must be accepted (RFC 5321 4.5.5).
-        if address not in ("", "<>") and split_address(address) is None:
+        sender = _reverse_path(address, options)
+        if sender is None:
             return Reply.BAD_SENDER_SYNTAX.value
-        envelope.mail_from = address
+        envelope.mail_from = sender
         envelope.mail_options.extend(options)
         envelope.queue_id = new_queue_id()  # type: ignore[attr-defined]
         return Reply.SENDER_OK.value
@@ -88,6 +103,7 @@ class InboundHandler:
                 peer=_peer(session),
                 mail_from=envelope.mail_from,
                 reply=destination.refusal,
+                reason=destination.reason,
             )
             return destination.refusal
         # A custom handle_RCPT must record the recipient itself.
@@ -142,6 +158,14 @@ class InboundHandler:
         return Reply.INTERNAL_ERROR.value
 
 
+def _reverse_path(address: str, options: list[str]) -> str | None:
+    """The sender as stored, "<>" for the null sender of bounces (RFC 5321 4.5.5: aiosmtpd
+    needs a non-empty sender to take RCPT); None when it is not a valid reverse path.
+    aiosmtpd has already refused SMTPUTF8 unless the server offers it."""
+    utf8 = any(option.upper() == "SMTPUTF8" for option in options)
+    return address if is_reverse_path("" if address == "<>" else address, utf8=utf8) else None
+
+
 def _peer(session: Session) -> str | None:
     peer = session.peer
     if isinstance(peer, tuple) and peer:
@@ -177,10 +201,17 @@ class _Refuse421(asyncio.Protocol):
 class InboundServer:
     """Listens on the SMTP port; `drain()` stops it the way an MTA should."""
 
-    def __init__(self, handler: InboundHandler, config: SmtpConfig) -> None:
+    def __init__(
+        self,
+        handler: InboundHandler,
+        config: SmtpConfig,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.handler = handler
         self.config = config
+        self.anvil = Anvil.for_config(config, monotonic)
         self.sessions: set[GatewaySMTP] = set()
+        self.data_budget = DataBudget(config.data_memory_budget)
         self._server: asyncio.AbstractServer | None = None
         self.tls_context = _tls_context(config)
 
@@ -190,6 +221,9 @@ class InboundServer:
         return GatewaySMTP(
             self.handler,
             self.sessions,
+            self.data_budget,
+            self.anvil,
+            self.config,
             hostname=self.config.hostname,
             ident="ESMTP gateway",
             data_size_limit=self.config.max_message_size,

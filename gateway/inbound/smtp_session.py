@@ -11,16 +11,50 @@ lives in `gateway.inbound.smtp` and uses only this class's own members.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import enum
+import functools
 import time
 from typing import Any, AnyStr, Protocol, cast
 
 from aiosmtpd.smtp import MISSING, SMTP
 
 from gateway import metrics
+from gateway.config import SmtpConfig
+from gateway.inbound.anvil import Anvil
 from gateway.replies import AIOSMTPD_REPLACEMENTS, Reply
+from gateway.routing.reverse_path import has_control_characters
 
 END_OF_DATA = b"\r\n.\r\n"
 DATA_CHUNK = 64 * 1024
+# After a session has held this much DATA, its freed memory is handed back to the system.
+RETURN_MEMORY_AFTER = 1024 * 1024
+
+
+class Dropped(enum.Enum):
+    """What `read_content` returns when it had to drop the data rather than keep it."""
+
+    TOO_BIG = "past the size limit"
+    OVER_BUDGET = "past the in-flight DATA budget"
+
+
+class DataBudget:
+    """Bytes of DATA held in memory by all sessions together, against one limit
+    (`smtp.data_memory_budget`). One per server; every session takes from it and gives back."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
 
 
 class DrainingFlag(Protocol):
@@ -44,17 +78,52 @@ class GatewaySMTP(SMTP):
     asyncio's (the internals test lists them from this module's source).
     """
 
-    def __init__(self, handler: DrainingFlag, sessions: set[GatewaySMTP], **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: DrainingFlag,
+        sessions: set[GatewaySMTP],
+        data_budget: DataBudget,
+        anvil: Anvil,
+        limits: SmtpConfig,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self.gateway_handler = handler
         self.open_sessions = sessions
+        self.data_budget = data_budget
+        self.data_held = 0  # bytes of the current DATA counted in data_budget
+        self.data_over_budget = False
+        self.data_bytes_read = 0  # bytes of the current DATA read so far, kept or not
+        self.data_buffer = bytearray()  # read_content's buffer, emptied by release_data
+        self.anvil = anvil
+        self.limits = limits
+        self.client: str | None = None
+        self.admitted: bool | None = None  # None until the connection is made
+        self.error_count = 0  # 4xx/5xx replies since the last message queued
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.open_sessions.add(self)
-        metrics.SMTP_CONNECTIONS.inc()
+        if self.admitted is None:  # not the second call of STARTTLS, which changes transport
+            metrics.SMTP_CONNECTIONS.inc()
+            if not self.admit(transport):
+                return
+            self.open_sessions.add(self)
         super().connection_made(transport)
 
+    def admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Count the session with the anvil, or answer 421 and close before any greeting."""
+        peer = transport.get_extra_info("peername")
+        self.client = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        refusal = self.anvil.open_session(self.client)
+        self.admitted = refusal is None
+        if refusal is not None:
+            say_and_close(transport, refusal.format(hostname=self.hostname, client=self.client))
+        return self.admitted
+
     def connection_lost(self, error: Exception | None) -> None:
+        if not self.admitted:
+            return  # refused in connection_made: aiosmtpd never saw the connection
+        self.admitted = False
+        self.anvil.close_session(self.client)
         self.open_sessions.discard(self)
         super().connection_lost(error)
 
@@ -65,6 +134,8 @@ class GatewaySMTP(SMTP):
         # nothing closes it afterwards, and the socket sits in CLOSE-WAIT, counted as a
         # session that a stop waits for, until the idle timeout (300 s). Returning False
         # makes asyncio close the transport, and connection_lost forgets the session.
+        if not self.admitted:
+            return False
         super().eof_received()  # cancels the session's task
         self.open_sessions.discard(self)
         return False
@@ -80,15 +151,43 @@ class GatewaySMTP(SMTP):
             say_and_close(self.transport, Reply.SHUTTING_DOWN.format(hostname=self.hostname))
 
     async def push(self, status: AnyStr) -> None:
+        reply: str | bytes = status
         if isinstance(status, str):
             replacement = AIOSMTPD_REPLACEMENTS.get(status)
             if replacement is not None:
                 reply = replacement.format(limit=self.data_size_limit)
-                _count_reply(reply)
-                await super().push(reply)
-                return
-        _count_reply(status)
-        await super().push(status)
+        if self.error_count >= self.limits.hard_error_limit:
+            # Postfix: the command after the last error allowed is answered 421 4.7.0, and
+            # the session ends (answering the command, not unasked, spares the client a
+            # reset connection that could lose the 421).
+            self.close_with(Reply.TOO_MANY_ERRORS.format(hostname=self.hostname))
+            return
+        closing = reply[:3] in ("421", b"421")
+        error = reply[:1] in ("4", "5", b"4", b"5") and not closing
+        self.error_count += error
+        # The client's errors over all its sessions: at their limit this one ends as at
+        # the hard limit (after this reply, which waits only for this session's errors).
+        client_over_limit = error and self.anvil.new_error(self.client)
+        if self.error_count > self.limits.soft_error_limit:
+            # Postfix: past the soft limit every reply waits a second per error, which
+            # slows a harvester down to a crawl without hurting a client's odd mistake.
+            await asyncio.sleep(self.error_count * self.limits.error_delay_seconds)
+        _count_reply(reply)
+        if isinstance(reply, str):  # two calls: push takes str or bytes, not their union
+            await super().push(reply)
+        else:
+            await super().push(reply)
+        if client_over_limit:
+            self.error_count = max(self.error_count, self.limits.hard_error_limit)
+
+    def close_with(self, line: str) -> None:
+        if self.transport is not None:
+            say_and_close(self.transport, line)
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd private: its timer's callback, which closes without a word; an MTA says
+        # why (Postfix: 421 4.4.2 timeout exceeded) so that the sender retries.
+        self.close_with(Reply.TIMEOUT_EXCEEDED.format(hostname=self.hostname))
 
     async def smtp_DATA(self, arg: str | None) -> None:
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
@@ -101,15 +200,29 @@ class GatewaySMTP(SMTP):
             await self.push(Reply.DATA_SYNTAX.value)
             return
         await self.push(Reply.START_DATA.value)
+        try:
+            await self.receive_message()
+        finally:
+            self.release_data()
+
+    async def receive_message(self) -> None:
+        """The DATA phase after the 354: read, store (through the handler), answer."""
+        assert self.envelope is not None
         content = await self.read_content()
         if content is None:  # the connection went away mid-data
             return
-        if self.data_size_limit and len(content) > self.data_size_limit:
+        limit = self.data_size_limit
+        if limit and not isinstance(content, Dropped) and len(content) > limit:
+            content = Dropped.TOO_BIG  # past the limit only in its last chunk
+        if isinstance(content, Dropped):
             # aiosmtpd private: its own end-of-transaction reset (a fresh envelope), which
             # its smtp_DATA calls on every outcome; ours replaces that method, so must too.
             # (aiosmtpd leaves it unannotated.)
             self._set_post_data_state()  # type: ignore[no-untyped-call]
-            await self.push(Reply.MESSAGE_TOO_BIG.format(limit=self.data_size_limit))
+            if content is Dropped.OVER_BUDGET:
+                await self.push(Reply.DATA_MEMORY_BUSY.value)
+            else:
+                await self.push(Reply.MESSAGE_TOO_BIG.format(limit=self.data_size_limit))
             return
         self.envelope.content = self.envelope.original_content = content
         ended = time.perf_counter()
@@ -122,23 +235,29 @@ class GatewaySMTP(SMTP):
         await self.push(reply)
         if reply.startswith("250"):
             metrics.SMTP_ACKNOWLEDGEMENT_SECONDS.observe(time.perf_counter() - ended)
+            self.error_count = 0  # Postfix's error limits count errors "without delivering mail"
 
-    async def read_content(self) -> bytes | None:
+    async def read_content(self) -> bytes | Dropped | None:
         """The message up to the end-of-data line, dot-unstuffed; None on disconnect.
 
-        Past the size limit the rest is read and dropped (keeping a tail to find the end),
-        so that memory stays bounded and the 552 comes after the data, as RFC 5321 4.2.5
-        implies. The result is then longer than the limit, which is how the caller knows.
+        Past the size limit, or once the sessions together hold `data_budget` bytes, the
+        rest is read and dropped (keeping a tail to find the end), so that memory stays
+        bounded and the 552 (451 4.3.2 for the budget) comes after the data, as RFC 5321
+        4.2.5 implies. The result then says which (`Dropped`).
         """
         # aiosmtpd private: the StreamReader the connection feeds (set in its
         # `_cb_client_connected`); aiosmtpd offers no public way to read the raw stream.
         reader = self._reader
         limit = self.data_size_limit or 0
         buf = bytearray(b"\r\n")  # so that a message starting with ".\r\n" ends at once
+        self.data_buffer = buf
         dropped = 0
         start = 0
+        deadline = DataDeadline(
+            self.loop.time(), self.limits.timeout_seconds, self.limits.data_min_rate, limit
+        )
         while (end := buf.find(END_OF_DATA, start)) < 0:
-            if limit and len(buf) + dropped > limit + 2:
+            if (limit and len(buf) + dropped > limit + 2) or self.data_over_budget:
                 keep = len(END_OF_DATA) - 1  # searched already; only a split marker matters
                 dropped += len(buf) - keep
                 del buf[:-keep]
@@ -146,9 +265,10 @@ class GatewaySMTP(SMTP):
             chunk = await reader.read(DATA_CHUNK)
             if not chunk:
                 return None
-            # aiosmtpd private: restarts the idle timer, which aiosmtpd resets only per
-            # command line; without it a long upload would be cut at `timeout` seconds.
-            self._reset_timeout()
+            # aiosmtpd private: moves the session's timer (aiosmtpd's resets it per command
+            # line only) to DATA's deadline, which the bytes just received extend.
+            self._reset_timeout(deadline.received(len(chunk), self.loop.time()))
+            self.hold_data(len(chunk), keep=not dropped)
             buf += chunk
         # Bytes after the terminator are the client's next (pipelined) commands: give them
         # back to the reader, where aiosmtpd's command loop reads them next.
@@ -157,19 +277,137 @@ class GatewaySMTP(SMTP):
             # asyncio private: StreamReader has no "unread"; its buffer is a bytearray that
             # aiosmtpd itself edits (it clears it on STARTTLS).
             reader._buffer[:0] = rest  # type: ignore[attr-defined]
-        if dropped:
-            return b"\0" * (limit + 1)  # marker length only; the content is gone
-        data = bytes(buf[2 : end + 2]).replace(b"\r\n.", b"\r\n")
+        if limit and dropped + end - 2 > limit:  # (buf began with 2 bytes of ours)
+            return Dropped.TOO_BIG
+        if self.data_over_budget:
+            return Dropped.OVER_BUDGET
+        # One copy of the message at a time: the buffer goes as soon as the bytes are out
+        # (replace returns the same object when there is no dot to remove).
+        del buf[end + 2 :]
+        data = bytes(memoryview(buf)[2:])
+        buf.clear()
+        data = data.replace(b"\r\n.", b"\r\n")
         return data[1:] if data.startswith(b".") else data
 
+    def hold_data(self, size: int, keep: bool) -> None:
+        """Count `size` more bytes of this DATA in the shared budget, or, when they do not
+        fit, mark this DATA as over budget: its bytes are dropped from now on, and what it
+        held goes back to the budget at once, so that the sessions already under way can
+        finish (all of them sharing the budget and all failing is what this avoids).
+        `keep` false: the data is being dropped (past the size limit), nothing is held."""
+        self.data_bytes_read += size
+        if keep and not self.data_over_budget:
+            if self.data_budget.take(size):
+                self.data_held += size
+                return
+            self.data_over_budget = True
+        self.data_budget.give_back(self.data_held)
+        self.data_held = 0
+
+    def release_data(self) -> None:
+        """The DATA is over (stored, refused or cut off): give its bytes back to the budget,
+        and, after a large one, its memory back to the system."""
+        self.data_budget.give_back(self.data_held)
+        received, self.data_bytes_read = self.data_bytes_read, 0
+        self.data_held, self.data_over_budget = 0, False
+        # When the client went away mid-data, the exception that ends the task keeps
+        # read_content's frame, and its buffer, alive in a reference cycle until the garbage
+        # collector runs, which an idle server may not do for a long time: empty it now.
+        self.data_buffer.clear()
+        if received >= RETURN_MEMORY_AFTER:
+            return_freed_memory()
+
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if await self.refused_for_control_characters(arg, Reply.BAD_SENDER_SYNTAX.value):
+            return
         # Draining: the transaction in progress has finished; start no new one.
         if self.gateway_handler.draining:
             await self.push(Reply.SHUTTING_DOWN.format(hostname=self.hostname))
             if self.transport is not None:
                 self.transport.close()
             return
+        # Counted only when MAIL could succeed (after HELO, outside a transaction).
+        if self.session is not None and self.session.host_name and not self.in_transaction:
+            refusal = self.anvil.new_message(self.client)
+            if refusal is not None:
+                await self.push(refusal.format(client=self.client))
+                return
         await super().smtp_MAIL(arg)
+
+    # RFC 5321 as Postfix reads it: control characters, STARTTLS inside TLS, no AUTH.
+
+    async def refused_for_control_characters(self, arg: str | None, reply: str) -> bool:
+        """NUL, CR, LF, other C0 controls or DEL in HELO, MAIL or RCPT: refused before any
+        parsing, so that they are never stored (PostgreSQL's text cannot even hold NUL)."""
+        if arg is None or not has_control_characters(arg):
+            return False
+        await self.push(reply)
+        return True
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        if await self.refused_for_control_characters(hostname, Reply.BAD_HELO.format(verb="HELO")):
+            return
+        await super().smtp_HELO(hostname)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if await self.refused_for_control_characters(hostname, Reply.BAD_HELO.format(verb="EHLO")):
+            return
+        await super().smtp_EHLO(hostname)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if await self.refused_for_control_characters(arg, Reply.BAD_RECIPIENT_CHARACTERS.value):
+            return
+        await super().smtp_RCPT(arg)
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        # aiosmtpd answers 220 and starts a second handshake inside the first, which kills
+        # the session with a traceback; Postfix refuses and the session goes on.
+        # (aiosmtpd private: `_tls_protocol` is set once its STARTTLS handshake has begun.)
+        if self._tls_protocol is not None:
+            await self.push(Reply.TLS_ALREADY_ACTIVE.value)
+            return
+        await super().smtp_STARTTLS(arg)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        # A receive-only MX: no login can succeed, so AUTH is neither advertised (see
+        # `InboundHandler.handle_EHLO`) nor taken; Postfix's answer without SASL.
+        await self.push(Reply.AUTH_NOT_ENABLED.value)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    libc = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+
+
+def return_freed_memory() -> None:
+    """Hand freed heap memory back to the system. glibc keeps what a large message's
+    buffers used (its mmap threshold rises to the largest block freed, so the next large
+    buffers come from the heap), and the server would stay at its peak after the clients
+    left; malloc_trim(0) releases the free pages. Elsewhere (musl, macOS) nothing to do."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+class DataDeadline:
+    """When DATA must be over: `timeout` seconds from its start, extended by 1/`min_rate`
+    seconds per byte received, never more than `timeout` ahead (Postfix's
+    smtpd_per_request_deadline with smtpd_min_data_rate). Bytes past the size limit extend
+    nothing, so a session in DATA lasts at most timeout + limit / min_rate seconds."""
+
+    def __init__(self, now: float, timeout: float, min_rate: int, limit: int) -> None:
+        self.at = now + timeout
+        self.timeout = timeout
+        self.min_rate = min_rate
+        self.credit_left = limit or 2**63
+
+    def received(self, size: int, now: float) -> float:
+        """Seconds left after `size` more bytes arrived at `now`."""
+        credited = min(size, self.credit_left)
+        self.credit_left -= credited
+        self.at = min(self.at + credited / self.min_rate, now + self.timeout)
+        return max(self.at - now, 0.001)  # aiosmtpd reads 0 as "the full timeout"
 
 
 def say_and_close(transport: asyncio.BaseTransport, line: str) -> None:
@@ -192,6 +430,8 @@ def _count_reply(reply: str | bytes) -> None:
 # carries the attributes aiosmtpd's @syntax decorator sets (read by its private
 # `_syntax_available`); our override keeps aiosmtpd's text.
 SYNTAX_ATTRIBUTES = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__")
-for _attr in SYNTAX_ATTRIBUTES:
-    if hasattr(SMTP.smtp_MAIL, _attr):
-        setattr(GatewaySMTP.smtp_MAIL, _attr, getattr(SMTP.smtp_MAIL, _attr))
+for _command in ("MAIL", "HELO", "EHLO", "RCPT", "STARTTLS"):
+    for _attr in SYNTAX_ATTRIBUTES:
+        if hasattr(getattr(SMTP, f"smtp_{_command}"), _attr):
+            _ours = getattr(GatewaySMTP, f"smtp_{_command}")
+            setattr(_ours, _attr, getattr(getattr(SMTP, f"smtp_{_command}"), _attr))

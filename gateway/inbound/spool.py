@@ -33,6 +33,7 @@ from gateway.storage.db import Database
 from gateway.storage.queues import inbound as inbound_queue
 
 SEGMENT_MAX_BYTES = 64 * 1024 * 1024
+HELO_COLUMN_LENGTH = 255  # inbound_messages.helo
 
 
 def new_queue_id() -> str:
@@ -94,7 +95,9 @@ class SpoolWriter:
                     "source_mailbox": a.source_mailbox,
                     "received_at": a.received_at,
                     "peer": a.peer,
-                    "helo": a.helo,
+                    # A HELO name past its column (no hostname is that long) is kept cut:
+                    # refusing the row would answer 451 to a message we can store.
+                    "helo": a.helo[:HELO_COLUMN_LENGTH] if a.helo else a.helo,
                     "mail_from": a.mail_from,
                     "rcpt_tos": list(a.rcpt_tos),
                     "size": len(a.content),
@@ -195,19 +198,39 @@ class Spool:
                 batch, self._pending = self._pending, []
                 self._busy = True
                 try:
-                    ids = await loop.run_in_executor(
-                        self._executor, self.writer.store_batch, [a for a, _ in batch]
-                    )
-                except Exception as exc:  # every waiter answers 451; nothing was acknowledged
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
+                    await self._store_group(loop, batch)
                 finally:
                     self._busy = False
-                for (_, future), row_id in zip(batch, ids, strict=True):
-                    if not future.done():
-                        future.set_result(row_id)
+                # The batch's bytes (up to many large messages) must not wait here, held,
+                # for the next arrival: the memory goes back once the senders have left.
+                del batch
+
+    async def _store_group(
+        self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Arrival, asyncio.Future[int]]]
+    ) -> None:
+        """Store a group with one commit; if that fails, store each of its messages alone, so
+        that a message whose bytes or row cannot be stored (a value its column cannot hold)
+        fails alone (451 for it) and the others of the group are still acknowledged."""
+        try:
+            ids = await loop.run_in_executor(
+                self._executor, self.writer.store_batch, [a for a, _ in batch]
+            )
+        except Exception as exc:  # nothing of the group was acknowledged
+            if len(batch) == 1:
+                _settle(batch[0][1], exc)
+                return
+            for arrival, future in batch:
+                try:
+                    [row_id] = await loop.run_in_executor(
+                        self._executor, self.writer.store_batch, [arrival]
+                    )
+                except Exception as alone:  # this one's own failure: it answers 451
+                    _settle(future, alone)
+                else:
+                    _settle(future, row_id)
+            return
+        for (_, future), row_id in zip(batch, ids, strict=True):
+            _settle(future, row_id)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -219,3 +242,12 @@ class Spool:
                 await self._task
         self._executor.shutdown(wait=True)
         self.writer.close()
+
+
+def _settle(future: asyncio.Future[int], outcome: int | BaseException) -> None:
+    if future.done():  # its session has gone; nobody waits for the answer
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

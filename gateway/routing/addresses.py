@@ -7,6 +7,7 @@ or cabinet exists is a question for the directory (`gateway.storage.directory`).
 Grammar of a local part on a served domain, matched case-insensitively:
 
     postmaster | abuse                 -> the postmaster mailbox (RFC 5321 4.5.1 requires it)
+    Postmaster (no domain at all)      -> the postmaster mailbox too (RFC 5321 4.5.1)
     <journal>+<company>                -> collection address: files into the journal folder
     <company>                          -> bare company address: files into "A classer"
     <partner bot identity>             -> e.g. myunisoft+<cabinet>, quickbooks+<company> (R6)
@@ -26,6 +27,7 @@ from gateway.routing.partners import Partner, PartnerRegistry
 from gateway.routing.slugs import DOMAIN_RE, is_slug
 
 POSTMASTER_LOCAL_PARTS = frozenset({"postmaster", "abuse"})
+BARE_POSTMASTER = "postmaster"  # RCPT TO:<Postmaster>, case-insensitive (RFC 5321 4.5.1)
 BOUNCE_PREFIX = "bounce"  # the VERP envelope senders of outbound deliveries
 # Printable ASCII dot-atom characters of RFC 5322, no quoting: nobody needs a quoted local
 # part to reach a collection address, and refusing them removes a class of injection.
@@ -86,6 +88,13 @@ def split_address(address: str) -> tuple[str, str] | None:
     return local, domain
 
 
+def _is_bare_postmaster(address: str) -> bool:
+    text = address.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    return text.lower() == BARE_POSTMASTER
+
+
 class AddressGrammar:
     def __init__(
         self,
@@ -112,6 +121,10 @@ class AddressGrammar:
 
     def parse(self, address: str) -> Address:
         parts = split_address(address)
+        if parts is None and _is_bare_postmaster(address):
+            # RFC 5321 4.5.1: "<Postmaster>" with no domain must be accepted; it reaches
+            # the same mailbox as postmaster@ any domain of ours.
+            return Address(AddressKind.POSTMASTER, BARE_POSTMASTER, BARE_POSTMASTER)
         if parts is None:
             return Address(AddressKind.INVALID, address.strip(), problem="not a valid address")
         local, domain = parts

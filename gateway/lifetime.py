@@ -26,15 +26,20 @@ def supervised_environment() -> dict[str, str]:
     return {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
 
 
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
+    """Ask the kernel for `sig` when this process's parent dies (Linux; elsewhere nothing)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
 def follow_supervisor() -> None:
     """In a process started by `serve`: die (SIGTERM) with it. Does nothing otherwise."""
     supervisor = os.environ.pop(SUPERVISOR_ENV, None)
     if not supervisor:
         return
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    die_with_parent()
     if os.getppid() != int(supervisor):
         sys.exit("gateway: the serve process that started this worker is gone")
 

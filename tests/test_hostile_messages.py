@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import threading
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -16,9 +19,11 @@ from sqlalchemy import select
 from gateway.app import Gateway
 from gateway.storage.models import Document, InboundMessage
 from tests.conftest import custom_server
+from tests.processes import live_processes
 from tests.support import RunningServer, file_all, message, pdf
 
 COLLECTION = "compta+dupont-maconnerie@welyb.fr"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _send(server: RunningServer, data: bytes) -> tuple[int, bytes]:
@@ -132,3 +137,32 @@ def test_a_message_over_the_memory_budget_is_held_and_the_next_is_filed(
         assert hostile_row.status == "held", hostile_row.reason
         assert "extraction.memory_limit_mb" in (hostile_row.reason or "")
         assert other.status == "filed"
+
+
+OWNER = """
+from gateway.inbound.extraction import ExtractionLimits
+from gateway.inbound.sandbox import ExtractionSandbox
+from tests.test_hostile_messages import _hostile
+sandbox = ExtractionSandbox(ExtractionLimits(), timeout_seconds=600, memory_limit_mb=1024)
+sandbox._start()
+print(sandbox._child.pid, flush=True)
+sandbox.extract(_hostile())  # ~30 s of parsing in the child: killed long before
+"""
+
+
+def test_the_extraction_child_dies_with_its_filing_worker_even_mid_parse():
+    """A filing worker killed (with its serve, or alone) while its sandbox child is deep in a
+    parse: the child must not parse on, alone, for as long as the parse lasts."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    assert owner.stdout is not None
+    child = int(owner.stdout.readline())
+    time.sleep(1.0)  # the child is parsing now
+    assert child in live_processes()
+    owner.kill()
+    owner.wait(10)
+    deadline = time.monotonic() + 5
+    while child in live_processes() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert child not in live_processes()

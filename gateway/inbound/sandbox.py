@@ -13,12 +13,14 @@ the message's own, since the child works on one message at a time.
 from __future__ import annotations
 
 import resource
+import signal
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from gateway.inbound.extraction import Extraction, ExtractionLimits, extract_documents
 from gateway.inbound.extraction.run import brief
+from gateway.lifetime import die_with_parent
 
 START_SECONDS = 30  # for a child to start: imports on a loaded machine
 
@@ -78,7 +80,7 @@ class ExtractionSandbox:
         # a child forked from here would inherit its database connections); after the
         # first, a child starts in milliseconds instead of a fresh interpreter's ~0.6 s.
         context = get_context("forkserver")
-        context.set_forkserver_preload([__name__])
+        context.set_forkserver_preload(["gateway.inbound.sandbox_server", __name__])
         ours, theirs = context.Pipe()
         child = context.Process(
             target=_serve,
@@ -112,6 +114,9 @@ class ExtractionSandbox:
 
 def _serve(connection: Connection, limits: ExtractionLimits, memory_bytes: int) -> None:
     """The child: extract each message it is given, until its parent closes the pipe."""
+    # Its parent is the fork server, which ends with the filing worker: a child busy in a
+    # long parse would otherwise see the closed pipe only once the parse is over.
+    die_with_parent(signal.SIGKILL)
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     connection.send("ready")
     while True:

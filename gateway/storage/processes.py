@@ -82,10 +82,12 @@ def release(s: Session, name: str, now: datetime) -> int:
     return sum(queue.release(s, name, now) for queue in QUEUES)
 
 
-def stop(s: Session, name: str, now: datetime) -> None:
-    """A clean end: what it held is released, the row says when it stopped."""
-    release(s, name, now)
+def stop(s: Session, name: str, now: datetime) -> int:
+    """The end of `name` (clean, or found dead): what it held is released, the row says
+    when it stopped; how many leases it still had."""
+    released = release(s, name, now)
     s.execute(update(GatewayProcess).where(GatewayProcess.name == name).values(stopped_at=now))
+    return released
 
 
 def take_back(s: Session, node: str, current: str, now: datetime) -> list[str]:
@@ -102,10 +104,8 @@ def take_back(s: Session, node: str, current: str, now: datetime) -> list[str]:
         ).scalars()
     )
     for name in earlier:
-        released = release(s, name, now)
-        if released:
+        if released := stop(s, name, now):
             log.warning("take_back", previous_holder=name, by=current, claims=released)
-        s.execute(update(GatewayProcess).where(GatewayProcess.name == name).values(stopped_at=now))
     return earlier
 
 

@@ -34,6 +34,9 @@ class Reply(Enum):
     BAD_RECIPIENT_CHARACTERS = "553 5.1.3 Bad recipient address syntax"
     TLS_ALREADY_ACTIVE = "554 5.5.1 Error: TLS already active"
     AUTH_NOT_ENABLED = "503 5.5.1 Error: authentication not enabled"
+    # The same answer for every address: VRFY must not tell a harvester what exists.
+    CANNOT_VRFY = "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery"
+    VRFY_SYNTAX = "501 5.5.4 Syntax: VRFY address"
     # Limits per client and session (gateway/inbound/anvil.py; Postfix's texts).
     TOO_MANY_SESSIONS = "421 4.7.0 {hostname} Error: too many sessions, try again later"
     TOO_MANY_CONNECTIONS = "421 4.7.0 {hostname} Error: too many connections from {client}"
@@ -42,6 +45,9 @@ class Reply(Enum):
     )
     MESSAGE_RATE_EXCEEDED = "450 4.7.1 Error: too much mail from {client}"
     TOO_MANY_ERRORS = "421 4.7.0 {hostname} Error: too many errors"
+    # aiosmtpd ends a session at its fifth unknown verb (what a client that does not speak
+    # SMTP sends): the closing reply must be a 421, not its 502, so that a sender retries.
+    TOO_MANY_UNKNOWN_COMMANDS = "421 4.7.0 {hostname} Error: too many unrecognised commands"
     TIMEOUT_EXCEEDED = "421 4.4.2 {hostname} Error: timeout exceeded"
 
     def format(self, **values: object) -> str:
@@ -54,4 +60,5 @@ AIOSMTPD_REPLACEMENTS: dict[str, Reply] = {
     "552 Error: Too much mail data": Reply.MESSAGE_TOO_BIG,
     "552 Error: message size exceeds fixed maximum message size": Reply.MESSAGE_TOO_BIG,
     "500 Line too long (see RFC5321 4.5.3.1.6)": Reply.LINE_TOO_LONG,
+    "502 5.5.1 Too many unrecognized commands, goodbye.": Reply.TOO_MANY_UNKNOWN_COMMANDS,
 }

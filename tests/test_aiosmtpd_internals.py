@@ -38,9 +38,14 @@ PRIVATE_CALLS: dict[str, tuple[tuple[object, ...], bool]] = {
     "_call_handler_hook": (("DATA",), True),
     "_set_post_data_state": ((), False),
     "_reset_timeout": ((1.0,), False),
+    # MAIL and RCPT's address parser, guarded against email's IndexError on bad addresses.
+    "_getaddr": (("<a@example.org>",), False),
 }
 # Private methods it overrides: aiosmtpd's timer callback, called with no argument.
-PRIVATE_OVERRIDES: dict[str, tuple[tuple[object, ...], bool]] = {"_timeout_cb": ((), False)}
+PRIVATE_OVERRIDES: dict[str, tuple[tuple[object, ...], bool]] = {
+    "_timeout_cb": ((), False),
+    "_getaddr": (("<a@example.org>",), False),
+}
 # Private attributes it reads: the session's StreamReader, and that reader's buffer; whether
 # STARTTLS has begun (the TLS protocol, None before).
 PRIVATE_ATTRIBUTES = {"_reader", "_buffer", "_tls_protocol"}
@@ -53,6 +58,7 @@ PUBLIC_CALLS: dict[str, tuple[tuple[object, ...], bool]] = {
     "smtp_RCPT": (("TO:<a@example.org>",), True),
     "smtp_STARTTLS": (("",), True),
     "smtp_AUTH": (("PLAIN",), True),
+    "smtp_VRFY": (("a@example.org",), True),
     "push": (("250 OK",), True),
     "check_helo_needed": ((), True),
     "check_auth_needed": (("DATA",), True),
@@ -73,7 +79,9 @@ OVERRIDES = {
     "smtp_RCPT",
     "smtp_STARTTLS",
     "smtp_AUTH",
+    "smtp_VRFY",
     "_timeout_cb",
+    "_getaddr",
 }
 
 

@@ -256,6 +256,18 @@ def test_replies_past_the_soft_error_limit_wait_longer_per_error(tmp_path, datab
         assert client.closed()
 
 
+def test_the_fifth_unknown_command_gets_421_not_a_5xx_goodbye(tmp_path, database_url, clock):
+    """Found by the fuzz (tests/test_fuzz.py): aiosmtpd closes a session at its fifth unknown
+    verb with "502 5.5.1 … goodbye", a permanent reply on a closing session; it must be 421."""
+    with serving(tmp_path, database_url, clock, {}, 1) as (_, [client]):
+        client.hello()
+        for _ in range(4):
+            assert client.command(b"BOGUS")[:3] == b"500"
+        closing = client.command(b"BOGUS")
+        assert closing.startswith(b"421 4.7.0") and b"unrecognised" in closing, closing
+        assert client.closed()
+
+
 def test_a_client_s_errors_count_over_all_its_sessions(tmp_path, database_url, clock):
     """A harvester that reconnects before the hard limit: its errors add up over the window;
     at the limit its session ends and its new connections are refused."""

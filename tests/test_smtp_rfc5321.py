@@ -353,3 +353,23 @@ def test_auth_is_not_advertised_on_a_receive_only_mx(tls):
         code, reply = smtp.docmd("AUTH", "PLAIN AGFAAGI=")
         assert code == 503 and reply.startswith(b"5.5.1"), reply
         assert smtp.noop()[0] == 250
+
+
+def test_vrfy_gives_one_answer_whatever_the_address_and_never_fails(server):
+    """Found by tests/test_fuzz.py: an unterminated quote made aiosmtpd's VRFY raise (451
+    4.3.0 and an error in the log); VRFY answers the same 252 for any address, known or not."""
+    with server.client() as smtp:
+        known = smtp.docmd("VRFY", "<compta+dupont-maconnerie@welyb.fr>")
+        assert known == smtp.docmd("VRFY", "<nobody+nothing@welyb.fr>")
+        assert known[0] == 252 and known[1].startswith(b"2.0.0")
+        smtp.sock.sendall(b'VRFY "\r\r\n')  # smtplib refuses to send a CR itself
+        assert smtp.getreply()[0] == 252
+        assert smtp.docmd("VRFY")[0] == 501
+
+
+def test_an_address_the_header_parser_chokes_on_is_a_syntax_error(server):
+    with server.client() as smtp:
+        assert smtp.docmd("MAIL", 'FROM:<"\t>')[0] in (501, 553)
+        assert smtp.docmd("MAIL", "FROM:<a@example.org>")[0] == 250
+        assert smtp.docmd("RCPT", 'TO:"\t')[0] in (501, 553)
+        assert smtp.noop()[0] == 250

@@ -155,7 +155,7 @@ class GatewaySMTP(SMTP):
         if isinstance(status, str):
             replacement = AIOSMTPD_REPLACEMENTS.get(status)
             if replacement is not None:
-                reply = replacement.format(limit=self.data_size_limit)
+                reply = replacement.format(limit=self.data_size_limit, hostname=self.hostname)
         if self.error_count >= self.limits.hard_error_limit:
             # Postfix: the command after the last error allowed is answered 421 4.7.0, and
             # the session ends (answering the command, not unasked, spares the client a
@@ -367,6 +367,21 @@ class GatewaySMTP(SMTP):
             await self.push(Reply.TLS_ALREADY_ACTIVE.value)
             return
         await super().smtp_STARTTLS(arg)
+
+    async def smtp_VRFY(self, arg: str) -> None:
+        # aiosmtpd parses the address with email's header parser, which raises on some
+        # inputs (an unterminated quote: found by tests/test_fuzz.py); the answer does not
+        # depend on the address anyway.
+        await self.push(Reply.CANNOT_VRFY.value if arg else Reply.VRFY_SYNTAX.value)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd private: MAIL and RCPT's address parser, over email's header parser,
+        # which raises IndexError on some malformed addresses instead of HeaderParseError:
+        # a malformed address is a syntax error (None), not a session that dies.
+        try:
+            return super()._getaddr(arg)
+        except (IndexError, ValueError, TypeError):
+            return None, None
 
     async def smtp_AUTH(self, arg: str) -> None:
         # A receive-only MX: no login can succeed, so AUTH is neither advertised (see

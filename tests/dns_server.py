@@ -135,10 +135,8 @@ class DnsServer:
             response.answer.append(self._rrset(name, rdtype, self.zone[(name, rdtype)]))
         elif not any(n == name for n, _ in self.zone):
             response.set_rcode(dns.rcode.NXDOMAIN)
-        if protocol == "tcp":
-            limit = 65535
-        else:
-            limit = query.payload if query.edns >= 0 else 512
+        udp_limit = query.payload if query.edns >= 0 else 512
+        limit = 65535 if protocol == "tcp" else udp_limit
         try:
             return response.to_wire(max_size=limit)
         except dns.exception.TooBig:

@@ -108,10 +108,17 @@ class DnspythonLookup:
 
     def _resolve(self, name: str, rdtype: str) -> dns.resolver.Answer:
         import dns.exception
+        import dns.name
         import dns.resolver
 
         try:
-            answer = self._resolver.resolve(name, rdtype, search=False)
+            qname = dns.name.from_text(name)
+        except dns.exception.DNSException as exc:  # too long, empty label, bad IDNA...
+            # No such name can exist: as permanent as NXDOMAIN (a hostile d= must not read
+            # as a temporary error, retried for nothing).
+            raise DnsLookupError(LookupFailure.NXDOMAIN, name, rdtype, str(exc)) from None
+        try:
+            answer = self._resolver.resolve(qname, rdtype, search=False)
         except dns.resolver.NXDOMAIN:
             raise DnsLookupError(LookupFailure.NXDOMAIN, name, rdtype) from None
         except dns.resolver.NoAnswer:
@@ -125,8 +132,6 @@ class DnspythonLookup:
             ) from None
         except dns.exception.DNSException as exc:  # NoNameservers: SERVFAIL, refused, ...
             raise DnsLookupError(LookupFailure.FAILURE, name, rdtype, str(exc)) from None
-        except (ValueError, UnicodeError) as exc:  # a name that is no DNS name (IDNA, length)
-            raise DnsLookupError(LookupFailure.NXDOMAIN, name, rdtype, str(exc)) from None
         if len(answer) > MAX_RECORDS:
             raise DnsLookupError(
                 LookupFailure.OVERSIZED, name, rdtype, f"{len(answer)} records"

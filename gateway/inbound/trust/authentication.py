@@ -279,7 +279,7 @@ def check_dkim(raw: bytes, lookup: _Budget) -> tuple[DkimResult, ...]:
 
 def check_arc(raw: bytes, lookup: DnsLookup) -> ArcResult:
     """The ARC chain's validation (RFC 8617 §5.2) by dkimpy; `none` without ARC sets."""
-    seals = re.findall(rb"(?im)^arc-seal[ \t]*:", raw.split(b"\n\r\n", 1)[0].split(b"\n\n", 1)[0])
+    seals = re.findall(rb"(?im)^arc-seal[ \t]*:", dmarc.header_block(raw))
     if not seals:
         return ArcResult("none")
     if len(seals) > MAX_ARC_SETS:

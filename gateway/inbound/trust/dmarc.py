@@ -49,9 +49,17 @@ def aligned(domain: str, from_domain: str, *, strict: bool) -> bool:
     return organisational_domain(domain) == organisational_domain(from_domain)
 
 
+def header_block(raw: bytes) -> bytes:
+    """The message's header, up to its first empty line: the email parser reads every line
+    it is given even for the header alone, and a body can be megabytes."""
+    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    return raw[: min(ends) + 2] if ends else raw
+
+
 def from_domain(raw: bytes) -> tuple[str | None, str]:
     """The RFC 5322.From domain, or None with the reason there is not exactly one."""
-    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+    parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
+    headers = parser.parsebytes(header_block(raw))
     values = headers.get_all("From") or []
     if not values:
         return None, "no From header"

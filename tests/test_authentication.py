@@ -298,6 +298,17 @@ def test_dmarc_none_then_an_aligned_pass_authenticates(lookup):
     assert results.authenticated
 
 
+def test_an_smtputf8_from_domain_is_read_as_utf8(lookup):
+    raw = "From: Zoé <zoé@société.example>\r\n\r\nBonjour\r\n".encode()
+    results = authenticate(raw, envelope(), lookup)
+    assert results.from_domain == "xn--socit-esab.example"
+
+
+def test_a_reverse_path_without_domain_is_checked_at_the_helo_name(lookup):
+    results = authenticate(message(), envelope("postmaster", CLIENT, "mx.relay.example"), lookup)
+    assert (results.spf.result, results.spf.domain) == ("pass", "mx.relay.example")
+
+
 def test_organisational_domain_by_the_public_suffix_list():
     assert organisational_domain("mail.example.co.uk") == "example.co.uk"
     assert organisational_domain("a.b.example.com") == "example.com"
@@ -420,6 +431,7 @@ def test_our_results_are_removed_others_kept():
         b"Received: from x by y\r\n"
         b"Authentication-Results: MX.Cabinet.Example; spf=pass\r\n"
         b"Authentication-Results: (forged) mx.cabinet.example;\r\n\tdkim=pass\r\n"
+        b"Authentication-Results: (a (nested) \\) comment)\r\n mx.cabinet.example; dkim=pass\r\n"
         b'Authentication-Results: "mx.cabinet.example" 1; dmarc=pass\r\n'
         b"Authentication-Results: relay.example.com; spf=fail\r\n"
         b"Authentication-Results: mx.cabinet.example.other; spf=pass\r\n"

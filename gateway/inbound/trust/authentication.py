@@ -26,7 +26,6 @@ Bad input gives a recorded result, never an exception, in bounded time:
 
 from __future__ import annotations
 
-import binascii
 import re
 import time
 from collections.abc import Callable
@@ -158,16 +157,22 @@ def check_spf(envelope: AuthEnvelope, lookup: DnsLookup) -> SpfResult:
     helo = (envelope.helo or "").strip()
     if envelope.mail_from:
         identity: Any = "mailfrom"
-        domain = envelope.mail_from.rpartition("@")[2].lower().rstrip(".") or None
+        local, _, sender_domain = envelope.mail_from.rpartition("@")
+        if not _:  # no domain at all (RFC 5321 forbids it): checked as postmaster@HELO
+            local, sender_domain = "postmaster", helo
+        # pyspf splits at the first "@": a quoted local part holding one goes as postmaster.
+        sender = f"{'postmaster' if not local or '@' in local else local}@{sender_domain}"
+        domain = sender_domain.lower().rstrip(".") or None
     else:
         identity = "helo"
         domain = None if helo.startswith("[") else helo.lower().rstrip(".") or None
+        sender = ""
     if domain is None:
         return SpfResult("none", identity, None, f"no {identity} domain")
     if not envelope.client_address:
         return SpfResult("none", identity, domain, "no client address")
     try:
-        query = _SpfQuery(lookup, i=envelope.client_address, s=envelope.mail_from, h=helo)
+        query = _SpfQuery(lookup, i=envelope.client_address, s=sender, h=helo)
         result, _code, explanation = query.check()
     except Exception as exc:  # pyspf on hostile input: see the module docstring
         return SpfResult("permerror", identity, domain, f"{type(exc).__name__}: {_short(exc)}")
@@ -185,7 +190,7 @@ def _key_problem(name: str, record: str) -> str:
     arithmetic: a huge modulus or exponent costs time, and no signer needs one."""
     try:
         pk, keysize, ktag, _tlsrpt = dkim.evaluate_pk(name.encode(), record.encode())
-    except (dkim.DKIMException, binascii.Error, ValueError, IndexError, TypeError) as exc:
+    except Exception as exc:  # dkimpy parsing a hostile record: see the module docstring
         return f"unusable key: {_short(exc)}"
     if ktag == b"rsa":
         if keysize > MAX_KEY_BITS:
@@ -328,15 +333,33 @@ def authenticate(
 
 # --- the header in the stored message ---------------------------------------------------
 
-_CFWS = re.compile(rb"(?:[ \t\r\n]+|\((?:[^()\\]|\\.)*\))*")
 _AUTHSERV_ID = re.compile(rb'"((?:[^"\\]|\\.)*)"|([^\s;()"]+)')
+
+
+def _after_cfws(value: bytes) -> int:
+    """Where the value starts past folding white space and comments, nested ones included
+    (RFC 5322 §3.2.2): a comment in front must not hide our authserv-id from us while a
+    reader downstream sees it."""
+    position, depth = 0, 0
+    while position < len(value):
+        char = value[position : position + 1]
+        if char == b"\\" and depth:
+            position += 2
+            continue
+        if char == b"(":
+            depth += 1
+        elif char == b")" and depth:
+            depth -= 1
+        elif not depth and char not in (b" ", b"\t", b"\r", b"\n"):
+            return position
+        position += 1
+    return position
 
 
 def _authserv_id(value: bytes) -> bytes:
     """The authserv-id an Authentication-Results value starts with (RFC 8601 §2.2), comments
     and folding skipped; b"" when there is none."""
-    position = _CFWS.match(value)
-    match = _AUTHSERV_ID.match(value, position.end() if position else 0)
+    match = _AUTHSERV_ID.match(value, _after_cfws(value))
     if match is None:
         return b""
     if match.group(1) is not None:

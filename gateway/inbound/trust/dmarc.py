@@ -10,8 +10,6 @@ ships the list in its wheel (nothing is downloaded at run time).
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import email.utils
 import functools
 import re
@@ -56,18 +54,35 @@ def header_block(raw: bytes) -> bytes:
     return raw[: min(ends) + 2] if ends else raw
 
 
+def header_fields(raw: bytes, name: bytes) -> list[str]:
+    """The values of the header fields called `name` (any case), unfolded, as UTF-8 text
+    (an SMTPUTF8 message's header is UTF-8; anything else decodes with replacements)."""
+    values: list[bytes] = []
+    current: bytes | None = None
+    for line in header_block(raw).splitlines():
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                current += line
+            continue
+        if current is not None:
+            values.append(current)
+        field, colon, value = line.partition(b":")
+        current = value if colon and field.strip().lower() == name else None
+    if current is not None:
+        values.append(current)
+    return [value.strip().decode("utf-8", "replace") for value in values]
+
+
 def from_domain(raw: bytes) -> tuple[str | None, str]:
     """The RFC 5322.From domain, or None with the reason there is not exactly one."""
-    parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
-    headers = parser.parsebytes(header_block(raw))
-    values = headers.get_all("From") or []
+    values = header_fields(raw, b"from")
     if not values:
         return None, "no From header"
     if len(values) > 1:
         return None, "several From headers"
     domains = {
         address.rpartition("@")[2].strip().lower().rstrip(".")
-        for _, address in email.utils.getaddresses([str(values[0])])
+        for _, address in email.utils.getaddresses([values[0]])
         if "@" in address
     }
     if len(domains) != 1:

@@ -208,10 +208,10 @@ def test_dkim_key_lookup_failure_is_temperror(server, lookup, rsa):
     assert results.temporary and not results.authenticated
 
 
-def huge_key_record(bits: int = 16384) -> str:
+def huge_key_record(bits: int = 16384, exponent: int = 65537) -> str:
     """A well-formed RSA public key of `bits` bits (any odd modulus does for a public key)."""
     modulus = random.Random(bits).getrandbits(bits) | (1 << (bits - 1)) | 1
-    public = RSAPublicNumbers(65537, modulus).public_key()
+    public = RSAPublicNumbers(exponent, modulus).public_key()
     spki = public.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -225,11 +225,13 @@ def huge_key_record(bits: int = 16384) -> str:
         ("revoked", "unusable key"),
         ("absent", "no key published"),
         ("huge", "key of 16384 bits"),
+        ("exponent", "RSA public exponent over 64 bits"),
         ("oversized", "answer too large"),
     ],
 )
 def test_dkim_bad_keys_are_permerror(server, lookup, rsa, selector, reason):
     server.publish("huge._domainkey.example.com", "TXT", huge_key_record())
+    server.publish("exponent._domainkey.example.com", "TXT", huge_key_record(2048, 2**2000 + 1))
     server.publish(
         "oversized._domainkey.example.com", "TXT", *(f"{i:03}" + "x" * 500 for i in range(40))
     )

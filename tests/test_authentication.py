@@ -365,6 +365,15 @@ def test_arc_chain_broken_by_an_altered_body_fails(lookup, rsa):
     assert results.arc.result == "fail"
 
 
+def test_arc_key_lookup_failure_is_temperror(server, lookup, rsa):
+    raw = b"Authentication-Results: relay.example.com; none\r\n" + message()
+    seal = dkim.arc_sign(raw, b"s1", b"example.com", rsa.private, b"relay.example.com")
+    server.servfail.add(server.hook("s1._domainkey.example.com"))
+    results = authenticate(b"".join(seal) + raw, envelope(), lookup)
+    assert (results.arc.result, results.arc.chain_length) == ("temperror", 1)
+    assert results.temporary
+
+
 def test_no_arc_is_none(lookup):
     assert authenticate(message(), envelope(), lookup).arc.result == "none"
 

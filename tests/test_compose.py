@@ -10,7 +10,6 @@ inputs a reader must see the same message from both.
 
 from __future__ import annotations
 
-import base64
 import email.parser
 import email.policy
 import hashlib
@@ -24,8 +23,6 @@ from email.utils import format_datetime
 
 import dkim
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.mail.names import sanitize_filename
 from gateway.outbound.compose import (
@@ -39,6 +36,7 @@ from gateway.outbound.compose import (
     plain_address,
 )
 from gateway.outbound.dkim import DkimKey, DkimSigner, dns_txt_value, generate_key
+from tests.authmail import rsa_key
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 40 + b"\n%%EOF\n"
 WHEN = datetime(2026, 3, 2, 9, 15, 3, tzinfo=UTC)
@@ -159,16 +157,8 @@ def test_crlf_only_short_lines_seven_bit() -> None:
 
 
 def test_dkim_signature_over_the_bytes_verifies() -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+    key = rsa_key()
+    private, record = key.private, key.record.encode()
     data = build(document(filename="Facture février.pdf"), sender_name="Welyb Bot")
     signature = dkim.sign(data, b"gw", b"welyb.fr", private, canonicalize=(b"simple", b"simple"))
     signed = signature + data

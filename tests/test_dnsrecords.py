@@ -1,21 +1,16 @@
 """`gateway dns records` / `dns check`: the records to publish, and how DNS answers compare.
 
 The checks run against a fake `DnsLookup` (no network here); `DnspythonLookup` is tested
-against a small DNS server on the loopback interface.
+against the tests' DNS server on the loopback interface (tests/dns_server.py).
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import dns.message
-import dns.rcode
-import dns.rdatatype
-import dns.rrset
 import pytest
 from click.testing import CliRunner
 
@@ -40,6 +35,7 @@ from gateway.outbound.dnsrecords import (
     expected_records,
 )
 from tests.conftest import load, write_config
+from tests.dns_server import DnsServer
 
 HOST = "mx.welyb.fr"
 
@@ -381,48 +377,17 @@ def test_dns_check_refuses_a_nameserver_that_is_not_an_address(config_file):
 ZONE = {
     ("welyb.fr.", "MX"): ["20 backup.example.net.", "10 mx.welyb.fr."],
     # Two character-strings in one record: joined without separator, as DNS means it.
-    ("s1._domainkey.welyb.fr.", "TXT"): ['"v=DKIM1; k=rsa; " "p=ABCD"'],
-    ("welyb.fr.", "TXT"): ['"v=spf1 a:mx.welyb.fr -all"', '"other"'],
+    ("s1._domainkey.welyb.fr.", "TXT"): [("v=DKIM1; k=rsa; ", "p=ABCD")],
+    ("welyb.fr.", "TXT"): ["v=spf1 a:mx.welyb.fr -all", "other"],
 }
 
 
 @pytest.fixture
 def dns_server() -> Iterator[int]:
-    """A UDP DNS server on 127.0.0.1 answering from ZONE; yields its port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(0.1)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                data, peer = sock.recvfrom(4096)
-            except TimeoutError:
-                continue
-            query = dns.message.from_wire(data)
-            response = dns.message.make_response(query)
-            question = query.question[0]
-            name = question.name.to_text()
-            rdtype = dns.rdatatype.to_text(question.rdtype)
-            if (name, rdtype) in ZONE:
-                response.answer.append(
-                    dns.rrset.from_text_list(name, 300, "IN", rdtype, ZONE[(name, rdtype)])
-                )
-            elif name == "silent.welyb.fr.":
-                continue  # never answers: the client must time out
-            elif not any(n == name for n, _ in ZONE):
-                response.set_rcode(dns.rcode.NXDOMAIN)
-            sock.sendto(response.to_wire(), peer)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(5)
-        sock.close()
+    """The shared test DNS server answering from ZONE, `silent.welyb.fr` never; its port."""
+    with DnsServer(ZONE) as server:
+        server.slow[server.hook("silent.welyb.fr")] = None
+        yield server.port
 
 
 def test_dnspython_lookup_reads_mx_and_joins_txt_strings(dns_server):

@@ -41,14 +41,17 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal
 
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError
-from gateway.outbound.dkim import KeyStore, dns_record_name, dns_txt_value
 
-if TYPE_CHECKING:
-    import dns.resolver
+# The DNS interface lives in gateway.dns (inbound authentication uses it too); re-exported
+# here for the CLI's `dns check`.
+from gateway.dns import DnsLookup as DnsLookup
+from gateway.dns import DnsLookupError as DnsLookupError
+from gateway.dns import DnspythonLookup as DnspythonLookup
+from gateway.dns import LookupFailure as LookupFailure
+from gateway.outbound.dkim import KeyStore, dns_record_name, dns_txt_value
 
 Purpose = Literal["mx", "spf", "dkim", "dmarc"]
 
@@ -101,94 +104,6 @@ def expected_records(config: GatewayConfig, keys: KeyStore) -> list[DnsRecord]:
 
 
 # --- looking up -----------------------------------------------------------------------------
-
-
-class LookupFailure(StrEnum):
-    """Why a lookup gave no records. The first two mean "not published" (`missing`), the
-    others that DNS could not be asked (`error`): an admin must not read a timeout as an
-    absent record, nor the reverse."""
-
-    NXDOMAIN = "no such name"
-    NO_ANSWER = "no record of this type"
-    TIMEOUT = "timeout"
-    FAILURE = "server failure"  # SERVFAIL, REFUSED, no server reachable
-
-
-class DnsLookupError(GatewayError):
-    def __init__(self, outcome: LookupFailure, name: str, rdtype: str, detail: str = "") -> None:
-        self.outcome = outcome
-        self.name = name
-        self.rdtype = rdtype
-        self.detail = detail
-        super().__init__(f"{rdtype} {name}: {outcome}" + (f" ({detail})" if detail else ""))
-
-    @property
-    def not_published(self) -> bool:
-        return self.outcome in (LookupFailure.NXDOMAIN, LookupFailure.NO_ANSWER)
-
-
-class DnsLookup(Protocol):
-    """What the checks ask of DNS. Both raise `DnsLookupError` when there is no answer."""
-
-    def mx(self, name: str) -> list[tuple[int, str]]:
-        """(preference, exchange) pairs."""
-        ...
-
-    def txt(self, name: str) -> list[str]:
-        """One string per TXT record, its character-strings joined without separator."""
-        ...
-
-
-class DnspythonLookup:
-    """`DnsLookup` through dnspython: the system's resolver, or the given name servers."""
-
-    def __init__(
-        self, timeout: float = 5.0, nameservers: Sequence[str] = (), port: int = 53
-    ) -> None:
-        import dns.resolver
-
-        try:
-            self._resolver = dns.resolver.Resolver(configure=not nameservers)
-        except dns.resolver.NoResolverConfiguration as exc:
-            raise DnsLookupError(
-                LookupFailure.FAILURE, "-", "-", f"no system resolver ({exc}); pass a name server"
-            ) from None
-        if nameservers:
-            self._resolver.port = port  # read when the name servers are set, so first
-            self._resolver.nameservers = list(nameservers)
-        # `lifetime` bounds one lookup in all; `timeout` one try of one server, so that a
-        # second server is still tried when the first does not answer.
-        self._resolver.lifetime = timeout
-        self._resolver.timeout = min(timeout, 2.0)
-        # EDNS with the 2020 flag day's payload: a 2048-bit DKIM key with the other TXT
-        # records of a domain often exceeds 512 bytes, and TCP fallback costs a round trip.
-        self._resolver.use_edns(0, 0, 1232)
-
-    def _resolve(self, name: str, rdtype: str) -> dns.resolver.Answer:
-        import dns.exception
-        import dns.resolver
-
-        try:
-            return self._resolver.resolve(name, rdtype, search=False)
-        except dns.resolver.NXDOMAIN:
-            raise DnsLookupError(LookupFailure.NXDOMAIN, name, rdtype) from None
-        except dns.resolver.NoAnswer:
-            raise DnsLookupError(LookupFailure.NO_ANSWER, name, rdtype) from None
-        except dns.exception.Timeout:
-            raise DnsLookupError(
-                LookupFailure.TIMEOUT,
-                name,
-                rdtype,
-                f"no answer within {self._resolver.lifetime:g}s",
-            ) from None
-        except dns.exception.DNSException as exc:  # NoNameservers: SERVFAIL, refused, ...
-            raise DnsLookupError(LookupFailure.FAILURE, name, rdtype, str(exc)) from None
-
-    def mx(self, name: str) -> list[tuple[int, str]]:
-        return [(int(r.preference), r.exchange.to_text()) for r in self._resolve(name, "MX")]
-
-    def txt(self, name: str) -> list[str]:
-        return [b"".join(r.strings).decode("utf-8", "replace") for r in self._resolve(name, "TXT")]
 
 
 class _Answers:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +28,7 @@ SCANNER = "clamd"
 # A verdict is one short line; more than this is not clamd talking.
 _MAX_REPLY = 4096
 _STREAM_PREFIX = "stream: "
+_END = struct.pack("!L", 0)
 
 
 class _BadReply(Exception):
@@ -71,11 +72,13 @@ class _Deadline:
 
     def __init__(self, seconds: float) -> None:
         self._end = time.monotonic() + seconds
-        self.seconds = seconds
+
+    def left(self) -> float:
+        return self._end - time.monotonic()
 
     def arm(self, sock: socket.socket) -> None:
         """Give the next socket operation what is left of the budget."""
-        left = self._end - time.monotonic()
+        left = self.left()
         if left <= 0:
             raise TimeoutError
         sock.settimeout(left)
@@ -102,17 +105,18 @@ class Clamd:
         return f"Clamd({self.address!r}, timeout={self.timeout})"
 
     def ping(self) -> None:
-        reply = self._exchange(b"zPING\0", b"")
+        reply = self._exchange(b"zPING\0", None)
         if reply != "PONG":
             raise self._unavailable(f"unexpected reply to PING: {reply[:200]!r}")
 
     def scan(self, content: bytes) -> ScanVerdict:
         try:
-            return _verdict(self._exchange(b"zINSTREAM\0", content, stream=True))
+            return _verdict(self._exchange(b"zINSTREAM\0", content))
         except _BadReply as exc:
             raise self._unavailable(str(exc)) from None
 
-    def _exchange(self, command: bytes, content: bytes, *, stream: bool = False) -> str:
+    def _exchange(self, command: bytes, content: bytes | None) -> str:
+        """Send `command` (and `content` as an INSTREAM stream), return the reply."""
         deadline = _Deadline(self.timeout)
         try:
             sock = self._connect(deadline)
@@ -122,16 +126,15 @@ class Clamd:
             raise self._unavailable(f"cannot connect: {_describe(exc)}") from None
         with sock:
             try:
-                deadline.arm(sock)
-                sock.sendall(command)
-                if stream:
-                    self._send_stream(sock, content, deadline)
+                for frame in self._frames(command, content):
+                    deadline.arm(sock)
+                    sock.sendall(frame)
             except TimeoutError:
                 raise self._unavailable(f"sending timed out after {self.timeout}s") from None
             except OSError as exc:
                 # clamd stops reading and answers when the stream passes StreamMaxLength:
                 # its reply says why better than our broken pipe does.
-                reply = self._reply_after_send_error(sock)
+                reply = _reply_after_send_error(sock, deadline)
                 if reply is not None:
                     return reply
                 raise self._unavailable(
@@ -158,23 +161,22 @@ class Clamd:
             raise
         return sock
 
-    def _send_stream(self, sock: socket.socket, content: bytes, deadline: _Deadline) -> None:
+    def _frames(self, command: bytes, content: bytes | None) -> Iterator[bytes]:
+        """The writes: the command, then each chunk after its length, the zero length that
+        ends the stream with the last. Lengths never go alone: over TCP a lone small write
+        after a large one can wait for an ACK (Nagle's algorithm meeting delayed ACKs)."""
+        if content is None:
+            yield command
+            return
+        head = command
         view = memoryview(content)
         for start in range(0, len(view), self.chunk_size):
             chunk = view[start : start + self.chunk_size]
-            deadline.arm(sock)
-            sock.sendall(struct.pack("!L", len(chunk)))
-            deadline.arm(sock)
-            sock.sendall(chunk)
-        deadline.arm(sock)
-        sock.sendall(struct.pack("!L", 0))
-
-    def _reply_after_send_error(self, sock: socket.socket) -> str | None:
-        try:
-            # A short wait: a reply sent before the error is already in our buffer.
-            return _read_reply(sock, _Deadline(min(1.0, self.timeout)))
-        except (OSError, _BadReply):
-            return None
+            last = start + self.chunk_size >= len(view)
+            yield b"".join((head, struct.pack("!L", len(chunk)), chunk, _END if last else b""))
+            head = b""
+        if not view:
+            yield head + _END
 
     def _unavailable(self, detail: str) -> ScannerUnavailable:
         return ScannerUnavailable(SCANNER, f"{self.address}: {detail}")
@@ -215,6 +217,14 @@ def _read_reply(sock: socket.socket, deadline: _Deadline) -> str:
         return reply.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise _BadReply(f"reply is not text: {reply[:200]!r}") from None
+
+
+def _reply_after_send_error(sock: socket.socket, deadline: _Deadline) -> str | None:
+    try:
+        # A short wait: a reply sent before the error is already in our buffer.
+        return _read_reply(sock, _Deadline(min(1.0, deadline.left())))
+    except (OSError, _BadReply):
+        return None
 
 
 def _verdict(reply: str) -> ScanVerdict:

@@ -21,7 +21,9 @@ import pytest
 
 from gateway.inbound.trust.clamav import Clamd, MalwareScanner, ScanVerdict, scan_all
 from gateway.inbound.trust.scanning import ScannerUnavailable
+from tests import clamd as clamd_module
 from tests.clamd import EICAR, EICAR_SIGNATURE, MARKER, MARKER_SIGNATURE, ClamdDaemon, running_clamd
+from tests.processes import daemon_missing
 
 CLEAN = ScanVerdict(infected=False, signature=None)
 # A peer that misbehaves is given this long; the tests wait for the client's own timeout.
@@ -277,3 +279,30 @@ def test_addresses() -> None:
     for bad in ("clamd", "host:", ":3310", "host:99999", "unix:"):
         with pytest.raises(ValueError):
             Clamd(bad)
+
+
+# -- the harness ---------------------------------------------------------------------------
+
+
+def test_missing_clamd_skips_unless_required(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(clamd_module, "find_clamd", lambda: None)
+    monkeypatch.delenv(clamd_module.REQUIRE_ENV, raising=False)
+    with pytest.raises(pytest.skip.Exception, match="setup-test-packages"), running_clamd(tmp_path):
+        pass
+    monkeypatch.setenv(clamd_module.REQUIRE_ENV, "1")
+    with pytest.raises(pytest.fail.Exception, match="setup-test-packages"), running_clamd(tmp_path):
+        pass
+
+
+def test_a_clamd_that_cannot_start_says_why(tmp_path: Path) -> None:
+    if clamd_module.find_clamd() is None:
+        daemon_missing("clamd", clamd_module.REQUIRE_ENV, clamd_module.SETUP_HINT)
+    daemon = ClamdDaemon(tmp_path)
+    (daemon.database / "gateway-test.hdb").write_text("not a signature\n")
+    with pytest.raises(clamd_module.ClamdError, match="exited with status") as caught:
+        daemon.start()
+    assert "gateway-test.hdb" in str(caught.value)  # clamd's own complaint is in the error
+    assert not daemon.running
+    daemon.close()

@@ -56,8 +56,10 @@ class MalwareScanner(Protocol):
 def scan_all(scanner: MalwareScanner, items: Iterable[tuple[str, bytes]]) -> tuple[str, str] | None:
     """(label, signature) of the first infected item, None when all are clean.
 
-    Items are e.g. each extracted document and the raw message: clamd decodes MIME itself,
-    but a document we extracted another way (TNEF, a nested archive) is scanned on its own.
+    Items are e.g. each extracted document and the raw message. clamd finds an attachment
+    in a raw message only with ScanMail on, and in a ZIP only with ScanArchive on (both
+    Debian's defaults; tests/test_clamav.py runs with both): documents scanned on their own
+    do not depend on that, nor on how they were extracted (TNEF, a nested archive).
     ScannerUnavailable from any item propagates: a partial scan is no verdict.
     """
     for label, content in items:

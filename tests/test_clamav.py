@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import socket
+import tempfile
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
@@ -172,13 +173,15 @@ def test_clamd_stopped_is_unavailable_then_back(clamd_daemon: ClamdDaemon) -> No
 
 
 @contextlib.contextmanager
-def peer(tmp_path: Path, behave: Callable[[socket.socket], None]) -> Iterator[str]:
+def peer(behave: Callable[[socket.socket], None]) -> Iterator[str]:
     """A unix socket server that hands each connection to `behave`; yields its address.
 
     A connection idle for PEER_BOUND seconds is closed, so a client that would wait forever
     still ends (and its test fails on what it then says).
     """
-    path = tmp_path / "peer.sock"
+    # A short folder of its own: unix socket paths end at 108 bytes, tmp_path may be longer.
+    folder = tempfile.TemporaryDirectory(prefix="peer-")
+    path = Path(folder.name) / "peer.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     server.listen()
@@ -209,6 +212,7 @@ def peer(tmp_path: Path, behave: Callable[[socket.socket], None]) -> Iterator[st
             server.shutdown(socket.SHUT_RDWR)  # wakes the accept() waiting in the thread
         server.close()
         thread.join(PEER_BOUND + 5)
+        folder.cleanup()
 
 
 def read_all_stay_silent(conn: socket.socket) -> None:
@@ -216,8 +220,8 @@ def read_all_stay_silent(conn: socket.socket) -> None:
         pass
 
 
-def test_a_silent_peer_times_out(tmp_path: Path) -> None:
-    with peer(tmp_path, read_all_stay_silent) as address:
+def test_a_silent_peer_times_out() -> None:
+    with peer(read_all_stay_silent) as address:
         scanner = Clamd(address, timeout=0.5)
         with pytest.raises(ScannerUnavailable) as caught:
             scanner.scan(pdf_like(10_000))
@@ -227,7 +231,7 @@ def test_a_silent_peer_times_out(tmp_path: Path) -> None:
         assert "no reply" in caught.value.detail
 
 
-def test_the_timeout_bounds_the_whole_scan_not_each_chunk(tmp_path: Path) -> None:
+def test_the_timeout_bounds_the_whole_scan_not_each_chunk() -> None:
     stop = threading.Event()
 
     def read_slowly(conn: socket.socket) -> None:
@@ -235,7 +239,7 @@ def test_the_timeout_bounds_the_whole_scan_not_each_chunk(tmp_path: Path) -> Non
         while conn.recv(1024) and not stop.wait(0.005):
             pass
 
-    with peer(tmp_path, read_slowly) as address:
+    with peer(read_slowly) as address:
         try:
             with pytest.raises(ScannerUnavailable) as caught:
                 Clamd(address, timeout=0.5, chunk_size=1024).scan(pdf_like(8 * 1024 * 1024))
@@ -258,12 +262,12 @@ def test_the_timeout_bounds_the_whole_scan_not_each_chunk(tmp_path: Path) -> Non
         b"stream: Can't allocate memory ERROR\0",
     ],
 )
-def test_a_peer_answering_garbage_is_unavailable(tmp_path: Path, reply: bytes) -> None:
+def test_a_peer_answering_garbage_is_unavailable(reply: bytes) -> None:
     def answer(conn: socket.socket) -> None:
         conn.recv(65536)
         conn.sendall(reply)
 
-    with peer(tmp_path, answer) as address:
+    with peer(answer) as address:
         with pytest.raises(ScannerUnavailable) as caught:
             Clamd(address, timeout=5.0).scan(b"hello")
         assert caught.value.scanner == "clamd"

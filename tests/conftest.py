@@ -24,6 +24,7 @@ from gateway.app import Gateway
 from gateway.config import GatewayConfig, parse_config
 from gateway.outbound.dkim import KeyStore, dns_record_name, dns_txt_value, generate_key
 from gateway.storage.accounts import add_cabinet, add_company
+from tests.clamd import ClamdDaemon, running_clamd
 from tests.support import DEFAULT_NOW, FixedClock, RunningServer
 
 BASE_POSTGRES_URL = make_url(
@@ -127,6 +128,14 @@ def load(path: Path) -> GatewayConfig:
     import tomllib
 
     return parse_config(tomllib.loads(path.read_text()), base=path.parent, path=path)
+
+
+@pytest.fixture(scope="session")
+def clamd_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdDaemon]:
+    """One real clamd for the whole run (tests/clamd.py); a test that stops it uses
+    `clamd_daemon.stopped()`, which brings it back."""
+    with running_clamd(tmp_path_factory.mktemp("clamd")) as daemon:
+        yield daemon
 
 
 @pytest.fixture

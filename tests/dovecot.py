@@ -20,9 +20,7 @@ IMAP, so who owns the files does not matter to them.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import ctypes
 import functools
 import grp
 import os
@@ -30,36 +28,26 @@ import pwd
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
-import threading
-import time
-import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 
-import pytest
 from imapclient import IMAPClient
 
-from tests.processes import live_processes
+from tests.processes import ForegroundDaemon, daemon_missing, find_daemon, free_port
 
 REQUIRE_ENV = "GATEWAY_TEST_REQUIRE_DOVECOT"
 SETUP_HINT = "run scripts/setup-test-packages to install Dovecot (Debian package dovecot-imapd)"
 
-# Dovecot lives in sbin, which a normal user's PATH often lacks.
-_SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 # Unix socket paths are limited to 108 bytes; the longest name Dovecot puts under
 # base_dir is ~25 characters, so a longer base_dir moves to a short temporary one.
 _MAX_BASE_DIR = 80
 # Names that must not break the passwd-file (':'-separated) or escape the home folder.
 _USER_RE = re.compile(r"^[A-Za-z0-9._+@-]+$")
 _APPENDUID_RE = re.compile(rb"\[APPENDUID (\d+) (\d+)\]")
-
-_PR_SET_PDEATHSIG = 1
-_running: weakref.WeakSet[Dovecot] = weakref.WeakSet()
 
 
 class DovecotError(RuntimeError):
@@ -72,14 +60,7 @@ class _PortTaken(DovecotError):
 
 def find_dovecot() -> str | None:
     """The dovecot binary, looked for on PATH and in the sbin folders."""
-    found = shutil.which("dovecot")
-    if found:
-        return found
-    for folder in _SEARCH_DIRS:
-        candidate = Path(folder) / "dovecot"
-        if os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
+    return find_daemon("dovecot")
 
 
 @functools.cache
@@ -94,21 +75,12 @@ def dovecot_version(binary: str) -> tuple[int, ...]:
     return tuple(int(part) for part in match.group(1).split("."))
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+class Dovecot(ForegroundDaemon):
+    """One Dovecot instance under `<base>/dovecot`, for the given users and passwords.
 
-
-def _die_with_parent() -> None:
-    # Runs in the child before exec: the kernel sends SIGTERM to Dovecot if the test
-    # process dies without cleaning up (SIGKILL, crash), so no daemon outlives a run.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-class Dovecot:
-    """One Dovecot instance under `<base>/dovecot`, for the given users and passwords."""
+    close() kills rather than stops: a graceful Dovecot shutdown waits a fixed second for
+    its log process, and nothing of this instance is kept.
+    """
 
     def __init__(
         self,
@@ -152,10 +124,7 @@ class Dovecot:
         # Each start greets with this text, so a foreign server on the port is never mistaken
         # for ours.
         self.greeting = f"gateway-test-{secrets.token_hex(4)} ready."
-        self._process: subprocess.Popen[bytes] | None = None
-        self._closed = False
-        # start() may run in a timer thread while the test thread stops or closes.
-        self._lock = threading.RLock()
+        super().__init__()
         self._write_files()
 
     # -- files ----------------------------------------------------------------------------
@@ -272,10 +241,6 @@ class Dovecot:
     # -- process --------------------------------------------------------------------------
 
     @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    @property
     def pid(self) -> int | None:
         """The master process, also the id of the process group of all Dovecot's processes."""
         return self._process.pid if self.running and self._process else None
@@ -292,17 +257,14 @@ class Dovecot:
         Safe to call from another thread (e.g. a timer restarting it mid-test).
         """
         with self._lock:
-            if self._closed:
-                raise DovecotError("this Dovecot was closed")
-            if self.running:
+            if not self._must_start(DovecotError):
                 return self
-            self._terminate(grace=0.0)  # reap a Dovecot that died on its own
             # A port picked here could be taken before Dovecot binds it: a fresh pick then
             # helps. A port this instance already served on stays, as a restart needs.
             pick = self.port == 0
             for attempt in range(3 if pick else 1):
                 if pick:
-                    self.port = _free_port(self.host)
+                    self.port = free_port(self.host)
                 try:
                     self._launch()
                     return self
@@ -314,22 +276,9 @@ class Dovecot:
     def _launch(self) -> None:
         self.config_path.write_text(self._config(), encoding="utf-8")
         log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as log:
-            # -F: stay in the foreground, our child. Its own session, so stop() can reach
-            # every process Dovecot forked by process group.
-            self._process = subprocess.Popen(
-                [self.binary, "-F", "-c", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                # The death signal belongs to the forking thread: only tie it to the main
-                # thread, which lives as long as the test process.
-                preexec_fn=_die_with_parent
-                if threading.current_thread() is threading.main_thread()
-                else None,
-            )
-        _running.add(self)
+        # -F: stay in the foreground, our child.
+        argv = [self.binary, "-F", "-c", str(self.config_path)]
+        self._spawn(argv, self.log_path)
         try:
             self._wait_for_greeting()
         except DovecotError as exc:
@@ -343,22 +292,17 @@ class Dovecot:
             raise kind(f"{exc}\n--- {self.log_path} ---\n{log}") from None
 
     def _wait_for_greeting(self) -> None:
-        assert self._process is not None
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self._process.poll() is not None:
-                raise DovecotError(f"dovecot exited with status {self._process.returncode}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=1.0) as sock:
-                    greeting = sock.recv(1024)
-                if greeting.startswith(b"* OK") and self.greeting.encode() in greeting:
-                    return
-                raise _PortTaken(f"another server answers on port {self.port}: {greeting!r}")
-            except (ConnectionRefusedError, ConnectionResetError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise DovecotError(f"dovecot did not greet within {self.start_timeout}s")
-            time.sleep(0.02)
+        self._await(self._greets, self.start_timeout, DovecotError)
+
+    def _greets(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1.0) as sock:
+                greeting = sock.recv(1024)
+        except (ConnectionRefusedError, ConnectionResetError, TimeoutError):
+            return False
+        if greeting.startswith(b"* OK") and self.greeting.encode() in greeting:
+            return True
+        raise _PortTaken(f"another server answers on port {self.port}: {greeting!r}")
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM and wait: Dovecot shuts down and ends its children."""
@@ -368,53 +312,9 @@ class Dovecot:
         """SIGKILL the whole process group at once, as a crash would."""
         self._terminate(grace=0.0)
 
-    def _terminate(self, grace: float) -> None:
-        # Under the lock throughout, so a start() from another thread cannot bind the port
-        # while the old master still holds it.
-        with self._lock:
-            process, self._process = self._process, None
-            if process is None:
-                return
-            _running.discard(self)
-            pgid = process.pid  # start_new_session: the group is named after the master
-            if process.poll() is None:
-                if grace > 0:
-                    process.terminate()
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        process.wait(grace)
-                if process.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(pgid, signal.SIGKILL)
-                    process.wait()
-            # Children Dovecot did not reap (or all of them, after a kill) go too, so no
-            # imap or auth process outlives the instance.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
-            # SIGKILL is delivered, not yet acted on, when killpg returns: on a loaded machine
-            # a child still runs for a moment. Return once the whole group is gone.
-            deadline = time.monotonic() + 10
-            while live_processes(group=pgid) and time.monotonic() < deadline:
-                time.sleep(0.01)
-
-    def close(self) -> None:
-        """Stop for good; safe to call more than once.
-
-        Kills rather than stops: a graceful Dovecot shutdown waits a fixed second for its
-        log process, and nothing of this instance is kept.
-        """
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self.kill()
+    def _cleanup(self) -> None:
         if self._own_base_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
-
-    def __enter__(self) -> Dovecot:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- IMAP helpers for tests -----------------------------------------------------------
 
@@ -489,19 +389,10 @@ def running_dovecot(
     """
     binary = binary or find_dovecot()
     if binary is None:
-        if os.environ.get(REQUIRE_ENV):
-            pytest.fail(f"dovecot not found and ${REQUIRE_ENV} is set; {SETUP_HINT}")
-        pytest.skip(f"dovecot not found; {SETUP_HINT}")
+        daemon_missing("dovecot", REQUIRE_ENV, SETUP_HINT)
     dovecot = Dovecot(tmp_path, users, binary=binary, port=port, start_timeout=start_timeout)
     try:
         dovecot.start()
         yield dovecot
     finally:
-        dovecot.close()
-
-
-@atexit.register
-def _close_all() -> None:
-    # Last resort for instances nobody closed (an interrupted run): no orphan daemons.
-    for dovecot in list(_running):
         dovecot.close()

@@ -4,7 +4,104 @@ after their serve died) or open (sockets after a stop)."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn, Self
+
+import pytest
+
+# Daemons live in sbin, which a normal user's PATH often lacks.
+_SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """A `preexec_fn`: the kernel sends SIGTERM to the child (a test daemon) if the test
+    process dies without cleaning up (SIGKILL, crash), so no daemon outlives a run."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def start_daemon(argv: Sequence[str], output: Path) -> subprocess.Popen[bytes]:
+    """A daemon kept in the foreground as our child, its output appended to `output`.
+
+    Its own session, so a stop can reach all it forked by process group. The death signal
+    belongs to the forking thread: it is tied only to the main thread, which lives as long
+    as the test process.
+    """
+    with open(output, "ab") as out:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent
+            if threading.current_thread() is threading.main_thread()
+            else None,
+        )
+
+
+def end_daemon(process: subprocess.Popen[bytes], grace: float) -> None:
+    """End a daemon of `start_daemon` and all it forked: SIGTERM and up to `grace` seconds
+    for a clean exit (none when 0), then SIGKILL to its whole process group."""
+    pgid = process.pid  # start_new_session: the group is named after the daemon
+    if process.poll() is None:
+        if grace > 0:
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(grace)
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            process.wait()
+    # Children the daemon did not reap (or all of them, after a kill) go too, so none
+    # outlives it.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    # SIGKILL is delivered, not yet acted on, when killpg returns: on a loaded machine a
+    # child still runs for a moment. Return once the whole group is gone.
+    deadline = time.monotonic() + 10
+    while live_processes(group=pgid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def find_daemon(name: str) -> str | None:
+    """A daemon's binary (dovecot, clamd), looked for on PATH and in the sbin folders."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for folder in _SBIN_DIRS:
+        candidate = Path(folder) / name
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def daemon_missing(name: str, require_env: str, hint: str) -> NoReturn:
+    """Skip the test for want of a daemon, or fail it where $`require_env` is set (CI)."""
+    if os.environ.get(require_env):
+        pytest.fail(f"{name} not found and ${require_env} is set; {hint}")
+    pytest.skip(f"{name} not found; {hint}")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now (a daemon binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def live_processes(*, parent: int | None = None, group: int | None = None) -> list[int]:
@@ -37,3 +134,93 @@ def connections_to(port: int) -> list[str]:
             if int(local.rsplit(":", 1)[1], 16) == port and state != "0A":
                 states.append(state)
     return states
+
+
+class ForegroundDaemon:
+    """What the test daemons (tests/dovecot.py, tests/clamd.py) share: one process kept in
+    the foreground as our child, ended with all it forked, and closed at exit if nobody did.
+
+    Starting and ending hold `_lock`: a start may come from a timer thread (a restart
+    mid-test) while the test thread stops or closes.
+    """
+
+    # Seconds for a clean exit at close(); 0 kills at once.
+    close_grace = 0.0
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self._closed = False
+        self._lock = threading.RLock()
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def _must_start(self, error: Callable[[str], Exception]) -> bool:
+        """For start(), under `_lock`: False when running already, `error` once closed; a
+        daemon that died on its own is reaped first."""
+        if self._closed:
+            raise error(f"this {type(self).__name__} was closed")
+        if self.running:
+            return False
+        self._terminate(grace=0.0)
+        return True
+
+    def _spawn(self, argv: Sequence[str], output: Path) -> subprocess.Popen[bytes]:
+        self._process = start_daemon(argv, output)
+        _live.add(self)
+        return self._process
+
+    def _await(
+        self, ready: Callable[[], bool], timeout: float, error: Callable[[str], Exception]
+    ) -> None:
+        """Poll `ready()` until it holds; `error(why)` if the daemon exits or time is up."""
+        process = self._process
+        assert process is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise error(f"{process.args[0]} exited with status {process.returncode}")
+            if ready():
+                return
+            if time.monotonic() > deadline:
+                raise error(f"{process.args[0]} was not ready within {timeout}s")
+            time.sleep(0.02)
+
+    def _terminate(self, grace: float) -> None:
+        with self._lock:
+            process, self._process = self._process, None
+            if process is not None:
+                _live.discard(self)
+                end_daemon(process, grace)
+
+    def _cleanup(self) -> None:
+        """Remove what lives outside the daemon's folder; called once, at close()."""
+
+    def close(self) -> None:
+        """Stop for good; safe to call more than once."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._terminate(grace=self.close_grace)
+        self._cleanup()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_live: weakref.WeakSet[ForegroundDaemon] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    # Last resort for daemons nobody closed (an interrupted run): no orphans.
+    for daemon in list(_live):
+        daemon.close()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import functools
 import grp
 import os
@@ -30,7 +29,6 @@ import pwd
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -44,7 +42,7 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 
-from tests.processes import live_processes
+from tests.processes import die_with_parent, end_process_group, free_port
 
 REQUIRE_ENV = "GATEWAY_TEST_REQUIRE_DOVECOT"
 SETUP_HINT = "run scripts/setup-test-packages to install Dovecot (Debian package dovecot-imapd)"
@@ -58,7 +56,6 @@ _MAX_BASE_DIR = 80
 _USER_RE = re.compile(r"^[A-Za-z0-9._+@-]+$")
 _APPENDUID_RE = re.compile(rb"\[APPENDUID (\d+) (\d+)\]")
 
-_PR_SET_PDEATHSIG = 1
 _running: weakref.WeakSet[Dovecot] = weakref.WeakSet()
 
 
@@ -92,19 +89,6 @@ def dovecot_version(binary: str) -> tuple[int, ...]:
     if not match:
         raise DovecotError(f"cannot read the version in `{binary} --version`: {out!r}")
     return tuple(int(part) for part in match.group(1).split("."))
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    # Runs in the child before exec: the kernel sends SIGTERM to Dovecot if the test
-    # process dies without cleaning up (SIGKILL, crash), so no daemon outlives a run.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 class Dovecot:
@@ -302,7 +286,7 @@ class Dovecot:
             pick = self.port == 0
             for attempt in range(3 if pick else 1):
                 if pick:
-                    self.port = _free_port(self.host)
+                    self.port = free_port(self.host)
                 try:
                     self._launch()
                     return self
@@ -325,7 +309,7 @@ class Dovecot:
                 start_new_session=True,
                 # The death signal belongs to the forking thread: only tie it to the main
                 # thread, which lives as long as the test process.
-                preexec_fn=_die_with_parent
+                preexec_fn=die_with_parent
                 if threading.current_thread() is threading.main_thread()
                 else None,
             )
@@ -376,25 +360,7 @@ class Dovecot:
             if process is None:
                 return
             _running.discard(self)
-            pgid = process.pid  # start_new_session: the group is named after the master
-            if process.poll() is None:
-                if grace > 0:
-                    process.terminate()
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        process.wait(grace)
-                if process.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(pgid, signal.SIGKILL)
-                    process.wait()
-            # Children Dovecot did not reap (or all of them, after a kill) go too, so no
-            # imap or auth process outlives the instance.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
-            # SIGKILL is delivered, not yet acted on, when killpg returns: on a loaded machine
-            # a child still runs for a moment. Return once the whole group is gone.
-            deadline = time.monotonic() + 10
-            while live_processes(group=pgid) and time.monotonic() < deadline:
-                time.sleep(0.01)
+            end_process_group(process, grace)
 
     def close(self) -> None:
         """Stop for good; safe to call more than once.

@@ -4,7 +4,55 @@ after their serve died) or open (sockets after a stop)."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
 from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now (the kernel's pick for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def die_with_parent() -> None:
+    """For `preexec_fn`: runs in the child before exec, so the kernel sends SIGTERM to a
+    test daemon when the test process dies without cleaning up (SIGKILL, crash), and no
+    daemon outlives a run."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def end_process_group(process: subprocess.Popen[bytes], grace: float) -> None:
+    """End a daemon started with `start_new_session=True` and every process it forked:
+    SIGTERM and up to `grace` seconds to exit (none: SIGKILL at once), then SIGKILL to
+    the group; returns once the whole group is gone."""
+    pgid = process.pid  # start_new_session: the group is named after its leader
+    if process.poll() is None:
+        if grace > 0:
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(grace)
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            process.wait()
+    # Children the daemon did not reap (or all of them, after a kill) go too.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    # SIGKILL is delivered, not yet acted on, when killpg returns: on a loaded machine a
+    # child still runs for a moment.
+    deadline = time.monotonic() + 10
+    while live_processes(group=pgid) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def live_processes(*, parent: int | None = None, group: int | None = None) -> list[int]:

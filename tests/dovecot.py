@@ -42,7 +42,7 @@ from pathlib import Path
 import pytest
 from imapclient import IMAPClient
 
-from tests.processes import die_with_parent, end_process_group, free_port
+from tests.processes import end_process_group, free_port, start_daemon
 
 REQUIRE_ENV = "GATEWAY_TEST_REQUIRE_DOVECOT"
 SETUP_HINT = "run scripts/setup-test-packages to install Dovecot (Debian package dovecot-imapd)"
@@ -298,21 +298,10 @@ class Dovecot:
     def _launch(self) -> None:
         self.config_path.write_text(self._config(), encoding="utf-8")
         log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as log:
-            # -F: stay in the foreground, our child. Its own session, so stop() can reach
-            # every process Dovecot forked by process group.
-            self._process = subprocess.Popen(
-                [self.binary, "-F", "-c", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                # The death signal belongs to the forking thread: only tie it to the main
-                # thread, which lives as long as the test process.
-                preexec_fn=die_with_parent
-                if threading.current_thread() is threading.main_thread()
-                else None,
-            )
+        # -F: stay in the foreground, our child.
+        self._process = start_daemon(
+            [self.binary, "-F", "-c", str(self.config_path)], self.log_path
+        )
         _running.add(self)
         try:
             self._wait_for_greeting()

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +30,24 @@ def die_with_parent() -> None:
     daemon outlives a run."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def start_daemon(command: list[str], output: Path) -> subprocess.Popen[bytes]:
+    """Start a test daemon in the foreground, as our child, its stdout and stderr appended
+    to `output`. Its own session, so `end_process_group` reaches every process it forks."""
+    with open(output, "ab") as out:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # The death signal belongs to the forking thread: only tie it to the main
+            # thread, which lives as long as the test process.
+            preexec_fn=die_with_parent
+            if threading.current_thread() is threading.main_thread()
+            else None,
+        )
 
 
 def end_process_group(process: subprocess.Popen[bytes], grace: float) -> None:

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import die_with_parent, end_process_group, free_port
+from tests.processes import end_process_group, free_port, start_daemon
 
 REQUIRE_ENV = "GATEWAY_TEST_REQUIRE_RSPAMD"
 SETUP_HINT = "run scripts/setup-test-packages to install rspamd (Debian package rspamd)"
@@ -256,17 +256,7 @@ class RspamdServer:
         ):
             command.append(f"--var={name}={value}")
         started = time.monotonic()
-        with open(self.root / "rspamd.out", "ab") as out:
-            self._process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent
-                if threading.current_thread() is threading.main_thread()
-                else None,
-            )
+        self._process = start_daemon(command, self.root / "rspamd.out")
         _running.add(self)
         try:
             self._wait_for_ping()

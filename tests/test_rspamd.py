@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,8 +25,8 @@ from gateway.inbound.trust.rspamd import (
     verdict_of,
 )
 from gateway.inbound.trust.scanning import ScannerUnavailable
-from tests.processes import free_port
-from tests.rspamd import ENVELOPE_SYMBOL, RspamdServer
+from tests.processes import free_port, live_processes
+from tests.rspamd import ENVELOPE_SYMBOL, RspamdServer, running_rspamd, shared_hs_cache
 from tests.support import message, pdf
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -122,6 +123,18 @@ def test_the_controller_scans_only_with_its_password(rspamd_server: RspamdServer
         invoice(), ENVELOPE
     )
     assert verdict.action == "no action"
+
+
+def test_the_harness_leaves_no_process_behind(tmp_path: Path) -> None:
+    with running_rspamd(tmp_path, hs_cache_dir=shared_hs_cache()) as server:
+        assert server._process is not None
+        group = server._process.pid
+        # The main process, its normal worker, its controller and its regexp compiler.
+        assert len(live_processes(group=group)) >= 3
+        Rspamd(server.url).ping()
+    assert live_processes(group=group) == []
+    with pytest.raises(ScannerUnavailable):
+        Rspamd(server.url).ping()
 
 
 # -- peers that give no verdict --------------------------------------------------------------

@@ -7,12 +7,17 @@ Configuration, pid file, databases and log live under `<base>/rspamd`; the norma
 (scans) and the controller (scans too, behind a password) listen on free loopback ports.
 The stock rules of /etc/rspamd are used as shipped, except that nothing may reach the
 network: the modules that query DNS lists, fuzzy storages or remote maps are off, and the
-resolver points at a loopback port where nothing answers, so any lookup left fails at once
-instead of stalling a scan. No Redis: the modules that need one switch themselves off.
+resolver points at a loopback port where nothing answers, with a 20 ms timeout, so a lookup
+left (the client's reverse name, when the scan gives no Hostname) fails within ~50 ms
+instead of stalling a scan. The maps rspamd would fetch over HTTPS (MIME types, message-id
+and redirector lists) are read from the copies the package ships in /etc/rspamd/maps.d;
+their fetches end at that failed lookup. No Redis: the modules that need one switch
+themselves off.
 
 A probe rule, GATEWAY_TEST_ENVELOPE (score 0), lists what rspamd received of the SMTP
 envelope as its options ("ip=…", "helo=…", "from=…", "rcpt=…", "queue_id=…"), so tests
-can see that the client's headers arrived.
+can see that the client's headers arrived. A settings profile, STRICT_SETTINGS_ID, rejects
+from a score of 0.5, for a scan that names it in its Settings-ID header.
 
 rspamd compiles its Hyperscan databases (~20 s on two cores, the URL suffix list most of
 it) at its first start and caches them in `hs_cache_dir`: the session fixture keeps that
@@ -97,6 +102,17 @@ rspamd_config:register_symbol{{
     if queue_id then table.insert(seen, 'queue_id=' .. queue_id) end
     task:insert_result('{ENVELOPE_SYMBOL}', 1.0, seen)
   end
+}}
+"""
+
+# A settings profile a scan picks by its Settings-ID header: rejects from a score of 0.5.
+STRICT_SETTINGS_ID = "gateway_test_strict"
+_SETTINGS = f"""# Written by tests/rspamd.py.
+{STRICT_SETTINGS_ID} {{
+  id = "{STRICT_SETTINGS_ID}";
+  apply {{
+    actions {{ reject = 0.5; "add header" = null; "rewrite subject" = null; greylist = null; }}
+  }}
 }}
 """
 
@@ -185,13 +201,14 @@ class RspamdServer:
         for module in NETWORK_MODULES:
             (local / f"{module}.conf").write_text("enabled = false;\n", encoding="utf-8")
         (local / "options.inc").write_text(
-            "# Nothing answers there: a lookup fails at once, none waits on a real resolver.\n"
+            "# Nothing answers there: a lookup fails soon, none waits on a real resolver.\n"
             f'dns {{ nameserver = ["127.0.0.1:{_silent_udp_port()}"]; '
             "timeout = 0.02s; retransmits = 1; }\n"
             f'hs_cache_dir = "{self.hs_cache_dir}";\n'
             f'control_socket = "{self.run_dir}/rspamd.sock mode=0600";\n',
             encoding="utf-8",
         )
+        (local / "settings.conf").write_text(_SETTINGS, encoding="utf-8")
         (self.conf_dir / "rspamd.local.lua").write_text(_ENVELOPE_RULE, encoding="utf-8")
         config = self.conf_dir / "rspamd.conf"
         # The stock file, with our own workers, paths and log: the rules and scores are

@@ -26,7 +26,13 @@ from gateway.inbound.trust.rspamd import (
 )
 from gateway.inbound.trust.scanning import ScannerUnavailable
 from tests.processes import free_port, live_processes
-from tests.rspamd import ENVELOPE_SYMBOL, RspamdServer, running_rspamd, shared_hs_cache
+from tests.rspamd import (
+    ENVELOPE_SYMBOL,
+    STRICT_SETTINGS_ID,
+    RspamdServer,
+    running_rspamd,
+    shared_hs_cache,
+)
 from tests.support import message, pdf
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
@@ -106,6 +112,14 @@ def test_the_null_sender_and_no_client_address(rspamd_server: RspamdServer) -> N
     reply = Rspamd(rspamd_server.url).check(invoice(), envelope)
     assert reply["symbols"][ENVELOPE_SYMBOL]["options"] == ["from=<>", "rcpt=compta@welyb.fr"]
     assert verdict_of(reply).action == "no action"
+
+
+def test_a_settings_id_picks_rspamd_settings(rspamd_server: RspamdServer) -> None:
+    plain = Rspamd(rspamd_server.url).score(invoice(), ENVELOPE)
+    strict = Rspamd(rspamd_server.url, settings_id=STRICT_SETTINGS_ID).score(invoice(), ENVELOPE)
+    assert plain.score > 0.5 and plain.action == "no action"
+    assert (strict.action, strict.required_score) == ("reject", 0.5)
+    assert is_spam(strict, DEFAULT_QUARANTINE_ACTIONS, None)
 
 
 def test_ping(rspamd_server: RspamdServer) -> None:

@@ -62,7 +62,7 @@ def test_gtube_is_rejected_and_spam(rspamd_server: RspamdServer) -> None:
     assert verdict.score >= verdict.required_score > 0
     assert is_spam(verdict, DEFAULT_QUARANTINE_ACTIONS, None)
     assert verdict.summary().startswith(f"reject, score {verdict.score:.1f}/")
-    assert "GTUBE(0)" in verdict.summary()
+    assert "GTUBE(0.0)" in verdict.summary()
 
 
 def test_an_invoice_with_a_pdf_is_not_spam(rspamd_server: RspamdServer) -> None:
@@ -298,22 +298,22 @@ def test_is_spam_by_action_and_threshold() -> None:
 
 def test_summary_lists_the_heaviest_symbols_first() -> None:
     reply = load_reply(
-        b'{"action": "add header", "score": 7.25, "required_score": 15, "symbols": {'
-        b'"SMALL": {"score": 0.5}, "BIG": {"score": 5}, "NEG": {"score": -2}, '
-        b'"ZERO": {"score": 0}, "ALSO_SMALL": {"score": 0.5}}}'
+        b'{"action": "add header", "score": 3.5, "required_score": 15, "symbols": {'
+        b'"SMALL": {"score": 0.25}, "BIG": {"score": 5}, "NEG": {"score": -2}, '
+        b'"ZERO": {"score": 0}, "ALSO_SMALL": {"score": 0.25}}}'
     )
     verdict = verdict_of(reply)
     assert verdict.symbols == (
         ("BIG", 5.0),
         ("NEG", -2.0),
-        ("ALSO_SMALL", 0.5),
-        ("SMALL", 0.5),
+        ("ALSO_SMALL", 0.25),
+        ("SMALL", 0.25),
         ("ZERO", 0.0),
     )
     assert verdict.summary() == (
-        "add header, score 7.2/15.0: BIG(5) NEG(-2) ALSO_SMALL(0.5) SMALL(0.5) ZERO(0)"
+        "add header, score 3.5/15.0: BIG(5.0) NEG(-2.0) ALSO_SMALL(0.25) SMALL(0.25) ZERO(0.0)"
     )
-    assert verdict.summary(limit=2) == "add header, score 7.2/15.0: BIG(5) NEG(-2) …"
+    assert verdict.summary(limit=2) == "add header, score 3.5/15.0: BIG(5.0) NEG(-2.0) …"
     assert SpamVerdict("no action", 0, 15, ()).summary() == "no action, score 0.0/15.0"
 
 

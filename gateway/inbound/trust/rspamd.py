@@ -70,10 +70,16 @@ class SpamVerdict:
 
     def summary(self, limit: int = 8) -> str:
         """One line for a quarantine reason, e.g. "reject, score 15.0/15.0: GTUBE(0.0)"."""
-        shown = " ".join(f"{name}({score:g})" for name, score in self.symbols[:limit])
+        shown = " ".join(f"{name}({_points(score)})" for name, score in self.symbols[:limit])
         more = " …" if len(self.symbols) > limit else ""
         head = f"{self.action}, score {self.score:.1f}/{self.required_score:.1f}"
         return f"{head}: {shown}{more}" if shown else head
+
+
+def _points(score: float) -> str:
+    """At least one decimal, at most two: 0.0, 0.25, -2.0."""
+    text = f"{score:.2f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
 
 
 class SpamScorer(Protocol):

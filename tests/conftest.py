@@ -25,6 +25,7 @@ from gateway.config import GatewayConfig, parse_config
 from gateway.outbound.dkim import KeyStore, dns_record_name, dns_txt_value, generate_key
 from gateway.storage.accounts import add_cabinet, add_company
 from tests.clamd import ClamdDaemon, running_clamd
+from tests.rspamd import RspamdServer, running_rspamd, shared_hs_cache
 from tests.support import DEFAULT_NOW, FixedClock, RunningServer
 
 BASE_POSTGRES_URL = make_url(
@@ -232,3 +233,13 @@ def server(gw: Gateway) -> Iterator[RunningServer]:
     running = RunningServer(gw).start()
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def rspamd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RspamdServer]:
+    """One real rspamd for the whole run (tests/rspamd.py): a first start on a machine
+    compiles its Hyperscan databases for ~20 s, later ones take under a second."""
+    with running_rspamd(
+        tmp_path_factory.mktemp("rspamd"), hs_cache_dir=shared_hs_cache()
+    ) as server:
+        yield server

@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 
 from gateway.clock import Clock, SystemClock
 from gateway.config import ConfigError, GatewayConfig, ImapSourceConfig
+from gateway.dns import DnspythonLookup
 from gateway.inbound.extraction import ExtractionLimits
 from gateway.inbound.filing import Filer
 from gateway.inbound.imap import Connector, MailboxPoller, connect
@@ -23,6 +24,11 @@ from gateway.inbound.recipients import Recipients
 from gateway.inbound.sandbox import ExtractionSandbox
 from gateway.inbound.smtp import InboundHandler, InboundServer
 from gateway.inbound.spool import Spool, SpoolWriter
+from gateway.inbound.trust.checkpoint import Checkpoint
+from gateway.inbound.trust.clamav import Clamd
+from gateway.inbound.trust.policy import StoredSenderPolicies
+from gateway.inbound.trust.rspamd import Rspamd
+from gateway.inbound.trust.screen import Screen
 from gateway.outbound.dispatch import Dispatcher, SigningPool
 from gateway.outbound.dkim import DkimSigner, KeyStore
 from gateway.outbound.forward import Forwarder
@@ -161,6 +167,24 @@ class Gateway:
             spool_directory=self.config.spool_path,
             clock=self.clock,
             worker_name=worker_name or self.process_name,
+            checkpoint=Checkpoint(self.screen(), self.sender_policies()),
+        )
+
+    def sender_policies(self) -> StoredSenderPolicies:
+        """The firms' sender policies over [sender_policy]'s global default."""
+        return StoredSenderPolicies(self.db, self.config.sender_policy.policy, self.registry)
+
+    def screen(self) -> Screen:
+        """Issue 11's checks with this configuration's DNS, clamd and rspamd."""
+        trust, clamav, rspamd = self.config.trust, self.config.clamav, self.config.rspamd
+        lookup = DnspythonLookup(trust.dns_timeout_seconds, trust.nameservers, trust.dns_port)
+        return Screen(
+            trust,
+            lookup,
+            Clamd(clamav.address, clamav.timeout_seconds) if clamav.enabled else None,
+            clamav,
+            Rspamd(rspamd.url, rspamd.timeout_seconds) if rspamd.enabled else None,
+            rspamd,
         )
 
     def bounce_addresses(self) -> BounceAddresses:

@@ -26,6 +26,7 @@ from gateway.outbound.dkim import KeyStore, dns_record_name, dns_txt_value, gene
 from gateway.storage.accounts import add_cabinet, add_company
 from tests.clamd import ClamdDaemon, running_clamd
 from tests.rspamd import RspamdServer, running_rspamd, shared_hs_cache
+from tests.dns_server import DnsServer
 from tests.support import DEFAULT_NOW, FixedClock, RunningServer
 
 BASE_POSTGRES_URL = make_url(
@@ -90,9 +91,22 @@ def database_url(
     return postgres_database
 
 
+_QUIET_DNS: list[DnsServer] = []
+
+
+def quiet_dns_port() -> int:
+    """A real DNS server on loopback that publishes nothing (every name: NXDOMAIN), shared by
+    the run: what the filing stage's authentication asks unless a test gives its own zone,
+    so that no test depends on this machine's resolver."""
+    if not _QUIET_DNS:
+        _QUIET_DNS.append(DnsServer().start())
+    return _QUIET_DNS[0].port
+
+
 def write_config(tmp_path: Path, database_url: str, **sections: dict[str, Any]) -> Path:
     """A gateway.toml in tmp_path: the defaults, with `sections` merged in."""
     data: dict[str, dict[str, Any]] = {
+        "trust": {"nameservers": ["127.0.0.1"], "dns_port": quiet_dns_port()},
         "gateway": {"domains": ["welyb.fr", "welyb.com"], "node_name": "test"},
         "database": {"url": database_url},
         "storage": {"path": str(tmp_path / "storage")},

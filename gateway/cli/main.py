@@ -23,6 +23,7 @@ from gateway.cli import (
     folders,
     imap,
     messages,
+    quarantine,
     service,
     status,
 )
@@ -70,6 +71,7 @@ for _command in (
     folders.folder,
     documents.documents,
     messages.messages,
+    quarantine.quarantine,
     bot_mail.bot_mail,
     connections.connection,
     connections.switch,

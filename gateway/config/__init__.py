@@ -33,6 +33,7 @@ from gateway.config.settings import (
     SmarthostConfig,
     SmtpConfig,
 )
+from gateway.config.trust import ClamavConfig, RspamdConfig, TrustConfig
 
 __all__ = [
     "CONFIG_ENV",
@@ -41,6 +42,7 @@ __all__ = [
     "DEFAULT_PARTNER_REGISTRY",
     "LOOPBACK_HOSTS",
     "TABLES",
+    "ClamavConfig",
     "ConfigError",
     "ExtractionConfig",
     "FilingConfig",
@@ -50,8 +52,10 @@ __all__ = [
     "ImapTls",
     "LoggingConfig",
     "OutboundConfig",
+    "RspamdConfig",
     "SmarthostConfig",
     "SmtpConfig",
+    "TrustConfig",
     "default_toml",
     "load_config",
     "parse_config",

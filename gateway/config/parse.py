@@ -31,6 +31,7 @@ from gateway.config.settings import (
     SmarthostConfig,
     SmtpConfig,
 )
+from gateway.config.trust import ClamavConfig, RspamdConfig, TrustConfig
 from gateway.routing.addresses import split_address
 from gateway.routing.slugs import SLUG_RE
 
@@ -89,6 +90,9 @@ def parse_config(
     imap_sources = _imap(root.table("imap"), base, top["domains"])
     logging = _read(root.table("logging"), LoggingConfig, base)
     http = _read(root.table("http"), HttpConfig, base)
+    trust = _read(root.table("trust"), TrustConfig, base)
+    clamav = _read(root.table("clamav"), ClamavConfig, base)
+    rspamd = _read(root.table("rspamd"), RspamdConfig, base)
     root.finish()
     return GatewayConfig(
         path=path,
@@ -97,6 +101,9 @@ def parse_config(
         extraction=extraction,
         logging=logging,
         http=http,
+        trust=trust,
+        clamav=clamav,
+        rspamd=rspamd,
         outbound=outbound,
         imap_sources=imap_sources,
         **top,

@@ -31,6 +31,7 @@ from gateway.config.declare import (
     required,
     setting,
 )
+from gateway.config.trust import ClamavConfig, RspamdConfig, TrustConfig
 from gateway.mail.header_limits import HeaderLimits
 
 # The registry the gateway ships with, as package data (in the wheel too); an admin who
@@ -552,6 +553,9 @@ class GatewayConfig:
         table="gateway",
     )
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
+    clamav: ClamavConfig = field(default_factory=ClamavConfig)
+    rspamd: RspamdConfig = field(default_factory=RspamdConfig)
     # [imap.sources.NAME] tables, read by parse.py.
     imap_sources: Mapping[str, ImapSourceConfig] = field(default_factory=dict)
 
@@ -623,6 +627,9 @@ TABLES: tuple[Table, ...] = (
         optional=True,
     ),
     Table("extraction", ExtractionConfig, "Limits on what one message may expand to."),
+    Table("trust", TrustConfig, "Sender authentication and quarantine (after the 250)."),
+    Table("clamav", ClamavConfig, "Malware scanning with clamd."),
+    Table("rspamd", RspamdConfig, "Spam scoring with rspamd."),
     Table("logging", LoggingConfig, "Logs, on stderr."),
     Table("http", HttpConfig, "Health checks and Prometheus metrics over HTTP (gateway serve)."),
 )

@@ -28,9 +28,13 @@ from gateway.config import FilingConfig
 from gateway.inbound.extraction import ExtractedDocument, Extraction
 from gateway.inbound.recipients import Destination, Recipients
 from gateway.inbound.sandbox import ExtractionSandbox, OverBudget
+from gateway.inbound.trust.checkpoint import Checkpoint, WaitForChecks
+from gateway.inbound.trust.results import AuthenticationResults
+from gateway.inbound.trust.screen import Wait
 from gateway.mail.dsn import BounceReport, parse_bounce
 from gateway.routing.partners import PartnerRegistry
 from gateway.runner import Backoff
+from gateway.storage import quarantine
 from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database
 from gateway.storage.directory import CompanyRef
@@ -45,11 +49,13 @@ from gateway.storage.models import (
 from gateway.storage.placement import record_placement
 from gateway.storage.queues import deliveries, forwards
 from gateway.storage.queues import inbound as inbound_queue
+from gateway.storage.queues.inbound import TransitionError
 from gateway.storage.rawmail import read_spooled
 
 log = structlog.get_logger("gateway.filing")
 
 RETRY_FIRST = timedelta(seconds=30)
+PURGE_EVERY = timedelta(hours=1)
 
 
 def fiscal_year(received: date, fiscal_year_end: str) -> int:
@@ -149,6 +155,9 @@ class Prepared:
     bounces: list[Destination]
     bounce_report: BounceReport | None
     seconds: float  # spent preparing it
+    authentication: AuthenticationResults | None = None
+    quarantine: str | None = None  # why it is quarantined instead of filed
+    quarantine_sha256: str | None = None  # its quarantined copy, in the blob store
     owned: bool = False
 
 
@@ -164,8 +173,10 @@ class Filer:
         spool_directory: Path,
         clock: Clock,
         worker_name: str,
+        checkpoint: Checkpoint,
     ) -> None:
         self.db = db
+        self.checkpoint = checkpoint  # authentication, malware, spam, policy (issue 11)
         self.config = config
         self.sandbox = sandbox  # extraction under a time and memory budget
         self.recipients = recipients
@@ -177,6 +188,7 @@ class Filer:
         # 30 s doubling; moved aside (`held`) after `max_attempts` tries.
         self.backoff = Backoff(first=RETRY_FIRST, max_attempts=config.max_attempts)
         self._folders: dict[tuple[int, str], int] = {}
+        self._next_purge: datetime | None = None
 
     # -- claiming -------------------------------------------------------------------------
 
@@ -189,6 +201,7 @@ class Filer:
 
     def run_once(self, limit: int = 20) -> int:
         """File what is waiting now, as one batch; returns how many messages it took."""
+        self._purge_when_due()
         ids = self.claim(limit)
         if ids:
             self._file_batch(self._load(ids))
@@ -217,6 +230,8 @@ class Filer:
         for message in messages:
             try:
                 prepared.append(self._prepare(message))
+            except WaitForChecks as waiting:
+                self._wait(message, waiting.wait)
             except OverBudget as exc:
                 # It would blow the budget again: held at once, with the reason.
                 log.warning("extraction_over_budget", queue_id=message.queue_id, why=str(exc))
@@ -269,8 +284,31 @@ class Filer:
             self.spool_directory, message.spool_segment, message.spool_offset, message.size
         )
         destinations = [self.recipients.resolve(r) for r in message.rcpt_tos]
+        results, stamped = self.checkpoint.authenticate(message, raw, destinations)
         with metrics.EXTRACTION_SECONDS.time():
-            extraction = self.sandbox.extract(raw)
+            extraction = self.sandbox.extract(stamped)
+        quarantine = (
+            None
+            if message.checks_waived
+            else self._screen(message, raw, stamped, extraction, destinations, results)
+        )
+        if quarantine is not None:
+            # Kept whole, with our results, until released or purged; nothing is filed.
+            return Prepared(
+                message,
+                extraction,
+                FilingReport(),
+                [],
+                {},
+                [],
+                as_utc(message.received_at),
+                [],
+                None,
+                time.perf_counter() - started,
+                results,
+                quarantine,
+                self.blobs.put(stamped),
+            )
         outcome = FilingReport()
         outcome.recipients_refused = [
             f"{d.address.address}: {d.reason or d.refusal}" for d in destinations if not d.accepted
@@ -302,7 +340,17 @@ class Filer:
         report = parse_bounce(raw) if bounces else None
         seconds = time.perf_counter() - started
         return Prepared(
-            message, extraction, outcome, plan, known, bots, received_at, bounces, report, seconds
+            message,
+            extraction,
+            outcome,
+            plan,
+            known,
+            bots,
+            received_at,
+            bounces,
+            report,
+            seconds,
+            results,
         )
 
     def _commit_counted(self, batch: list[Prepared]) -> None:
@@ -334,6 +382,17 @@ class Filer:
     ) -> inbound_queue.Finished:
         """Write one message's rows; returns its end, which the batch writes for all."""
         message, outcome = p.message, p.outcome
+        authentication = p.authentication.to_json() if p.authentication else None
+        if p.quarantine is not None:
+            return inbound_queue.Finished(
+                message.id,
+                MessageStatus.QUARANTINED,
+                reason=p.quarantine,
+                subject=p.extraction.subject,
+                header_message_id=_clip(p.extraction.message_id, 998),
+                authentication=authentication,
+                quarantine_sha256=p.quarantine_sha256,
+            )
         for place in p.plan:
             company = place.company
             for doc, sha in place.docs:
@@ -399,6 +458,7 @@ class Filer:
             reason=outcome.reason(),
             subject=p.extraction.subject,
             header_message_id=_clip(p.extraction.message_id, 998),
+            authentication=authentication,
         )
 
     def _folder_id(self, company_id: int, path: str, now: datetime) -> int:
@@ -422,6 +482,37 @@ class Filer:
                 )
             )
             return {(c, sha): i for c, sha, i in rows if (c, sha) in keys}
+
+    def _purge_when_due(self) -> None:
+        """Hourly: quarantined mail past its retention period loses its copy (the record
+        stays). Every worker may do it; a message already discarded is skipped."""
+        now = self.clock.now()
+        if self._next_purge is not None and now < self._next_purge:
+            return
+        self._next_purge = now + PURGE_EVERY
+        days = self.checkpoint.screen.trust.quarantine_retention_days
+        try:
+            purged = quarantine.purge(self.db, self.blobs, now, days)
+        except TransitionError:
+            return  # another worker purged the same message first: its turn next hour
+        if purged:
+            log.info("quarantine_purged", messages=purged, older_than_days=days)
+
+    def _wait(self, message: InboundMessage, wait: Wait) -> None:
+        """Not a failure: back in `wait.seconds`, without using up an attempt."""
+        log.info("checks_waiting", queue_id=message.queue_id, why=wait.reason)
+        now = self.clock.now()
+        authentication = wait.authentication.to_json() if wait.authentication else None
+        with self.db.write() as s:
+            inbound_queue.wait_for_checks(
+                s,
+                message.id,
+                self.worker_name,
+                wait.reason,
+                now,
+                now + timedelta(seconds=wait.seconds),
+                authentication,
+            )
 
     def _hold(self, message: InboundMessage, error: OverBudget) -> None:
         self._release_after_failure(message, error, retry=False)

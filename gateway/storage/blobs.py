@@ -37,3 +37,7 @@ class BlobStore:
 
     def get(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()
+
+    def delete(self, sha256: str) -> None:
+        """Remove a blob no row points at any more (a purged quarantined copy)."""
+        self.path(sha256).unlink(missing_ok=True)

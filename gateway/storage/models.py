@@ -45,6 +45,10 @@ class MessageStatus(StrEnum):
     BOT_MAIL = "bot_mail"  # went to a cabinet's bot mailbox (R6)
     BOUNCE = "bounce"  # a delivery report for one of our deliveries, applied to the ledger
     HELD = "held"  # filing kept failing; moved aside for an admin (reason says why)
+    # Failed its sender policy, carries malware or scored as spam: not filed, no delivery;
+    # kept (the message with its Authentication-Results, as a blob) until released or purged.
+    QUARANTINED = "quarantined"
+    DISCARDED = "discarded"  # quarantined, then deleted by hand or purged: the record stays
 
 
 FINAL_STATUSES = frozenset(MessageStatus) - {MessageStatus.RECEIVED, MessageStatus.FILING}
@@ -111,6 +115,12 @@ class InboundMessage(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     lease_until: Mapped[datetime | None]
     processed_at: Mapped[datetime | None]
+    # Issue 11: SPF, DKIM, DMARC and ARC results (AuthenticationResults.to_json()).
+    authentication: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The quarantined copy (the message with our Authentication-Results), in the blob store.
+    quarantine_sha256: Mapped[str | None] = mapped_column(String(64))
+    # Released from quarantine by hand: filed without the checks that quarantined it.
+    checks_waived: Mapped[bool] = mapped_column(server_default=false())
 
 
 class HistoryLine:

@@ -102,6 +102,19 @@ class AuthenticationResults:
             return self.dmarc.spf_aligned or self.dmarc.dkim_aligned
         return False
 
+    def summary(self) -> str:
+        """One line for a reason or a listing: each method's result, DMARC's policy and the
+        From domain (e.g. "spf=pass dkim=fail dmarc=fail (p=reject) header.from=x.fr")."""
+        dkim = ",".join(f"{d.result}({d.domain})" if d.domain else d.result for d in self.dkim)
+        words = [f"spf={self.spf.result}", f"dkim={dkim or 'none'}", f"dmarc={self.dmarc.result}"]
+        if self.dmarc.policy:
+            words.append(f"(p={self.dmarc.policy})")
+        if self.arc.result != "none":
+            words.append(f"arc={self.arc.result}")
+        if self.dmarc.from_domain:
+            words.append(f"header.from={self.dmarc.from_domain}")
+        return " ".join(words)
+
     # --- storage ------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:

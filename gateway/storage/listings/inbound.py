@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 from datetime import datetime
 
 from sqlalchemy import func, select
@@ -99,6 +100,8 @@ class MessageDetail:
     processed_at: datetime | None
     history: list[HistoryRow]  # oldest first, from its reception
     made: list[MadeRow]
+    authentication: dict[str, Any] | None = None  # AuthenticationResults.to_json()
+    quarantine_sha256: str | None = None  # its quarantined copy, while it is quarantined
 
 
 def message_detail(db: Database, queue_id: str) -> MessageDetail | None:
@@ -157,6 +160,8 @@ def message_detail(db: Database, queue_id: str) -> MessageDetail | None:
         processed_at=m.processed_at,
         history=history,
         made=made,
+        authentication=m.authentication,
+        quarantine_sha256=m.quarantine_sha256 if m.status == MessageStatus.QUARANTINED else None,
     )
 
 

@@ -1,9 +1,11 @@
 """The inbound messages queue: the one module that writes `inbound_messages.status`.
 
     (new) ──> received ──> filing ──> filed | partly_filed | duplicate | rejected
-       │                    │  ↺           | bot_mail | bounce
-       │                    └──> held ──> received   (filing kept failing: moved aside;
-       │                                              `gateway messages retry` queues it again)
+       │         ↑          │  ↺           | bot_mail | bounce
+       │         │          ├──> held ──> received   (filing kept failing: moved aside;
+       │         │          │                          `gateway messages retry` queues it again)
+       │         │          └──> quarantined ──> discarded  (deleted by hand, or purged)
+       │         └────────────────────┘  (released by hand: filed without the checks)
        └──> rejected                      (IMAP intake: nothing we can route; kept, visible)
 
 A filing worker claims `received` rows, or `filing` rows whose lease ran out (a worker that
@@ -47,14 +49,17 @@ __all__ = ["LEASE", "LEASES", "STATES", "TransitionError"]
 
 RECEIVED, FILING, HELD = MessageStatus.RECEIVED, MessageStatus.FILING, MessageStatus.HELD
 REJECTED = MessageStatus.REJECTED
+QUARANTINED, DISCARDED = MessageStatus.QUARANTINED, MessageStatus.DISCARDED
 
 STATES = StateTable(
     "inbound message",
     {
         RECEIVED: {FILING},
-        FILING: {FILING} | FINAL_STATUSES,  # FILING ↺: released for a retry
-        **{final: set() for final in FINAL_STATUSES - {HELD}},
+        # FILING ↺: released for a retry (or to wait for DNS or a scanner)
+        FILING: {FILING} | FINAL_STATUSES - {DISCARDED},
+        **{final: set() for final in FINAL_STATUSES - {HELD, QUARANTINED}},
         HELD: {RECEIVED},  # by hand, once the cause is fixed
+        QUARANTINED: {RECEIVED, DISCARDED},  # released, or deleted / purged
     },
 )
 HISTORY = History(InboundMessageEvent, "inbound_message_id")
@@ -128,6 +133,8 @@ class Finished:
     reason: str | None = None
     subject: str | None = None
     header_message_id: str | None = None
+    authentication: dict[str, Any] | None = None  # AuthenticationResults.to_json()
+    quarantine_sha256: str | None = None  # the quarantined copy's blob (QUARANTINED only)
 
 
 def finish(
@@ -136,7 +143,7 @@ def finish(
     worker: str,
     status: MessageStatus,
     now: datetime,
-    **values: str | None,
+    **values: Any,
 ) -> None:
     """Write one filed message's final `status` (`reason`, `subject`, `header_message_id`
     in `values`); see `finish_many`."""
@@ -167,6 +174,8 @@ def finish_many(session: Session, worker: str, finished: Sequence[Finished], now
             reason=bindparam("b_reason"),
             subject=bindparam("b_subject"),
             header_message_id=bindparam("b_header_message_id"),
+            authentication=bindparam("b_authentication", type_=rows.authentication.type),
+            quarantine_sha256=bindparam("b_quarantine_sha256"),
             processed_at=now,
             lease_until=None,
         )
@@ -180,6 +189,8 @@ def finish_many(session: Session, worker: str, finished: Sequence[Finished], now
                 "b_reason": f.reason,
                 "b_subject": f.subject,
                 "b_header_message_id": f.header_message_id,
+                "b_authentication": f.authentication,
+                "b_quarantine_sha256": f.quarantine_sha256,
             }
             for f in finished
         ],
@@ -218,6 +229,87 @@ def retry_held(session: Session, message_id: int, now: datetime) -> None:
         attempts=0,
     )
     HISTORY.record(session, [(message_id, HELD, RECEIVED, "queued again by hand")], now)
+
+
+def release_quarantined(session: Session, message_id: int, now: datetime, by: str) -> None:
+    """`gateway quarantine release`: filed as if it had just arrived, without the checks
+    that quarantined it (R11: placements and deliveries as for any new document)."""
+    move_one(
+        session,
+        InboundMessage,
+        STATES,
+        message_id,
+        [QUARANTINED],
+        RECEIVED,
+        claimed_by=None,
+        lease_until=None,
+        attempts=0,
+        checks_waived=True,
+        processed_at=None,
+    )
+    HISTORY.record(session, [(message_id, QUARANTINED, RECEIVED, f"released by {by}")], now)
+
+
+def discard_quarantined(session: Session, message_id: int, now: datetime, why: str) -> None:
+    """A quarantined message deleted (by hand or after the retention period): its copy is
+    the caller's to remove; the row, its reason and its history stay as the record."""
+    move_one(
+        session,
+        InboundMessage,
+        STATES,
+        message_id,
+        [QUARANTINED],
+        DISCARDED,
+        quarantine_sha256=None,
+        processed_at=now,
+    )
+    HISTORY.record(session, [(message_id, QUARANTINED, DISCARDED, why)], now)
+
+
+def quarantined_before(session: Session, cutoff: datetime, limit: int) -> list[tuple[int, str]]:
+    """(id, copy's sha256) of messages quarantined before `cutoff`: due for the purge."""
+    rows = session.execute(
+        select(InboundMessage.id, InboundMessage.quarantine_sha256)
+        .where(InboundMessage.status == QUARANTINED, InboundMessage.processed_at < cutoff)
+        .order_by(InboundMessage.id)
+        .limit(limit)
+    ).all()
+    return [(i, sha or "") for i, sha in rows]
+
+
+def wait_for_checks(
+    session: Session,
+    message_id: int,
+    worker: str,
+    reason: str,
+    now: datetime,
+    retry_at: datetime,
+    authentication: dict[str, Any] | None = None,
+) -> bool:
+    """Not a failure: the checks could not conclude yet (a DNS temperror to retry once, a
+    scanner unreachable). Released until `retry_at` without using up an attempt, with the
+    results so far; False if the worker no longer holds the row."""
+    values: dict[str, Any] = {
+        "claimed_by": None,
+        "lease_until": retry_at,
+        "reason": reason,
+        "attempts": InboundMessage.attempts - 1,
+    }
+    if authentication is not None:
+        values["authentication"] = authentication
+    released = rows_changed(
+        session,
+        update(InboundMessage)
+        .where(
+            InboundMessage.id == message_id,
+            InboundMessage.status == FILING,
+            InboundMessage.claimed_by == worker,
+        )
+        .values(**values),
+    )
+    if released:
+        HISTORY.record(session, [(message_id, FILING, FILING, reason)], now)
+    return bool(released)
 
 
 def release_after_failure(

@@ -23,6 +23,7 @@ from gateway.cli import (
     folders,
     imap,
     messages,
+    policy,
     service,
     status,
 )
@@ -73,6 +74,7 @@ for _command in (
     bot_mail.bot_mail,
     connections.connection,
     connections.switch,
+    policy.policy,
     deliveries.deliveries,
     imap.imap,
     dkim.dkim,

@@ -30,6 +30,7 @@ from gateway.config.settings import (
     ImapTls,
     LoggingConfig,
     OutboundConfig,
+    SenderPolicyConfig,
     SmarthostConfig,
     SmtpConfig,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "ImapTls",
     "LoggingConfig",
     "OutboundConfig",
+    "SenderPolicyConfig",
     "SmarthostConfig",
     "SmtpConfig",
     "default_toml",

@@ -28,6 +28,7 @@ from gateway.config.settings import (
     ImapSourceConfig,
     LoggingConfig,
     OutboundConfig,
+    SenderPolicyConfig,
     SmarthostConfig,
     SmtpConfig,
 )
@@ -89,6 +90,7 @@ def parse_config(
     imap_sources = _imap(root.table("imap"), base, top["domains"])
     logging = _read(root.table("logging"), LoggingConfig, base)
     http = _read(root.table("http"), HttpConfig, base)
+    sender_policy = _read(root.table("sender_policy"), SenderPolicyConfig, base)
     root.finish()
     return GatewayConfig(
         path=path,
@@ -98,6 +100,7 @@ def parse_config(
         logging=logging,
         http=http,
         outbound=outbound,
+        sender_policy=sender_policy,
         imap_sources=imap_sources,
         **top,
     )

@@ -32,6 +32,7 @@ from gateway.config.declare import (
     setting,
 )
 from gateway.mail.header_limits import HeaderLimits
+from gateway.routing.sender_policy import PolicyKind, SenderPolicy
 
 # The registry the gateway ships with, as package data (in the wheel too); an admin who
 # changes partners points `partner_registry` at an edited copy.
@@ -480,6 +481,31 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class SenderPolicyConfig:
+    """Who may file mail (issue 11): the global default under the cabinets' and companies'
+    own policies (`gateway policy`; gateway/routing/sender_policy.py)."""
+
+    default: str = setting(
+        "open",
+        "Sender policy of a company whose cabinet and itself set none: open (anyone), "
+        "authenticated (DMARC pass, or an aligned SPF/DKIM pass without DMARC), allow-list "
+        "(the From address is on an allow list: forgeable alone), or allow-list+authenticated.",
+        choices=tuple(PolicyKind),
+        check=checks.lower,
+    )
+    allow: tuple[str, ...] = setting(
+        (),
+        "Allow-list entries for every company, added to the cabinets' and companies' own: "
+        "someone@supplier.fr, supplier.fr (that domain only) or *.supplier.fr (its subdomains).",
+        check=checks.allow_entries,
+    )
+
+    @property
+    def policy(self) -> SenderPolicy:
+        return SenderPolicy(PolicyKind(self.default), self.allow)
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = setting(
         "info",
@@ -552,6 +578,7 @@ class GatewayConfig:
         table="gateway",
     )
     outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    sender_policy: SenderPolicyConfig = field(default_factory=SenderPolicyConfig)
     # [imap.sources.NAME] tables, read by parse.py.
     imap_sources: Mapping[str, ImapSourceConfig] = field(default_factory=dict)
 
@@ -622,6 +649,7 @@ TABLES: tuple[Table, ...] = (
         example_name="factures",
         optional=True,
     ),
+    Table("sender_policy", SenderPolicyConfig, "Who may file mail: the global default."),
     Table("extraction", ExtractionConfig, "Limits on what one message may expand to."),
     Table("logging", LoggingConfig, "Logs, on stderr."),
     Table("http", HttpConfig, "Health checks and Prometheus metrics over HTTP (gateway serve)."),

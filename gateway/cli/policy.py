@@ -165,30 +165,26 @@ def _change_list(
     _echo_in_force(shown)
 
 
-@policy.command("allow")
-@config_option
-@_scope_options
-@click.argument("entries", nargs=-1, required=True)
-def policy_allow(
-    config_path: str | None,
-    company_slug: str | None,
-    cabinet_slug: str | None,
-    entries: tuple[str, ...],
-) -> None:
-    """Add addresses or domains to the allow list of a company or a cabinet:
-    someone@supplier.fr, supplier.fr (that domain only), *.supplier.fr (its subdomains)."""
-    _change_list(config_path, company_slug, cabinet_slug, entries, allow)
+def _list_command(name: str, change: Callable[..., tuple[str, ...]], help: str) -> None:
+    """`policy allow` and `policy disallow`: the same options, a different change."""
+
+    @policy.command(name, help=help)
+    @config_option
+    @_scope_options
+    @click.argument("entries", nargs=-1, required=True)
+    def command(
+        config_path: str | None,
+        company_slug: str | None,
+        cabinet_slug: str | None,
+        entries: tuple[str, ...],
+    ) -> None:
+        _change_list(config_path, company_slug, cabinet_slug, entries, change)
 
 
-@policy.command("disallow")
-@config_option
-@_scope_options
-@click.argument("entries", nargs=-1, required=True)
-def policy_disallow(
-    config_path: str | None,
-    company_slug: str | None,
-    cabinet_slug: str | None,
-    entries: tuple[str, ...],
-) -> None:
-    """Remove entries from the allow list of a company or a cabinet."""
-    _change_list(config_path, company_slug, cabinet_slug, entries, disallow)
+_list_command(
+    "allow",
+    allow,
+    "Add addresses or domains to the allow list of a company or a cabinet: "
+    "someone@supplier.fr, supplier.fr (that domain only), *.supplier.fr (its subdomains).",
+)
+_list_command("disallow", disallow, "Remove entries from the allow list of a company or a cabinet.")

@@ -25,8 +25,8 @@ from gateway.config import GatewayConfig, parse_config
 from gateway.outbound.dkim import KeyStore, dns_record_name, dns_txt_value, generate_key
 from gateway.storage.accounts import add_cabinet, add_company
 from tests.clamd import ClamdDaemon, running_clamd
-from tests.rspamd import RspamdServer, running_rspamd, shared_hs_cache
 from tests.dns_server import DnsServer
+from tests.rspamd import RspamdServer, running_rspamd, shared_hs_cache
 from tests.support import DEFAULT_NOW, FixedClock, RunningServer
 
 BASE_POSTGRES_URL = make_url(

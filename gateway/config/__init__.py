@@ -30,6 +30,7 @@ from gateway.config.settings import (
     ImapTls,
     LoggingConfig,
     OutboundConfig,
+    SenderPolicyConfig,
     SmarthostConfig,
     SmtpConfig,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "LoggingConfig",
     "OutboundConfig",
     "RspamdConfig",
+    "SenderPolicyConfig",
     "SmarthostConfig",
     "SmtpConfig",
     "TrustConfig",

@@ -18,6 +18,7 @@ from sqlalchemy.exc import ArgumentError
 
 from gateway.config.declare import Invalid
 from gateway.routing.addresses import split_address
+from gateway.routing.sender_policy import SenderPolicyError, parse_allow_entries
 from gateway.routing.slugs import DOMAIN_RE, SLUG_RE
 
 DEFAULT_JOURNALS: dict[str, str] = {
@@ -155,3 +156,13 @@ def networks(value: list[str] | tuple[str, ...]) -> tuple[str, ...]:
         except (TypeError, ValueError):
             raise Invalid(f"{n!r} is not a network (e.g. '10.0.0.0/8' or '::1')") from None
     return tuple(value)
+
+
+def allow_entries(value: list[Any] | tuple[Any, ...]) -> tuple[str, ...]:
+    """Sender-policy allow-list entries, normalised (lower case, IDNA)."""
+    if not all(isinstance(e, str) for e in value):
+        raise Invalid('a list of entries, e.g. ["billing@supplier.fr", "*.supplier.fr"]')
+    try:
+        return parse_allow_entries(value)
+    except SenderPolicyError as exc:
+        raise Invalid(str(exc)) from exc

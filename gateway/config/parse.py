@@ -28,6 +28,7 @@ from gateway.config.settings import (
     ImapSourceConfig,
     LoggingConfig,
     OutboundConfig,
+    SenderPolicyConfig,
     SmarthostConfig,
     SmtpConfig,
 )
@@ -93,6 +94,7 @@ def parse_config(
     trust = _read(root.table("trust"), TrustConfig, base)
     clamav = _read(root.table("clamav"), ClamavConfig, base)
     rspamd = _read(root.table("rspamd"), RspamdConfig, base)
+    sender_policy = _read(root.table("sender_policy"), SenderPolicyConfig, base)
     root.finish()
     return GatewayConfig(
         path=path,
@@ -105,6 +107,7 @@ def parse_config(
         clamav=clamav,
         rspamd=rspamd,
         outbound=outbound,
+        sender_policy=sender_policy,
         imap_sources=imap_sources,
         **top,
     )

@@ -33,6 +33,7 @@ from gateway.config.declare import (
 )
 from gateway.config.trust import ClamavConfig, RspamdConfig, TrustConfig
 from gateway.mail.header_limits import HeaderLimits
+from gateway.routing.sender_policy import PolicyKind, SenderPolicy
 
 # The registry the gateway ships with, as package data (in the wheel too); an admin who
 # changes partners points `partner_registry` at an edited copy.
@@ -481,6 +482,31 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class SenderPolicyConfig:
+    """Who may file mail (issue 11): the global default under the cabinets' and companies'
+    own policies (`gateway policy`; gateway/routing/sender_policy.py)."""
+
+    default: str = setting(
+        "open",
+        "Sender policy of a company whose cabinet and itself set none: open (anyone), "
+        "authenticated (DMARC pass, or an aligned SPF/DKIM pass without DMARC), allow-list "
+        "(the From address is on an allow list: forgeable alone), or allow-list+authenticated.",
+        choices=tuple(PolicyKind),
+        check=checks.lower,
+    )
+    allow: tuple[str, ...] = setting(
+        (),
+        "Allow-list entries for every company, added to the cabinets' and companies' own: "
+        "someone@supplier.fr, supplier.fr (that domain only) or *.supplier.fr (its subdomains).",
+        check=checks.allow_entries,
+    )
+
+    @property
+    def policy(self) -> SenderPolicy:
+        return SenderPolicy(PolicyKind(self.default), self.allow)
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = setting(
         "info",
@@ -556,6 +582,7 @@ class GatewayConfig:
     trust: TrustConfig = field(default_factory=TrustConfig)
     clamav: ClamavConfig = field(default_factory=ClamavConfig)
     rspamd: RspamdConfig = field(default_factory=RspamdConfig)
+    sender_policy: SenderPolicyConfig = field(default_factory=SenderPolicyConfig)
     # [imap.sources.NAME] tables, read by parse.py.
     imap_sources: Mapping[str, ImapSourceConfig] = field(default_factory=dict)
 
@@ -626,6 +653,7 @@ TABLES: tuple[Table, ...] = (
         example_name="factures",
         optional=True,
     ),
+    Table("sender_policy", SenderPolicyConfig, "Who may file mail: the global default."),
     Table("extraction", ExtractionConfig, "Limits on what one message may expand to."),
     Table("trust", TrustConfig, "Sender authentication and quarantine (after the 250)."),
     Table("clamav", ClamavConfig, "Malware scanning with clamd."),

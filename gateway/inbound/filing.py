@@ -287,12 +287,16 @@ class Filer:
         results, stamped = self.checkpoint.authenticate(message, raw, destinations)
         with metrics.EXTRACTION_SECONDS.time():
             extraction = self.sandbox.extract(stamped)
-        quarantine = (
-            None
-            if message.checks_waived
-            else self._screen(message, raw, stamped, extraction, destinations, results)
+        why_quarantined = self.checkpoint.quarantine_reason(
+            message,
+            raw,
+            stamped,
+            [(d.filename, d.content) for d in extraction.documents],
+            extraction.sender,
+            destinations,
+            results,
         )
-        if quarantine is not None:
+        if why_quarantined is not None:
             # Kept whole, with our results, until released or purged; nothing is filed.
             return Prepared(
                 message,
@@ -306,7 +310,7 @@ class Filer:
                 None,
                 time.perf_counter() - started,
                 results,
-                quarantine,
+                why_quarantined,
                 self.blobs.put(stamped),
             )
         outcome = FilingReport()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import GatewayError
+from gateway.routing.sender_policy import SenderPolicyError, parse_allow_entries
 from gateway.routing.slugs import SLUG_RE
 
 
@@ -103,6 +104,9 @@ class Partner:
     max_document_bytes: int | None = None
     refused_types: frozenset[str] = field(default_factory=frozenset)
     journal: str | None = None
+    # Domains the partner sends from when it pushes mail in (MEG's sales invoices, R5):
+    # allow-list entries (sender_policy.py) for every company connected to it.
+    sending_domains: tuple[str, ...] = ()
 
     def next_run(self, after: datetime) -> datetime:
         """The partner's first run strictly after `after` (R12): runs fall on multiples of
@@ -174,6 +178,7 @@ def _partner(name: str, spec: Mapping[str, Any], where: str) -> Partner:
         "max_document_bytes",
         "refused_types",
         "journal",
+        "sending_domains",
     }
     unknown = set(spec) - known
     if unknown:
@@ -215,7 +220,17 @@ def _partner(name: str, spec: Mapping[str, Any], where: str) -> Partner:
         max_document_bytes=limit,
         refused_types=frozenset(spec.get("refused_types", [])),
         journal=spec.get("journal"),
+        sending_domains=_sending_domains(spec.get("sending_domains", []), where),
     )
+
+
+def _sending_domains(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(d, str) and "@" not in d for d in value):
+        raise RegistryError(f'{where}.sending_domains: a list of domains, e.g. ["factures-meg.fr"]')
+    try:
+        return parse_allow_entries(value)
+    except SenderPolicyError as exc:
+        raise RegistryError(f"{where}.sending_domains: {exc}") from exc
 
 
 def _alias(spec: Any, where: str) -> AliasForm:

@@ -22,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from gateway.routing.sender_policy import PolicyKind
+
 
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: DateTime(timezone=True)}
@@ -302,6 +304,29 @@ class DeliveryEvent(HistoryLine, Base):
     __tablename__ = "delivery_events"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id"), index=True)
+
+
+# -- sender policies (issue 11) ---------------------------------------------------------------
+
+
+class SenderPolicySetting(Base):
+    """A cabinet's (cabinet_id set) or a company's (company_id set) own sender policy: its
+    kind (None: inherited from the level above) and its allow-list entries, which add to
+    those of the levels above (gateway/routing/sender_policy.py)."""
+
+    __tablename__ = "sender_policies"
+    __table_args__ = (
+        CheckConstraint(
+            "(cabinet_id IS NULL) <> (company_id IS NULL)", name="ck_sender_policies_level"
+        ),
+        one_of("sender_policies", "kind", PolicyKind),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cabinet_id: Mapped[int | None] = mapped_column(ForeignKey("cabinets.id"), unique=True)
+    company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id"), unique=True)
+    kind: Mapped[str | None] = mapped_column(String(32))
+    allowed: Mapped[list[str]] = mapped_column(JSON)
+    updated_at: Mapped[datetime]
 
 
 # -- IMAP sources ------------------------------------------------------------------------------

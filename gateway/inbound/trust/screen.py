@@ -21,13 +21,13 @@ import structlog
 from gateway.config import ClamavConfig, RspamdConfig, TrustConfig
 from gateway.dns import DnsLookup
 from gateway.inbound.trust.authentication import (
-    AuthenticationResults,
     AuthEnvelope,
     authenticate,
     with_results,
     without_our_results,
 )
 from gateway.inbound.trust.clamav import MalwareScanner, scan_all
+from gateway.inbound.trust.results import AuthenticationResults
 from gateway.inbound.trust.rspamd import SpamEnvelope, SpamScorer, is_spam
 from gateway.inbound.trust.scanning import ScannerUnavailable
 

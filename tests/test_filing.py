@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select, update
 
 from gateway.app import Gateway
-from gateway.inbound.filing import fiscal_year
+from gateway.inbound.folders import fiscal_year
 from gateway.inbound.spool import Arrival, SpoolWriter, new_queue_id
 from gateway.storage.models import Document, DuplicateDocument, Folder, InboundMessage
 from tests.support import FixedClock, file_all, message, pdf

@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from gateway.app import Gateway
 from gateway.cli import cli
+from gateway.outbound.dkim import KeyStore, generate_key
 from gateway.storage.connections import set_switch
 from gateway.storage.models import Document, InboundMessage, MessageStatus
 from tests.authmail import Key, rsa_key, sign
@@ -220,6 +221,8 @@ def test_release_files_it_and_a_switched_partner_receives_it(
         gw,
         server,
     ):
+        for domain in gw.config.domains:  # outbound mail is DKIM-signed: a key per domain
+            KeyStore(gw.config.dkim_path).save(generate_key(domain, "s2026"))
         set_policy(gw, "authenticated")
         connect_meg(gw, clock)
         set_switch(gw.db, COMPANY, ACHATS, "meg", True, clock.now())

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import click
 
 from gateway.cli.context import Context, config_option, json_option
 from gateway.cli.output import emit
+from gateway.inbound.trust.results import AuthenticationResults
 from gateway.storage.connections import add_document, move_document
 from gateway.storage.listings.documents import list_documents
 
@@ -28,8 +30,17 @@ def documents_list(
 ) -> None:
     """List documents, newest last."""
     gw = Context(config_path).gateway
-    rows = [asdict(row) for row in list_documents(gw.db, company_slug, folder_path)]
-    emit(rows, as_json, ["id", "company", "folder", "filename", "media_type", "size", "source"])
+    rows = [_shown(asdict(row)) for row in list_documents(gw.db, company_slug, folder_path)]
+    columns = ["id", "company", "folder", "filename", "media_type", "size", "source", "sender"]
+    emit(rows, as_json, columns)
+
+
+def _shown(row: dict[str, Any]) -> dict[str, Any]:
+    """A document's row with its message's authentication in short (`sender`): who sent it
+    as far as SPF, DKIM and DMARC tell."""
+    stored = row.get("authentication")
+    row["sender"] = AuthenticationResults.from_json(stored).summary() if stored else None
+    return row
 
 
 @documents.command("add")

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from gateway.cli.context import Context, config_option, json_option
 from gateway.cli.output import cell, emit, print_json
+from gateway.inbound.trust.results import AuthenticationResults
 from gateway.storage.listings.inbound import list_messages, message_detail
 from gateway.storage.models import InboundMessage, MessageStatus
 from gateway.storage.queues import inbound as inbound_queue
@@ -58,6 +59,11 @@ def messages_show(config_path: str | None, as_json: bool, queue_id: str) -> None
         "recipients": ", ".join(m.rcpt_tos),
         "subject": m.subject,
         "message-id": m.message_id,
+        "authenticated": (
+            AuthenticationResults.from_json(detail.authentication).summary()
+            if detail.authentication
+            else None
+        ),
         "size": f"{m.size} bytes, sha256 {detail.sha256}",
         "attempts": m.attempts,
         "claim": _claim(m.status, detail.claimed_by, detail.lease_until),

@@ -166,3 +166,17 @@ def allow_entries(value: list[Any] | tuple[Any, ...]) -> tuple[str, ...]:
         return parse_allow_entries(value)
     except SenderPolicyError as exc:
         raise Invalid(str(exc)) from exc
+
+
+def ip_addresses(value: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Addresses of servers (DNS), not names: a resolver is needed to find a name."""
+    for a in value:
+        try:
+            ipaddress.ip_address(a)
+        except (TypeError, ValueError):
+            raise Invalid(f"{a!r} is not an IP address (e.g. '127.0.0.1' or '::1')") from None
+    return tuple(value)
+
+
+def lower_words(value: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(str(v).strip().lower() for v in value)

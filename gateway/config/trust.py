@@ -31,6 +31,7 @@ class TrustConfig:
     nameservers: tuple[str, ...] = setting(
         (),
         "DNS servers asked for SPF, DKIM and DMARC (addresses); empty: the system's resolver.",
+        check=checks.ip_addresses,
     )
     dns_port: int = setting(53, "Port of those servers.", low=1, high=65535)
     dns_timeout_seconds: float = setting(
@@ -97,6 +98,7 @@ class RspamdConfig:
     actions: tuple[str, ...] = setting(
         SPAM_ACTIONS,
         "rspamd actions that quarantine a message as spam.",
+        check=checks.lower_words,
     )
     score_threshold: float = setting(
         0.0, "A score at or above this quarantines too; 0: rspamd's actions only."

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -26,6 +26,8 @@ from gateway import metrics
 from gateway.clock import Clock, as_utc
 from gateway.config import FilingConfig
 from gateway.inbound.extraction import ExtractedDocument, Extraction
+from gateway.inbound.filing_report import FilingReport
+from gateway.inbound.folders import folder_path
 from gateway.inbound.recipients import Destination, Recipients
 from gateway.inbound.sandbox import ExtractionSandbox, OverBudget
 from gateway.inbound.trust.checkpoint import Checkpoint, WaitForChecks
@@ -56,79 +58,6 @@ log = structlog.get_logger("gateway.filing")
 
 RETRY_FIRST = timedelta(seconds=30)
 PURGE_EVERY = timedelta(hours=1)
-
-
-def fiscal_year(received: date, fiscal_year_end: str) -> int:
-    """The fiscal year a reception date falls in, named by the year it ends in.
-
-    With the default 31 December end this is the calendar year; with a 30 June end,
-    2026-07-01 … 2027-06-30 is fiscal year 2027. A 29 February end counts as the last day
-    of February in every year.
-    """
-    month, day = (int(x) for x in fiscal_year_end.split("-"))
-    if (month, day) == (2, 29):
-        end = date(received.year, 3, 1) - timedelta(days=1)
-    else:
-        end = date(received.year, month, day)
-    return received.year if received <= end else received.year + 1
-
-
-def folder_path(
-    config: FilingConfig, journal: str | None, fiscal_year_end: str, received_at: datetime
-) -> str:
-    """Where a collection address files a document (R2, R3)."""
-    if journal is None:
-        return config.unsorted_folder
-    local = received_at.astimezone(config.zone)
-    return config.folder_template.format(
-        fiscal_year=fiscal_year(local.date(), fiscal_year_end),
-        journal_folder=config.journals[journal],
-        journal=journal,
-        month=f"{local.month:02d}",
-    )
-
-
-@dataclass
-class FilingReport:
-    """What became of one message's parts: gives its final status and its reason."""
-
-    filed: list[str] = field(default_factory=list)
-    duplicates: list[str] = field(default_factory=list)
-    refused: list[str] = field(default_factory=list)
-    bot_mailboxes: list[str] = field(default_factory=list)
-    bounces: list[str] = field(default_factory=list)
-    recipients_refused: list[str] = field(default_factory=list)
-
-    def status(self) -> MessageStatus:
-        ged_attempted = self.filed or self.duplicates or self.refused
-        if not ged_attempted:
-            if self.bot_mailboxes:
-                return MessageStatus.BOT_MAIL
-            if self.bounces:
-                return MessageStatus.BOUNCE
-            return MessageStatus.REJECTED
-        if self.filed:
-            partial = self.duplicates or self.refused or self.recipients_refused
-            return MessageStatus.PARTLY_FILED if partial else MessageStatus.FILED
-        if self.duplicates and not self.refused:
-            return MessageStatus.DUPLICATE
-        return MessageStatus.REJECTED
-
-    def reason(self) -> str | None:
-        parts: list[str] = []
-        if self.filed:
-            parts.append(f"filed {len(self.filed)}: " + "; ".join(self.filed))
-        if self.duplicates:
-            parts.append(f"already filed {len(self.duplicates)}: " + "; ".join(self.duplicates))
-        if self.refused:
-            parts.append("refused: " + "; ".join(self.refused))
-        if self.bot_mailboxes:
-            parts.append("bot mailbox: " + ", ".join(self.bot_mailboxes))
-        if self.bounces:
-            parts.append("delivery reports: " + "; ".join(self.bounces))
-        if self.recipients_refused:
-            parts.append("recipients no longer valid: " + "; ".join(self.recipients_refused))
-        return " | ".join(parts) or None
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -53,6 +54,8 @@ class DocumentRow:
     placed_at: datetime
     message_id: str | None  # of the message it came in (None: uploaded)
     queue_id: str | None
+    # That message's SPF, DKIM, DMARC and ARC results (issue 11), as stored.
+    authentication: dict[str, Any] | None = None
 
 
 def list_documents(
@@ -66,6 +69,7 @@ def list_documents(
             Folder.path,
             InboundMessage.header_message_id,
             InboundMessage.queue_id,
+            InboundMessage.authentication,
         )
         .join(Company, Document.company_id == Company.id)
         .join(Folder, Document.folder_id == Folder.id)
@@ -95,6 +99,7 @@ def list_documents(
                 placed_at=d.placed_at,
                 message_id=message_id,
                 queue_id=queue_id,
+                authentication=authentication,
             )
-            for d, slug, path, message_id, queue_id in s.execute(query)
+            for d, slug, path, message_id, queue_id, authentication in s.execute(query)
         ]

@@ -1,0 +1,51 @@
+"""What became of one message's parts, which gives its final status and its reason (the
+`reason` that `gateway messages` shows)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.storage.models import MessageStatus
+
+
+@dataclass
+class FilingReport:
+    """What became of one message's parts: gives its final status and its reason."""
+
+    filed: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    bot_mailboxes: list[str] = field(default_factory=list)
+    bounces: list[str] = field(default_factory=list)
+    recipients_refused: list[str] = field(default_factory=list)
+
+    def status(self) -> MessageStatus:
+        ged_attempted = self.filed or self.duplicates or self.refused
+        if not ged_attempted:
+            if self.bot_mailboxes:
+                return MessageStatus.BOT_MAIL
+            if self.bounces:
+                return MessageStatus.BOUNCE
+            return MessageStatus.REJECTED
+        if self.filed:
+            partial = self.duplicates or self.refused or self.recipients_refused
+            return MessageStatus.PARTLY_FILED if partial else MessageStatus.FILED
+        if self.duplicates and not self.refused:
+            return MessageStatus.DUPLICATE
+        return MessageStatus.REJECTED
+
+    def reason(self) -> str | None:
+        parts: list[str] = []
+        if self.filed:
+            parts.append(f"filed {len(self.filed)}: " + "; ".join(self.filed))
+        if self.duplicates:
+            parts.append(f"already filed {len(self.duplicates)}: " + "; ".join(self.duplicates))
+        if self.refused:
+            parts.append("refused: " + "; ".join(self.refused))
+        if self.bot_mailboxes:
+            parts.append("bot mailbox: " + ", ".join(self.bot_mailboxes))
+        if self.bounces:
+            parts.append("delivery reports: " + "; ".join(self.bounces))
+        if self.recipients_refused:
+            parts.append("recipients no longer valid: " + "; ".join(self.recipients_refused))
+        return " | ".join(parts) or None

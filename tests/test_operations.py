@@ -28,6 +28,7 @@ from gateway.app import Gateway
 from gateway.errors import GatewayError
 from gateway.http import Child, Readiness, start_listener
 from gateway.http.exposition import QueueCollector
+from gateway.inbound.trust.clamav import Clamd
 from gateway.storage.connections import add_connection, set_switch
 from gateway.storage.probe import DatabaseProbe
 from tests.conftest import load, seeded_gateway, write_config
@@ -256,6 +257,21 @@ def test_readiness_names_a_worker_that_is_not_running(gw: Gateway, clock: FixedC
     assert not checks["workers"].ok and checks["workers"].detail == "not running: sender"
     workers.listed = [Child("worker", 41, True)]
     assert asyncio.run(readiness.checks())[2].ok
+
+
+def test_readiness_names_a_scanner_that_does_not_answer(gw: Gateway, clock, clamd_daemon):
+    """[clamav] on: /readyz says whether clamd answers (a real clamd, stopped then back):
+    while it does not, every message waits, so the node cannot do its work."""
+    probe = DatabaseProbe(gw.config.database_url, 2.0)
+    scanners = [("clamd", Clamd(clamd_daemon.address, timeout=1).ping)]
+    readiness = Readiness(gw.config, gw.db, probe, _Workers([]), clock, scanners)
+    try:
+        assert {c.name: c.ok for c in asyncio.run(readiness.checks())}["clamd"] is True
+        with clamd_daemon.stopped():
+            down = {c.name: c for c in asyncio.run(readiness.checks())}["clamd"]
+        assert not down.ok and "clamd unavailable" in down.detail, down
+    finally:
+        probe.dispose()
 
 
 def test_listener_off_or_on_a_busy_port(tmp_path, clock):

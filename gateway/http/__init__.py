@@ -36,7 +36,13 @@ async def start_listener(
     if not config.http.enabled:
         return None
     probe = DatabaseProbe(config.database_url, PROBE_TIMEOUT_SECONDS)
-    readiness = Readiness(config, gw.db, probe, children, gw.clock)
+    screen = gw.screen()
+    scanners = [
+        (name, client.ping)
+        for name, client in (("clamd", screen.malware), ("rspamd", screen.spam))
+        if client is not None
+    ]
+    readiness = Readiness(config, gw.db, probe, children, gw.clock, scanners)
     registry = metrics_registry(metrics_directory, gw.db, gw.clock, config.imap_folders)
     listener = OperationsListener(
         operations_app(readiness, registry), config.http.host, config.http.port

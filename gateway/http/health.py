@@ -4,6 +4,8 @@
 - storage: a file can be created in the storage, spool and documents folders;
 - workers: every worker process `serve` supervises is running (`Children`, passed in by
   serve, which knows them);
+- clamd, rspamd, when switched on: the scanner answers its ping (a scanner that does not
+  makes every message wait: nothing is filed unscanned);
 - imap SOURCE/FOLDER, for each configured folder: a poller holds its checkpoint with a lease
   not yet ended (it is connected and reading, here or on another node); the last success
   (the last batch taken) and the last error are shown either way.
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -63,8 +65,10 @@ class Readiness:
         probe: DatabaseProbe,
         children: Children,
         clock: Clock,
+        scanners: Sequence[tuple[str, Callable[[], None]]] = (),
     ) -> None:
         self.config = config
+        self.scanners = scanners  # (name, ping): the ping raises when it gets no answer
         self.db = db
         self.probe = probe
         self.children = children
@@ -75,6 +79,8 @@ class Readiness:
     async def checks(self) -> list[Check]:
         database = await self._database()
         checks = [database, await self._storage(), self._workers()]
+        for name, ping in self.scanners:
+            checks.append(await self._scanner(name, ping))
         if self.config.imap_sources:
             checks += await self._imap(database.ok)
         return checks
@@ -91,6 +97,12 @@ class Readiness:
         if problem is None:
             return Check("storage", True, f"{self.config.storage_path} writable")
         return Check("storage", False, problem or self._no_answer())
+
+    async def _scanner(self, name: str, ping: Callable[[], None]) -> Check:
+        problem = await self._in_thread(name, lambda: _ping_problem(ping))
+        if problem is None:
+            return Check(name, True, "answers")
+        return Check(name, False, problem or self._no_answer())
 
     def _workers(self) -> Check:
         children = self.children.children()
@@ -125,6 +137,14 @@ class Readiness:
 
     def _no_answer(self) -> str:
         return f"no answer within {self.timeout:g} s"
+
+
+def _ping_problem(ping: Callable[[], None]) -> str | None:
+    try:
+        ping()
+    except Exception as exc:
+        return one_line(exc)
+    return None
 
 
 def _unwritable(folders: list[Path]) -> str | None:

@@ -289,27 +289,10 @@ def wait_for_checks(
     """Not a failure: the checks could not conclude yet (a DNS temperror to retry once, a
     scanner unreachable). Released until `retry_at` without using up an attempt, with the
     results so far; False if the worker no longer holds the row."""
-    values: dict[str, Any] = {
-        "claimed_by": None,
-        "lease_until": retry_at,
-        "reason": reason,
-        "attempts": InboundMessage.attempts - 1,
-    }
+    values: dict[str, Any] = {"attempts": InboundMessage.attempts - 1}
     if authentication is not None:
         values["authentication"] = authentication
-    released = rows_changed(
-        session,
-        update(InboundMessage)
-        .where(
-            InboundMessage.id == message_id,
-            InboundMessage.status == FILING,
-            InboundMessage.claimed_by == worker,
-        )
-        .values(**values),
-    )
-    if released:
-        HISTORY.record(session, [(message_id, FILING, FILING, reason)], now)
-    return bool(released)
+    return _release(session, message_id, worker, reason, now, retry_at, **values)
 
 
 def release_after_failure(
@@ -324,11 +307,24 @@ def release_after_failure(
     """A failed filing attempt: released for a retry at `retry_at` (the row stays `filing`
     with no claimant until then), or moved aside (`held`) when `retry_at` is None. A row
     the worker no longer holds is left alone (its new owner decides)."""
+    _release(session, message_id, worker, reason, now, retry_at)
+
+
+def _release(
+    session: Session,
+    message_id: int,
+    worker: str,
+    reason: str,
+    now: datetime,
+    retry_at: datetime | None,
+    **values: Any,
+) -> bool:
+    """`filing` held by `worker` → `filing` free again at `retry_at`, or `held` (None)."""
     target = HELD if retry_at is None else FILING
     if retry_at is None:
-        values: dict[str, Any] = {"status": HELD, "lease_until": None}
+        values.update(status=HELD, lease_until=None)
     else:
-        values = {"claimed_by": None, "lease_until": retry_at}
+        values.update(claimed_by=None, lease_until=retry_at)
     released = rows_changed(
         session,
         update(InboundMessage)
@@ -341,6 +337,7 @@ def release_after_failure(
     )
     if released:
         HISTORY.record(session, [(message_id, FILING, target, reason)], now)
+    return bool(released)
 
 
 def history(session: Session, message_id: int) -> list[InboundMessageEvent]:

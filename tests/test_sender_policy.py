@@ -161,6 +161,12 @@ def test_reasons_read_as_sentences():
     )
 
 
+def test_a_hostile_from_is_quoted_printable_and_bounded():
+    reason = decide(SenderPolicy(PolicyKind.ALLOW_LIST), "a\r\nX: y" + "z" * 5000, True, "").reason
+    assert "\r" not in reason and "\n" not in reason and "a??X: y" in reason
+    assert len(reason) < 400 and reason.endswith("… is not on the allow list")
+
+
 # -- partner sending domains in the registry ---------------------------------------------------
 
 

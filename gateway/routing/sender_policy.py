@@ -182,6 +182,12 @@ class SenderPolicy:
         return self.match(from_address) is not None
 
 
+def _shown(text: str, limit: int = 254) -> str:
+    """An address from the message as a reason may quote it: printable, bounded."""
+    printable = "".join(c if c.isprintable() else "?" for c in text)
+    return printable if len(printable) <= limit else printable[: limit - 1] + "…"
+
+
 @dataclass(frozen=True)
 class PolicyDecision:
     passed: bool
@@ -198,7 +204,7 @@ def decide(
     if policy.kind is PolicyKind.OPEN:
         return PolicyDecision(True, f"{head}: every sender is accepted")
     auth = f"authenticated ({authentication})" if authentication else "authenticated"
-    sender = from_address or "(no From address)"
+    sender = _shown(from_address) if from_address else "(no From address)"
     entry = policy.match(from_address) if policy.kind.needs_list else None
     listed = f"{sender} is on the allow list ({entry})"
     unlisted = f"{sender} is not on the allow list"

@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import inbound
@@ -177,25 +177,20 @@ async def send_data(
 # --- floods (each in its own process: `abuse.py --flood KIND PORT`) ----------------------
 
 
-async def harvester(port: int, stats: Counter[str], stop: asyncio.Event, n: int) -> None:
+Flooding = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def keep_flooding(
+    port: int, stats: Counter[str], stop: asyncio.Event, session: Flooding
+) -> None:
+    """Sessions one after the other until stopped, reconnecting at once when refused."""
     while not stop.is_set():
-        session = await open_session(port, stats)
-        if session is None:
+        opened = await open_session(port, stats)
+        if opened is None:
             continue
-        reader, writer = session
+        reader, writer = opened
         try:
-            writer.write(b"MAIL FROM:<h@example.net>\r\n")
-            await reply(reader, 2)
-            writer.write(
-                b"".join(
-                    f"RCPT TO:<compta+societe-{n}-{i}@welyb.fr>\r\n".encode() for i in range(50)
-                )
-            )
-            for _ in range(50):
-                answer = await reply(reader, 2)
-                stats[f"RCPT {answer[:3].decode() or 'closed'}"] += 1
-                if not answer:
-                    break
+            await session(reader, writer)
         except TimeoutError:
             stats["gave up (slowed down)"] += 1
         except OSError:
@@ -204,24 +199,36 @@ async def harvester(port: int, stats: Counter[str], stop: asyncio.Event, n: int)
             writer.close()
 
 
-async def bulk_sender(port: int, stats: Counter[str], stop: asyncio.Event, body: bytes) -> None:
-    while not stop.is_set():
-        session = await open_session(port, stats)
-        if session is None:
-            continue
-        reader, writer = session
-        try:
-            for _ in range(100):  # under the 1000 messages a session may send
-                if stop.is_set():
-                    break
-                answer = await send_data(reader, writer, body, "bulk")
-                stats[f"message {answer[:3].decode() or 'closed'}"] += 1
-                if not answer.startswith(b"250"):
-                    break
-        except (OSError, TimeoutError):
-            stats["reset"] += 1
-        finally:
-            writer.close()
+def harvest(stats: Counter[str], n: int) -> Flooding:
+    """EHLO, MAIL, 50 pipelined RCPTs to made-up companies; gives up past 2 s a reply."""
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"MAIL FROM:<h@example.net>\r\n")
+        await reply(reader, 2)
+        rcpts = (f"RCPT TO:<compta+societe-{n}-{i}@welyb.fr>\r\n" for i in range(50))
+        writer.write("".join(rcpts).encode())
+        for _ in range(50):
+            answer = await reply(reader, 2)
+            stats[f"RCPT {answer[:3].decode() or 'closed'}"] += 1
+            if not answer:
+                break
+
+    return session
+
+
+def bulk(stats: Counter[str], stop: asyncio.Event, body: bytes) -> Flooding:
+    """Messages back to back on one session (under the 1000 it may send)."""
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(100):
+            if stop.is_set():
+                break
+            answer = await send_data(reader, writer, body, "bulk")
+            stats[f"message {answer[:3].decode() or 'closed'}"] += 1
+            if not answer.startswith(b"250"):
+                break
+
+    return session
 
 
 def flood(kind: str, port: int) -> None:
@@ -235,9 +242,9 @@ def flood(kind: str, port: int) -> None:
         body = text_body(1_000_000)
         tasks = []
         if kind in ("harvest", "both"):
-            tasks += [harvester(port, stats, stop, n) for n in range(60)]
+            tasks += [keep_flooding(port, stats, stop, harvest(stats, n)) for n in range(60)]
         if kind in ("bulk", "both"):
-            tasks += [bulk_sender(port, stats, stop, body) for _ in range(20)]
+            tasks += [keep_flooding(port, stats, stop, bulk(stats, stop, body)) for _ in range(20)]
         started = time.monotonic()
         await asyncio.gather(*tasks, return_exceptions=True)
         stats["seconds"] = round(time.monotonic() - started)

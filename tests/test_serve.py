@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,12 +39,18 @@ def gateway_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @contextmanager
-def serving(config: Path) -> Iterator[subprocess.Popen[str]]:
+def serving(
+    config: Path,
+    preexec_fn: Callable[[], None] | None = None,
+    startup: list[str] | None = None,
+) -> Iterator[subprocess.Popen[str]]:
+    """`gateway serve` until it listens; the lines it wrote until then go to `startup`."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "-c", str(config)],
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=preexec_fn,
     )
     try:
         assert proc.stderr is not None
@@ -52,6 +58,8 @@ def serving(config: Path) -> Iterator[subprocess.Popen[str]]:
         line = ""
         while time.monotonic() < deadline:
             line = proc.stderr.readline()
+            if startup is not None:
+                startup.append(line)
             if "listening on smtp://" in line or not line:
                 break
         assert "listening on smtp://" in line, line + proc.stderr.read()

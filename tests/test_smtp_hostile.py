@@ -363,6 +363,19 @@ def test_anvil_counts_a_client_s_errors_in_its_window():
     assert limits.open_session("192.0.2.1") is None
 
 
+def test_anvil_says_why_a_session_would_be_refused_counting_nothing():
+    # The listener asks before it builds a session (aiosmtpd's is costly to build), so a
+    # refused flood costs little; asking must not count the connection.
+    limits = anvil(Ticks(), connection_count_limit=1, connection_rate_limit=2)
+    for _ in range(3):
+        assert limits.refusal("192.0.2.1") is None
+    assert limits.open_session("192.0.2.1") is None
+    assert limits.refusal("192.0.2.1") is Reply.TOO_MANY_CONNECTIONS
+    assert (limits.sessions, limits.clients["192.0.2.1"].connections) == (1, 1)
+    limits.close_session("192.0.2.1")
+    assert limits.refusal("192.0.2.1") is None  # one connection of two in the window
+
+
 def test_anvil_forgets_clients_once_their_window_is_over():
     ticks = Ticks()
     limits = anvil(ticks, connection_rate_limit=5)

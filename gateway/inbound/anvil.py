@@ -65,13 +65,12 @@ class Anvil:
             monotonic=monotonic,
         )
 
-    def open_session(self, client: str | None) -> Reply | None:
-        """Count a new session of `client`, or say why it is refused (then nothing is
-        counted and `close_session` must not be called)."""
+    def refusal(self, client: str | None) -> Reply | None:
+        """Why a new session of `client` would be refused (None: it would be admitted);
+        counts nothing."""
         if self.sessions >= self.session_limit:
             return Reply.TOO_MANY_SESSIONS
         if client is None or self.is_exempt(client):
-            self.sessions += 1
             return None
         entry = self.current(client)
         if self.connection_count_limit and entry.sessions >= self.connection_count_limit:
@@ -80,9 +79,18 @@ class Anvil:
             return Reply.CONNECTION_RATE_EXCEEDED
         if self.error_rate_limit and entry.errors >= self.error_rate_limit:
             return Reply.TOO_MANY_ERRORS
-        entry.connections += 1
-        entry.sessions += 1
+        return None
+
+    def open_session(self, client: str | None) -> Reply | None:
+        """Count a new session of `client`, or say why it is refused (then nothing is
+        counted and `close_session` must not be called)."""
+        if (refused := self.refusal(client)) is not None:
+            return refused
         self.sessions += 1
+        if client is not None and not self.is_exempt(client):
+            entry = self.current(client)
+            entry.connections += 1
+            entry.sessions += 1
         return None
 
     def close_session(self, client: str | None) -> None:

@@ -111,8 +111,7 @@ class GatewaySMTP(SMTP):
 
     def admit(self, transport: asyncio.BaseTransport) -> bool:
         """Count the session with the anvil, or answer 421 and close before any greeting."""
-        peer = transport.get_extra_info("peername")
-        self.client = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        self.client = client_address(transport)
         refusal = self.anvil.open_session(self.client)
         self.admitted = refusal is None
         if refusal is not None:
@@ -423,6 +422,11 @@ class DataDeadline:
         self.credit_left -= credited
         self.at = min(self.at + credited / self.min_rate, now + self.timeout)
         return max(self.at - now, 0.001)  # aiosmtpd reads 0 as "the full timeout"
+
+
+def client_address(transport: asyncio.BaseTransport) -> str | None:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else None
 
 
 def say_and_close(transport: asyncio.BaseTransport, line: str) -> None:

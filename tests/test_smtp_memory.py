@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from gateway.inbound.spool import BATCH_BYTES, Arrival, Waiting, next_batch
 from tests.conftest import custom_server, seeded_gateway, write_config
 from tests.support import DEFAULT_NOW, FixedClock
 from tests.test_serve import free_port, serving
@@ -192,3 +193,28 @@ def send_on(smtp: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
     smtp.mail("fournisseur@example.org")
     smtp.rcpt(RCPT)
     return smtp.data(data)
+
+
+def _waiting(*sizes: int) -> list[Waiting]:
+    return [
+        (
+            Arrival(f"Q{i}", "smtp", DEFAULT_NOW, "a@example.org", ["b@welyb.fr"], b"x" * size),
+            None,  # type: ignore[list-item]  # the 250's future: next_batch never reads it
+        )
+        for i, size in enumerate(sizes)
+    ]
+
+
+def test_a_group_commit_takes_the_oldest_then_the_smallest_within_its_bytes():
+    """One client's large messages must not make everyone's 250 wait behind tens of MB:
+    a batch carries at most BATCH_BYTES, the oldest message first (so each moves on), then
+    the smallest of the others."""
+    mb = 1024 * 1024
+    pending = _waiting(2 * mb, 3 * mb, 20_000, 1 * mb, 20_000, 5 * mb)
+    batch, rest = next_batch(pending)
+    assert [a.queue_id for a, _ in batch] == ["Q0", "Q2", "Q3", "Q4"]
+    assert [a.queue_id for a, _ in rest] == ["Q1", "Q5"]
+    assert sum(len(a.content) for a, _ in batch) <= BATCH_BYTES
+    # A message larger than a batch still goes, alone, when it is the oldest.
+    batch, rest = next_batch(_waiting(30 * mb, 20_000))
+    assert [a.queue_id for a, _ in batch] == ["Q0"] and len(rest) == 1

@@ -47,8 +47,15 @@ def sample_message(i: int) -> bytes:
     return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
 
 
-async def load(port: int, messages: list[bytes], connections: int) -> tuple[float, list[float]]:
-    """Send every message; returns (elapsed seconds, acknowledgement latencies in s)."""
+async def load(
+    port: int,
+    messages: list[bytes],
+    connections: int,
+    mail_from: str = "fournisseur@example.org",
+    from_data: bool = False,
+) -> tuple[float, list[float]]:
+    """Send every message; returns (elapsed seconds, acknowledgement latencies in s): from
+    MAIL to the 250 after the data, or with `from_data` from the DATA command to that 250."""
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for m in messages:
         queue.put_nowait(m)
@@ -64,10 +71,16 @@ async def load(port: int, messages: list[bytes], connections: int) -> tuple[floa
                 except asyncio.QueueEmpty:
                     return
                 started = time.perf_counter()
-                # aiosmtplib raises on any refusal; a refused recipient shows in `errors`.
-                errors, _ = await smtp.sendmail("fournisseur@example.org", [RCPT], data)
-                if errors:
-                    raise RuntimeError(f"not accepted: {errors}")
+                if from_data:  # each step raises on a refusal
+                    await smtp.mail(mail_from)
+                    await smtp.rcpt(RCPT)
+                    started = time.perf_counter()
+                    await smtp.data(data)
+                else:
+                    # aiosmtplib raises on any refusal; a refused recipient shows in `errors`.
+                    errors, _ = await smtp.sendmail(mail_from, [RCPT], data)
+                    if errors:
+                        raise RuntimeError(f"not accepted: {errors}")
                 latencies.append(time.perf_counter() - started)
         finally:
             with contextlib.suppress(Exception):
@@ -78,9 +91,15 @@ async def load(port: int, messages: list[bytes], connections: int) -> tuple[floa
     return time.perf_counter() - started, latencies
 
 
-def run_load(port: int, messages: list[bytes], connections: int) -> tuple[float, list[float]]:
+def run_load(
+    port: int,
+    messages: list[bytes],
+    connections: int,
+    mail_from: str = "fournisseur@example.org",
+    from_data: bool = False,
+) -> tuple[float, list[float]]:
     install_loop()
-    return asyncio.run(load(port, messages, connections))
+    return asyncio.run(load(port, messages, connections, mail_from, from_data))
 
 
 def bare_server(port: int) -> None:

@@ -27,6 +27,7 @@ import tempfile
 import time
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 from common import free_port, install_loop, wait_port
@@ -92,14 +93,11 @@ async def load(
 
 
 def run_load(
-    port: int,
-    messages: list[bytes],
-    connections: int,
-    mail_from: str = "fournisseur@example.org",
-    from_data: bool = False,
+    port: int, messages: list[bytes], connections: int, **options: Any
 ) -> tuple[float, list[float]]:
+    """`load` on a fresh event loop; `options`: its mail_from and from_data."""
     install_loop()
-    return asyncio.run(load(port, messages, connections, mail_from, from_data))
+    return asyncio.run(load(port, messages, connections, **options))
 
 
 def bare_server(port: int) -> None:

@@ -235,7 +235,7 @@ def warm_up(v: Variant, key: Key, connections: int) -> None:
     mail = [invoice(f"warm-{slug}-{i}", key) for i in range(WARMUP)]
     mail.append(invoice(f"eicar-{slug}", key, attachment=EICAR))
     mail.append(invoice(f"gtube-{slug}", key, body=GTUBE + "\n"))
-    run_load(v.server.port, mail, connections, SENDER, from_data=True)
+    run_load(v.server.port, mail, connections, mail_from=SENDER, from_data=True)
     file_everything(v.filer)
     v.watch.clear()
     v.filed = len(mail)
@@ -276,7 +276,7 @@ def one_round(
     v: Variant, round_: int, mail: list[bytes], more: list[bytes], args: argparse.Namespace
 ) -> None:
     # (a) acknowledgements, filing idle; (b) the filing stage alone.
-    _, acks = run_load(v.server.port, mail, args.connections, SENDER, from_data=True)
+    _, acks = run_load(v.server.port, mail, args.connections, mail_from=SENDER, from_data=True)
     args.dns_watch.clear()
     taken, seconds = file_everything(v.filer)
     v.watch.add(args.dns_watch)  # the DNS server's own work (in this process) meanwhile
@@ -287,11 +287,13 @@ def one_round(
     # (c) acknowledgements with a filing worker running alongside, as deployed; the first
     # message waits until the worker files it (it has started), the rest are measured.
     with filing_worker(v):
-        run_load(v.server.port, more[:1], 1, SENDER)
+        run_load(v.server.port, more[:1], 1, mail_from=SENDER)
         v.filed += 1
         wait_filed(v)
         began = time.perf_counter()
-        _, alongside = run_load(v.server.port, more[1:], args.connections, SENDER, from_data=True)
+        _, alongside = run_load(
+            v.server.port, more[1:], args.connections, mail_from=SENDER, from_data=True
+        )
         v.filed += len(more) - 1
         wait_filed(v)
         through = (len(more) - 1) / (time.perf_counter() - began)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from gateway.app import Gateway
 from gateway.cli import cli
@@ -205,6 +205,54 @@ def test_a_temporary_dns_error_waits_once_then_the_second_result_stands(
     second = the_message(gw)
     assert second.status == MessageStatus.QUARANTINED
     assert second.reason is not None and "dmarc=fail" in second.reason
+
+
+def test_a_temporary_dns_error_under_open_is_filed_at_once_with_its_temperror(
+    tmp_path, database_url, clock, zone
+):
+    zone.servfail.add(zone.hook("_dmarc.bank.example"))
+    try:
+        with gateway(tmp_path, database_url, clock, zone) as (gw, server):
+            send(
+                server, "billing@bank.example", mail("Bank <billing@bank.example>", attachment=None)
+            )
+            file_all(gw)
+    finally:
+        zone.servfail.discard(zone.hook("_dmarc.bank.example"))
+    message = the_message(gw)
+    assert message.status == MessageStatus.FILED, message.reason
+    assert message.authentication is not None
+    assert message.authentication["dmarc"]["result"] == "temperror"
+    [eml] = documents(gw)  # no attachment: the message itself, our results on top
+    headers = gw.blobs.get(eml.sha256).split(b"\r\n\r\n", 1)[0]
+    assert headers.startswith(f"Authentication-Results: {AUTHSERV};".encode())
+    assert b"dmarc=temperror" in headers
+
+
+def test_a_message_without_a_temporary_error_reads_the_sender_policies_once(
+    tmp_path, database_url, clock, zone, supplier_key
+):
+    # requires_authentication() is asked only after a temporary DNS error: each question is
+    # a database read in the filing stage's path (benchmarks/trust.py).
+    signed = sign(
+        mail("Supplier <factures@supplier.example>"), supplier_key, "supplier.example", "s1"
+    )
+    with gateway(tmp_path, database_url, clock, zone) as (gw, server):
+        set_policy(gw, "authenticated")
+        send(server, "factures@supplier.example", signed)
+        reads: list[str] = []
+
+        def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if "sender_policies" in statement:
+                reads.append(statement)
+
+        event.listen(gw.db.engine, "before_cursor_execute", count)
+        try:
+            file_all(gw)
+        finally:
+            event.remove(gw.db.engine, "before_cursor_execute", count)
+    assert the_message(gw).status == MessageStatus.FILED
+    assert len(reads) == 1, reads
 
 
 @pytest.fixture

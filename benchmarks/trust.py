@@ -11,17 +11,26 @@ temporary folders, identical but for the checks:
 Authentication (SPF, DKIM, DMARC, ARC against the local DNS server) runs in both: it is
 always on. Each gateway runs its real SMTP server (in this process, on its own event loop
 thread, as the tests do) and the real filing stage (`Gateway.filer(...).run_once()` in a
-loop, one worker, as `filing.workers = 1`).
+loop: one worker, as `filing.workers = 1`).
 
-Each round sends N fresh messages of ~20 KB (a PDF attached), DKIM-signed by the domain's
-key, from C connections, to each gateway with filing idle, and records the latency from the
-DATA command to its 250; then runs the filing stage alone until everything is filed, and
-records messages filed per second from the first claim to the last commit. The order of the
-two gateways alternates between rounds. A warm-up before the rounds also sends EICAR (as a
-PDF) and GTUBE: quarantined with the checks on, filed with them off, or the run stops.
+Each round, for each gateway (the order alternates between rounds):
+  (a) N fresh messages of ~20 KB (a PDF attached), DKIM-signed by the domain's key, sent
+      from C connections with filing idle: latency from the DATA command to its 250;
+  (b) the filing stage alone (a filer opened as `gateway worker` opens it: commits not
+      fsync'd) until all are filed: messages per second from the first claim to the last
+      commit, the two gateways' rates compared;
+  (c) N more sent while a real `gateway worker` process (idle priority) files beside the
+      SMTP server, as deployed: DATA→250 latency, and messages per second from the first
+      DATA to the last filed.
+The same bytes go to both gateways within a round. A warm-up before the rounds also sends
+EICAR (as a PDF) and GTUBE: quarantined with the checks on, filed with them off, or the run
+stops; every round checks that each message was filed and DMARC passed.
 
-Besides the rates, prints where the filing stage's time went per message: authentication
-(and the DNS lookups inside it), extraction, clamd, rspamd, the database commit.
+Besides the rates, prints where (b)'s time went per message: recipients, authentication
+(its DNS lookups, and the test DNS server's own work in them: it runs in this process),
+extraction, clamd (the whole message, then the PDF), rspamd, the sender policy, blobs, the
+commit. The load generator, the SMTP servers and the DNS server share this process: compare
+the two gateways with each other, not with `gateway serve` alone (benchmarks/inbound.py).
 
     .venv/bin/python benchmarks/trust.py [--messages 300] [--rounds 2] [--connections 4]
 """

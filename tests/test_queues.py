@@ -287,7 +287,7 @@ def test_the_migration_checks_the_same_values_as_the_models():
         ("bot_mail_forwards", "status"): tuple(ForwardStatus),
         ("imap_messages", "outcome"): tuple(ImapOutcome),
     } == latest
-    assert trust.BEFORE == migration.CHECKS[("inbound_messages", "status")]
+    assert migration.CHECKS[("inbound_messages", "status")] == trust.BEFORE
 
 
 # -- claiming at once on PostgreSQL ------------------------------------------------------------

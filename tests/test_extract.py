@@ -381,9 +381,9 @@ def test_rfc2231_continuation_filename() -> None:
 
 
 def test_filename_length_limit_keeps_the_extension() -> None:
-    """File names: bounded to max_filename_length characters, extension kept."""
-    result = extract_documents(corpus.rfc2231_filename(), ExtractionLimits(max_filename_length=20))
-    assert names(result) == ["Relevé de compte.pdf"]
+    """File names: bounded to max_filename_bytes UTF-8 bytes, extension kept ("é" is 2)."""
+    result = extract_documents(corpus.rfc2231_filename(), ExtractionLimits(max_filename_bytes=20))
+    assert names(result) == ["Relevé de compt.pdf"]
 
 
 def test_hostile_filenames_are_sanitised() -> None:
@@ -440,12 +440,12 @@ def test_sanitize_filename_falls_back_when_nothing_is_left(name: str | None) -> 
 
 
 def test_sanitize_filename_bounds_length_keeping_extension() -> None:
-    """File names: max_length characters, extension kept."""
+    """File names: max_bytes UTF-8 bytes, extension kept."""
     long_name = "Relevé " * 100 + ".xlsx"
-    cleaned = sanitize_filename(long_name, "x", max_length=150)
-    assert len(cleaned) <= 150
+    cleaned = sanitize_filename(long_name, "x", max_bytes=150)
+    assert len(cleaned.encode("utf-8")) <= 150
     assert cleaned.endswith(".xlsx")
-    assert sanitize_filename("abcdefghij.pdf", "x", max_length=8) == "abcd.pdf"
+    assert sanitize_filename("abcdefghij.pdf", "x", max_bytes=8) == "abcd.pdf"
 
 
 # --------------------------------------------------------------------------- sniffing

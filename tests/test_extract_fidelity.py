@@ -78,7 +78,9 @@ def test_a_damaged_uuencoded_block_keeps_what_decodes_and_says_why() -> None:
 def test_uudecode_never_raises_and_stays_bounded() -> None:
     from gateway.inbound.extraction.decoding import uudecode_blocks
 
-    hostile = b"begin 644 big.bin\n" + b"M" + b"\xff" * 60 + b"\n" + (b"M" + b"!" * 60 + b"\n") * 100
+    hostile = (
+        b"begin 644 big.bin\n" + b"M" + b"\xff" * 60 + b"\n" + (b"M" + b"!" * 60 + b"\n") * 100
+    )
     [(name, content, problems)] = uudecode_blocks(hostile, max_bytes=450)
     assert name == "big.bin" and len(content) <= 450 and problems
 

@@ -441,7 +441,7 @@ def _check_extraction(raw: bytes) -> None:
     for document in result.documents:
         assert document.filename and document.media_type
         assert not set(document.filename) & {"/", "\\", "\x00"}, document.filename
-        assert len(document.filename) <= 150, document.filename
+        assert len(document.filename.encode("utf-8")) <= 255, document.filename
 
 
 EXTRACTION_BUDGET = Budget(BUDGET)

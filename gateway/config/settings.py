@@ -274,6 +274,14 @@ class ExtractionConfig:
     max_nesting_depth: int = setting(
         3, "Levels of ZIP, forwarded mail and TNEF opened inside each other.", low=0, high=10
     )
+    cid_image_document_bytes: int = setting(
+        200 * 1024,
+        "An image shown in the HTML body (cid:) at least this big is a document "
+        "(a photographed receipt); smaller ones are logos.",
+        low=1024,
+        high=2**40,
+        unit="bytes",
+    )
     # The budget of one message's extraction (gateway/inbound/sandbox.py): beyond it the
     # message is held with the reason, and the messages behind it are filed.
     timeout_seconds: float = setting(

@@ -250,7 +250,9 @@ class Filer:
         now = self.clock.now()
         received_at = as_utc(message.received_at)
         plan: list[Placement] = []
-        seen: set[tuple[int, str]] = set()  # one company reached twice in one message
+        # One company reached twice in one message gets its documents once; the same bytes
+        # twice in the message are both kept here, the second becoming a duplicate record.
+        seen: set[tuple[int, int]] = set()
         for dest in ged:
             company = dest.company
             assert company is not None
@@ -258,10 +260,10 @@ class Filer:
                 self.config, dest.address.journal, company.fiscal_year_end, received_at
             )
             docs = []
-            for doc in extraction.documents:
+            for index, doc in enumerate(extraction.documents):
                 sha = hashlib.sha256(doc.content).hexdigest()
-                if (company.id, sha) not in seen:
-                    seen.add((company.id, sha))
+                if (company.id, index) not in seen:
+                    seen.add((company.id, index))
                     docs.append((doc, sha))
                     # Bytes first, fsync'd; rows after. A crash in between leaves an
                     # unreferenced blob, never a row pointing at nothing.
@@ -326,22 +328,29 @@ class Filer:
                 authentication=authentication,
                 quarantine_sha256=p.quarantine_sha256,
             )
+        in_message: dict[tuple[int, str], str] = {}  # filed from this message: its name
+        recorded: set[tuple[int, str]] = set()  # one duplicate row per file and company
         for place in p.plan:
             company = place.company
             for doc, sha in place.docs:
-                existing = p.known.get((company.id, sha)) or filed_here.get((company.id, sha))
+                key = (company.id, sha)
+                existing = p.known.get(key) or filed_here.get(key)
                 if existing is not None:
-                    s.add(
-                        DuplicateDocument(
-                            inbound_message_id=message.id,
-                            company_id=company.id,
-                            document_id=existing,
-                            filename=doc.filename,
-                            sha256=sha,
-                            seen_at=now,
+                    if key not in recorded:
+                        recorded.add(key)
+                        s.add(
+                            DuplicateDocument(
+                                inbound_message_id=message.id,
+                                company_id=company.id,
+                                document_id=existing,
+                                filename=doc.filename,
+                                sha256=sha,
+                                seen_at=now,
+                            )
                         )
-                    )
-                    outcome.duplicates.append(f"{doc.filename} ({company.slug}, #{existing})")
+                    first = in_message.get(key)
+                    same = f", same as {first} in this message" if first else ""
+                    outcome.duplicates.append(f"{doc.filename} ({company.slug}, #{existing}{same})")
                     continue
                 document = Document(
                     company_id=company.id,
@@ -358,7 +367,8 @@ class Filer:
                 )
                 s.add(document)
                 s.flush()
-                filed_here[(company.id, sha)] = document.id
+                filed_here[key] = document.id
+                in_message[key] = doc.filename
                 # A document filed into a switched folder goes to the partner (R11).
                 record_placement(s, document, place.path, self.registry, now)
                 outcome.filed.append(f"{doc.filename} -> {company.slug}:{place.path}")

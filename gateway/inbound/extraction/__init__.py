@@ -21,7 +21,8 @@ The MIME tree is walked iteratively, at most 50 multipart levels deep.
 3. Images (declared ``image/*`` or sniffed as an image) are NOT documents when
    a. their Content-ID is referenced as ``cid:`` from any ``text/html`` part of the same
       message (signature logos, pictures embedded in the HTML), whatever their file name or
-      disposition; or
+      disposition, and they are smaller than ``cid_image_document_bytes`` (a bigger one is
+      a photo pasted into the body, e.g. a receipt: a document, origin ``cid:<id> (...)``); or
    b. they have no file name, are not ``Content-Disposition: attachment`` and their decoded
       size is below 10 KiB (10 240 bytes): a typical signature logo.
    Every other image is a document -- e.g. a 2 KB ``stamp.png`` sent as an attachment.
@@ -44,7 +45,10 @@ The MIME tree is walked iteratively, at most 50 multipart levels deep.
 9. Containers (forwarded mail, TNEF, ZIP) open up to ``max_nesting_depth`` levels: a part
    of the received message is at depth 0 and each opened container adds one; a container
    found at depth ``max_nesting_depth`` is filed unopened (mail, TNEF) or refused (ZIP).
-10. A message that yields no document and no refusal is filed whole as one ``.eml``
+10. Files uuencoded into a ``text/plain`` body (``begin 644 name`` ... ``end``) are
+    documents (origin ``uuencode``); BinHex 4.0 is kept as sent, typed
+    ``application/mac-binhex40`` and named ``<name>.hqx``.
+11. A message that yields no document and no refusal is filed whole as one ``.eml``
     (origin ``body``).  Beyond ``max_documents`` documents, one RefusedPart says how many
     were not filed.
 

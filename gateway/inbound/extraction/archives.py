@@ -185,7 +185,7 @@ def expand_zip(
     for member, data in extracted:
         if not data:
             run.refuse(
-                sanitize_filename(member, "file", limits.max_filename_length),
+                sanitize_filename(member, "file", limits.max_filename_bytes),
                 f"empty file (0 bytes) in zip archive '{archive}': nothing to file",
             )
             continue

@@ -135,6 +135,11 @@ def filename_of(part: Message) -> str | None:
             name = raw
         elif name is not None:
             name = decode_rfc2047(name)
+    elif " " not in name:
+        # ``name=This is a test.txt`` unquoted: the email package keeps the first word.
+        raw = _raw_filename(part)
+        if raw and " " in raw.strip() and raw.strip().startswith(name):
+            name = raw.strip()
     if name is None:
         return None
     name = fix_surrogates(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.config import ExtractionConfig
+from gateway.mail.names import MAX_NAME_BYTES
 
 _DECLARED = ExtractionConfig()  # the declared defaults of [extraction]
 
@@ -19,8 +20,10 @@ class ExtractionLimits:
     max_zip_total_bytes: int = _DECLARED.max_zip_total_bytes  # uncompressed, per archive
     max_zip_ratio: int = _DECLARED.max_zip_ratio  # uncompressed/compressed, member or archive
     max_nesting_depth: int = _DECLARED.max_nesting_depth  # zip-in-zip / rfc822 / tnef depth
+    # An image the HTML shows (cid:) is a document from this size: a photographed receipt.
+    cid_image_document_bytes: int = _DECLARED.cid_image_document_bytes
     # Not a setting: names must fit file systems and archives whatever the configuration.
-    max_filename_length: int = 150  # characters, extension kept
+    max_filename_bytes: int = MAX_NAME_BYTES  # UTF-8 bytes, extension kept
 
     @classmethod
     def from_config(cls, config: ExtractionConfig) -> ExtractionLimits:
@@ -30,6 +33,7 @@ class ExtractionLimits:
             max_zip_total_bytes=config.max_zip_total_bytes,
             max_zip_ratio=config.max_zip_ratio,
             max_nesting_depth=config.max_nesting_depth,
+            cid_image_document_bytes=config.cid_image_document_bytes,
         )
 
 

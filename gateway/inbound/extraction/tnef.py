@@ -101,7 +101,7 @@ def _tnef_attachments(run: Run, tnef: TNEF, depth: int, shown: str, consider: Co
             if name:
                 found = True
                 run.refuse(
-                    sanitize_filename(name, "attachment", run.limits.max_filename_length),
+                    sanitize_filename(name, "attachment", run.limits.max_filename_bytes),
                     "empty attachment (0 bytes): nothing to file",
                 )
             continue

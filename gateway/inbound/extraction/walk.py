@@ -16,7 +16,7 @@ from email.policy import Policy
 from typing import Final
 
 from gateway.inbound.extraction.archives import expand_zip, is_zip_archive
-from gateway.inbound.extraction.decoding import b64decode_lenient
+from gateway.inbound.extraction.decoding import b64decode_lenient, has_uuencode, uudecode_blocks
 from gateway.inbound.extraction.headers import (
     PARSING_POLICY,
     content_id_of,
@@ -31,7 +31,13 @@ from gateway.inbound.extraction.headers import (
     subject_of,
 )
 from gateway.inbound.extraction.model import ExtractedDocument, Extraction, ExtractionLimits
-from gateway.inbound.extraction.names import add_document, eml_name
+from gateway.inbound.extraction.names import (
+    BINHEX_TYPE,
+    add_document,
+    binhex_name,
+    eml_name,
+    is_binhex,
+)
 from gateway.inbound.extraction.parts import (
     MAX_MIME_DEPTH,
     payload_bytes,
@@ -41,7 +47,7 @@ from gateway.inbound.extraction.parts import (
 )
 from gateway.inbound.extraction.run import Run, brief, guard
 from gateway.inbound.extraction.tnef import is_tnef, open_tnef
-from gateway.mail.names import last_path_component, sanitize_filename
+from gateway.mail.names import clean_filename, last_path_component, sanitize_filename
 from gateway.mail.sniff import sniff_media_type
 
 _DEFAULT_LIMITS: Final = ExtractionLimits()
@@ -104,7 +110,7 @@ def extract_documents(raw: bytes, limits: ExtractionLimits = _DEFAULT_LIMITS) ->
     if not run.documents and not run.refused:
         run.documents.append(
             ExtractedDocument(
-                filename=eml_name(subject, None, limits.max_filename_length),
+                filename=eml_name(subject, None, limits.max_filename_bytes),
                 media_type="message/rfc822",
                 content=data,
                 origin="body",
@@ -185,6 +191,8 @@ def _handle_leaf(
             or (parent == "alternative" and ctype.startswith("text/"))
         )
     ):
+        if ctype == "text/plain":
+            _uuencoded_files(run, part, depth, origin, label)
         return
     if parent == "signed" and ctype in _SIGNATURE_TYPES:
         return
@@ -196,18 +204,45 @@ def _handle_leaf(
         run.note(f"{label}: {text}")
     if not content:
         if filename is not None or disposition == "attachment":
-            name = sanitize_filename(filename, "attachment", run.limits.max_filename_length)
+            name = sanitize_filename(filename, "attachment", run.limits.max_filename_bytes)
             run.refuse(name, "empty attachment (0 bytes): nothing to file")
         return
     media_type = sniff_media_type(content, declared, filename)
+    where = origin or ("inline" if disposition == "inline" else "attachment")
     if media_type.startswith("image/"):
         content_id = content_id_of(part)
         if content_id and content_id in cids:
+            threshold = run.limits.cid_image_document_bytes
+            if len(content) < threshold:
+                return  # a logo or a picture of the layout
+            # A photo pasted into the body (a receipt taken with a phone) is a document.
+            where = f"cid:{content_id} (image of {len(content)} bytes shown in the body, "
+            where += f"at least {threshold}: a document)"
+        elif filename is None and disposition != "attachment" and len(content) < _SMALL_IMAGE_BYTES:
             return
-        if filename is None and disposition != "attachment" and len(content) < _SMALL_IMAGE_BYTES:
-            return
-    where = origin or ("inline" if disposition == "inline" else "attachment")
-    _consider_file(run, content, filename, media_type, where, depth)
+    if is_binhex(content):
+        # Kept as sent (see README, Extraction): its name must not claim the type inside.
+        media_type = BINHEX_TYPE
+        filename = binhex_name(filename)
+    _consider_file(run, content, filename, media_type, where[:255], depth)
+
+
+def _uuencoded_files(run: Run, part: Message, depth: int, origin: str | None, label: str) -> None:
+    """Files uuencoded into a plain-text body (Outlook Express, Eudora): documents."""
+    text = payload_bytes(part, [])
+    if not has_uuencode(text):
+        return
+    for name, content, problems in uudecode_blocks(text, len(text)):
+        for problem in problems:
+            run.note(f"{label}: uuencoded '{clean_filename(name, 80)}': {problem}")
+        if not content:
+            run.refuse(
+                sanitize_filename(name, "attachment", run.limits.max_filename_bytes),
+                "empty uuencoded file (0 bytes decoded): nothing to file",
+            )
+            continue
+        media_type = sniff_media_type(content, None, name)
+        _consider_file(run, content, name, media_type, origin or "uuencode", depth)
 
 
 def _consider_file(
@@ -228,12 +263,12 @@ def _handle_forwarded(run: Run, part: Message, depth: int, label: str) -> None:
     """Open a forwarded message; keep it whole as .eml when it holds no document."""
     inner = _inner_message(run, part, label)
     part_name = filename_of(part)
-    max_length = run.limits.max_filename_length
+    max_bytes = run.limits.max_filename_bytes
     if inner is None:
         notes: list[str] = []
         content = payload_bytes(part, notes)
         if content:
-            name = eml_name(None, part_name, max_length)
+            name = eml_name(None, part_name, max_bytes)
             run.add(name, content, "message/rfc822", "rfc822:(unreadable)")
         return
     subject = guard(lambda: subject_of(inner), None)
@@ -289,7 +324,7 @@ def _add_eml(
     if content is None:
         run.note(f"{label}: forwarded message could not be serialised; not filed")
         return
-    name = eml_name(subject, part_name, run.limits.max_filename_length)
+    name = eml_name(subject, part_name, run.limits.max_filename_bytes)
     run.add(name, content, "message/rfc822", origin)
 
 

@@ -395,7 +395,7 @@ def test_hostile_filenames_are_sanitised() -> None:
         "traversal": "passwd.pdf",
         "windows_path": "evil.exe",
         "control": "facture[31m .pdf",
-        "long": "A" * 146 + ".pdf",
+        "long": "A" * 251 + ".pdf",
         "reserved": "_CON.pdf",
         "empty": "document-1.pdf",
         "dots": "document-2.pdf",

@@ -288,6 +288,23 @@ class ExtractionConfig:
         low=256,
         high=1024 * 1024,
     )
+    # A message with no document gets a PDF of its body beside its .eml (issue 12), rendered
+    # in a child of its own under its own budget: beyond it, the .eml is filed alone.
+    body_pdf: bool = setting(
+        True, "File a PDF of the body (HTML or text) beside the .eml of a message with no document."
+    )
+    body_pdf_timeout_seconds: float = setting(
+        15.0,
+        "Seconds rendering one body as PDF may take; beyond, the .eml is filed without it.",
+        low=1,
+        high=600,
+    )
+    body_pdf_memory_limit_mb: int = setting(
+        1024,
+        "Address space of the process rendering one body as PDF (RLIMIT_AS), in MB.",
+        low=256,
+        high=1024 * 1024,
+    )
 
 
 @dataclass(frozen=True)

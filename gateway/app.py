@@ -17,8 +17,8 @@ from sqlalchemy.exc import OperationalError
 from gateway.clock import Clock, SystemClock
 from gateway.config import ConfigError, GatewayConfig, ImapSourceConfig
 from gateway.dns import DnspythonLookup
-from gateway.inbound.extraction import ExtractionLimits
 from gateway.inbound.body_pdf import BodyPdfRenderer
+from gateway.inbound.extraction import ExtractionLimits
 from gateway.inbound.filing import Filer
 from gateway.inbound.imap import Connector, MailboxPoller, connect
 from gateway.inbound.recipients import Recipients
@@ -176,9 +176,7 @@ class Gateway:
         extraction = self.config.extraction
         if not extraction.body_pdf:
             return None
-        return BodyPdfRenderer(
-            extraction.body_pdf_timeout_seconds, extraction.body_pdf_memory_limit_mb
-        )
+        return BodyPdfRenderer(extraction.body_pdf_timeout_seconds, extraction.memory_limit_mb)
 
     def sender_policies(self) -> StoredSenderPolicies:
         """The firms' sender policies over [sender_policy]'s global default."""

@@ -119,7 +119,9 @@ def test_a_plain_text_body_becomes_a_pdf_with_its_words_and_headers(renderer):
 
 def test_a_cid_image_of_the_message_is_drawn(renderer):
     html = RECEIPT.replace("<h1>", '<img src="cid:logo@uber.example" width="80"><h1>')
-    with_image = renderer.render(html_message(html, images={"logo@uber.example": png_bytes(40, 20)}))
+    with_image = renderer.render(
+        html_message(html, images={"logo@uber.example": png_bytes(40, 20)})
+    )
     without = renderer.render(html_message(html))  # the cid: names no part: nothing drawn
     assert pdf_images(with_image) == 1
     assert pdf_images(without) == 0
@@ -144,7 +146,7 @@ def test_a_hostile_body_is_stopped_by_the_budget():
     hostile = html_message(f"<table>{rows}</table>")
     renderer = BodyPdfRenderer(timeout_seconds=1, memory_limit_mb=1024)
     try:
-        with pytest.raises(OverBudget, match="extraction.body_pdf_timeout_seconds"):
+        with pytest.raises(OverBudget, match=r"extraction\.body_pdf_timeout_seconds"):
             renderer.render(hostile)
         # The child was killed; the next body is rendered by a fresh one.
         assert "Total TTC" in pdf_text(renderer.render(html_message(RECEIPT)))

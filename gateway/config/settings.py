@@ -284,12 +284,13 @@ class ExtractionConfig:
     )
     memory_limit_mb: int = setting(
         1024,
-        "Address space of the process extracting one message (RLIMIT_AS), in MB; beyond: held.",
+        "Address space (RLIMIT_AS) of the process extracting one message (beyond: held), "
+        "and of the one rendering its body as PDF, in MB.",
         low=256,
         high=1024 * 1024,
     )
     # A message with no document gets a PDF of its body beside its .eml (issue 12), rendered
-    # in a child of its own under its own budget: beyond it, the .eml is filed alone.
+    # in a child of its own under its own time and `memory_limit_mb`: beyond, the .eml alone.
     body_pdf: bool = setting(
         True, "File a PDF of the body (HTML or text) beside the .eml of a message with no document."
     )
@@ -298,12 +299,6 @@ class ExtractionConfig:
         "Seconds rendering one body as PDF may take; beyond, the .eml is filed without it.",
         low=1,
         high=600,
-    )
-    body_pdf_memory_limit_mb: int = setting(
-        1024,
-        "Address space of the process rendering one body as PDF (RLIMIT_AS), in MB.",
-        low=256,
-        high=1024 * 1024,
     )
 
 

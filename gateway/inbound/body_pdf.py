@@ -16,7 +16,7 @@ import html
 import logging
 from dataclasses import replace
 from email import message_from_bytes, policy
-from email.message import EmailMessage, Message
+from email.message import EmailMessage, Message, MIMEPart
 from urllib.parse import unquote
 from urllib.request import DataHandler, Request
 
@@ -57,7 +57,7 @@ def render_body_pdf(raw: bytes) -> bytes:
     return pdf
 
 
-def _text_of(part: EmailMessage) -> str:
+def _text_of(part: MIMEPart) -> str:
     try:
         text = part.get_content()
         if isinstance(text, str):
@@ -107,7 +107,9 @@ def _fetcher(message: Message) -> object:
             if scheme == "data":
                 with DataHandler().data_open(Request(url)) as response:
                     return URLFetcherResponse(
-                        "data:", response.read(), {"Content-Type": response.headers.get_content_type()}
+                        "data:",
+                        response.read(),
+                        {"Content-Type": response.headers.get_content_type()},
                     )
             raise RemoteResourceRefused(f"not fetched: {url[:100]}")
 
@@ -131,7 +133,7 @@ class BodyPdfRenderer:
             timeout_seconds,
             memory_limit_mb,
             "extraction.body_pdf_timeout_seconds",
-            "extraction.body_pdf_memory_limit_mb",
+            "extraction.memory_limit_mb",
             "the .eml is filed without its PDF",
         )
         self._sandbox = Sandbox(render_body_pdf, budget, warm_up=_warm_up)

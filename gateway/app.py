@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 from gateway.clock import Clock, SystemClock
 from gateway.config import ConfigError, GatewayConfig, ImapSourceConfig
 from gateway.dns import DnspythonLookup
+from gateway.inbound.body_pdf import BodyPdfRenderer
 from gateway.inbound.extraction import ExtractionLimits
 from gateway.inbound.filing import Filer
 from gateway.inbound.imap import Connector, MailboxPoller, connect
@@ -168,7 +169,14 @@ class Gateway:
             clock=self.clock,
             worker_name=worker_name or self.process_name,
             checkpoint=Checkpoint(self.screen(), self.sender_policies()),
+            body_pdf=self.body_pdf_renderer(),
         )
+
+    def body_pdf_renderer(self) -> BodyPdfRenderer | None:
+        extraction = self.config.extraction
+        if not extraction.body_pdf:
+            return None
+        return BodyPdfRenderer(extraction.body_pdf_timeout_seconds, extraction.memory_limit_mb)
 
     def sender_policies(self) -> StoredSenderPolicies:
         """The firms' sender policies over [sender_policy]'s global default."""

@@ -79,6 +79,11 @@ EXTRACTION_SECONDS = Histogram(
     "Extracting one message's documents (MIME, archives, TNEF).",
     buckets=WORK_BUCKETS,
 )
+BODY_PDF_SECONDS = Histogram(
+    "gateway_body_pdf_seconds",
+    "Rendering the body of a message with no document as PDF (or finding it has one).",
+    buckets=WORK_BUCKETS,
+)
 
 # -- sending (the `gateway sender` processes and their signing helpers) ------------------------
 DKIM_SIGNATURES = Counter(

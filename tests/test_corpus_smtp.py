@@ -58,7 +58,13 @@ def send_and_file(server, gw, raw: bytes) -> tuple[InboundMessage, list[tuple[st
             corpus.no_content_disposition_pdf,
             [("devis.pdf", "application/pdf"), ("document-1.pdf", "application/pdf")],
         ),
-        (corpus.no_attachment, [("Question sur la TVA à 20%.eml", "message/rfc822")]),
+        (
+            corpus.no_attachment,
+            [
+                ("Question sur la TVA à 20%.eml", "message/rfc822"),
+                ("Question sur la TVA à 20%.pdf", "application/pdf"),
+            ],
+        ),
     ],
     ids=lambda v: getattr(v, "__name__", ""),
 )

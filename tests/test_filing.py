@@ -158,7 +158,8 @@ def test_one_message_to_two_companies_files_into_both(gw, clock):
 
 
 def test_message_without_attachment_is_kept_as_eml(gw, clock):
-    """R4: a message with no attachment keeps its body as a document."""
+    """R4: a message with no attachment keeps its body as a document, and (issue 12) a PDF
+    of its body beside it."""
     row_id = arrive(
         gw,
         ["dupont-maconnerie@welyb.fr"],
@@ -166,9 +167,10 @@ def test_message_without_attachment_is_kept_as_eml(gw, clock):
         clock,
     )
     file_all(gw)
-    [(name, path, sha)] = docs(gw)
+    [(name, path, sha), (pdf_name, pdf_path, _)] = docs(gw)
     assert name.endswith(".eml") and path == "A classer"
     assert b"Pouvez-vous me rappeler" in gw.blobs.get(sha)
+    assert pdf_name == name.removesuffix(".eml") + ".pdf" and pdf_path == "A classer"
     assert status(gw, row_id).status == "filed"
 
 

@@ -292,9 +292,21 @@ class ExtractionConfig:
     )
     memory_limit_mb: int = setting(
         1024,
-        "Address space of the process extracting one message (RLIMIT_AS), in MB; beyond: held.",
+        "Address space (RLIMIT_AS) of the process extracting one message (beyond: held), "
+        "and of the one rendering its body as PDF, in MB.",
         low=256,
         high=1024 * 1024,
+    )
+    # A message with no document gets a PDF of its body beside its .eml (issue 12), rendered
+    # in a child of its own under its own time and `memory_limit_mb`: beyond, the .eml alone.
+    body_pdf: bool = setting(
+        True, "File a PDF of the body (HTML or text) beside the .eml of a message with no document."
+    )
+    body_pdf_timeout_seconds: float = setting(
+        15.0,
+        "Seconds rendering one body as PDF may take; beyond, the .eml is filed without it.",
+        low=1,
+        high=600,
     )
 
 

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from gateway import metrics
 from gateway.clock import Clock, as_utc
 from gateway.config import FilingConfig
+from gateway.inbound.body_pdf import BodyPdfRenderer
 from gateway.inbound.extraction import ExtractedDocument, Extraction
 from gateway.inbound.filing_report import FilingReport
 from gateway.inbound.folders import folder_path
@@ -103,11 +104,13 @@ class Filer:
         clock: Clock,
         worker_name: str,
         checkpoint: Checkpoint,
+        body_pdf: BodyPdfRenderer | None = None,
     ) -> None:
         self.db = db
         self.checkpoint = checkpoint  # authentication, malware, spam, policy (issue 11)
         self.config = config
         self.sandbox = sandbox  # extraction under a time and memory budget
+        self.body_pdf = body_pdf  # a PDF beside a lone .eml; None: [extraction] body_pdf off
         self.recipients = recipients
         self.registry = registry
         self.blobs = blobs
@@ -243,6 +246,12 @@ class Filer:
                 self.blobs.put(stamped),
             )
         outcome = FilingReport()
+        if self.body_pdf is not None:
+            with metrics.BODY_PDF_SECONDS.time():
+                extraction, failed = self.body_pdf.add_to(extraction)
+            if failed is not None:
+                log.warning("body_pdf_failed", queue_id=message.queue_id, why=failed)
+                outcome.notes.append(failed)
         outcome.recipients_refused = [
             f"{d.address.address}: {d.reason or d.refusal}" for d in destinations if not d.accepted
         ]

@@ -18,6 +18,7 @@ class FilingReport:
     bot_mailboxes: list[str] = field(default_factory=list)
     bounces: list[str] = field(default_factory=list)
     recipients_refused: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # said in the reason, status unchanged
 
     def status(self) -> MessageStatus:
         ged_attempted = self.filed or self.duplicates or self.refused
@@ -48,4 +49,6 @@ class FilingReport:
             parts.append("delivery reports: " + "; ".join(self.bounces))
         if self.recipients_refused:
             parts.append("recipients no longer valid: " + "; ".join(self.recipients_refused))
+        if self.notes:
+            parts.append("; ".join(self.notes))
         return " | ".join(parts) or None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -26,13 +25,11 @@ from gateway import metrics
 from gateway.clock import Clock, as_utc
 from gateway.config import FilingConfig
 from gateway.inbound.body_pdf import BodyPdfRenderer
-from gateway.inbound.extraction import ExtractedDocument, Extraction
-from gateway.inbound.filing_report import FilingReport
+from gateway.inbound.filing_report import FilingReport, Placement, Prepared
 from gateway.inbound.folders import folder_path
-from gateway.inbound.recipients import Destination, Recipients
+from gateway.inbound.recipients import Recipients
 from gateway.inbound.sandbox import ExtractionSandbox, OverBudget
 from gateway.inbound.trust.checkpoint import Checkpoint, WaitForChecks
-from gateway.inbound.trust.results import AuthenticationResults
 from gateway.inbound.trust.screen import Wait
 from gateway.mail.dsn import BounceReport, parse_bounce
 from gateway.routing.partners import PartnerRegistry
@@ -40,7 +37,6 @@ from gateway.runner import Backoff
 from gateway.storage import quarantine
 from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database
-from gateway.storage.directory import CompanyRef
 from gateway.storage.folders import ensure_folder
 from gateway.storage.models import (
     BotMail,
@@ -59,36 +55,6 @@ log = structlog.get_logger("gateway.filing")
 
 RETRY_FIRST = timedelta(seconds=30)
 PURGE_EVERY = timedelta(hours=1)
-
-
-@dataclass
-class Placement:
-    """Where one message's documents go for one company."""
-
-    company: CompanyRef
-    path: str
-    folder_id: int
-    docs: list[tuple[ExtractedDocument, str]]  # (document, sha256)
-
-
-@dataclass
-class Prepared:
-    """A message read, extracted and resolved, ready for the write transaction."""
-
-    message: InboundMessage
-    extraction: Extraction
-    outcome: FilingReport
-    plan: list[Placement]
-    known: dict[tuple[int, str], int]
-    bots: list[Destination]
-    received_at: datetime
-    bounces: list[Destination]
-    bounce_report: BounceReport | None
-    seconds: float  # spent preparing it
-    authentication: AuthenticationResults | None = None
-    quarantine: str | None = None  # why it is quarantined instead of filed
-    quarantine_sha256: str | None = None  # its quarantined copy, in the blob store
-    owned: bool = False
 
 
 class Filer:

@@ -1,11 +1,18 @@
-"""What became of one message's parts, which gives its final status and its reason (the
-`reason` that `gateway messages` shows)."""
+"""What the filing stage prepares for one message before its write transaction (`Prepared`,
+its `Placement`s) and what became of its parts (`FilingReport`, which gives its final
+status and the `reason` that `gateway messages` shows)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from gateway.storage.models import MessageStatus
+from gateway.inbound.extraction import ExtractedDocument, Extraction
+from gateway.inbound.recipients import Destination
+from gateway.inbound.trust.results import AuthenticationResults
+from gateway.mail.dsn import BounceReport
+from gateway.storage.directory import CompanyRef
+from gateway.storage.models import InboundMessage, MessageStatus
 
 
 @dataclass
@@ -52,3 +59,33 @@ class FilingReport:
         if self.notes:
             parts.append("; ".join(self.notes))
         return " | ".join(parts) or None
+
+
+@dataclass
+class Placement:
+    """Where one message's documents go for one company."""
+
+    company: CompanyRef
+    path: str
+    folder_id: int
+    docs: list[tuple[ExtractedDocument, str]]  # (document, sha256)
+
+
+@dataclass
+class Prepared:
+    """A message read, extracted and resolved, ready for the write transaction."""
+
+    message: InboundMessage
+    extraction: Extraction
+    outcome: FilingReport
+    plan: list[Placement]
+    known: dict[tuple[int, str], int]
+    bots: list[Destination]
+    received_at: datetime
+    bounces: list[Destination]
+    bounce_report: BounceReport | None
+    seconds: float  # spent preparing it
+    authentication: AuthenticationResults | None = None
+    quarantine: str | None = None  # why it is quarantined instead of filed
+    quarantine_sha256: str | None = None  # its quarantined copy, in the blob store
+    owned: bool = False

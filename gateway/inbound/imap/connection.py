@@ -1,6 +1,5 @@
 """Talking to an IMAP server: opening a logged-in connection as a source's configuration
-says, what went wrong in plain words for a mail admin (`explain`, `ImapProblem`), and the
-check behind `gateway imap test` (`check_source`)."""
+says, and what went wrong in plain words for a mail admin (`explain`, `ImapProblem`)."""
 
 from __future__ import annotations
 
@@ -33,6 +32,7 @@ class MailboxClient(Protocol):
     def folder_exists(self, folder: str) -> bool: ...
     def create_folder(self, folder: str) -> Any: ...
     def list_folders(self, directory: str = "", pattern: str = "*") -> list[Any]: ...
+    def namespace(self) -> Any: ...
     def move(self, messages: Sequence[int], folder: str) -> Any: ...
     def copy(self, messages: Sequence[int], folder: str) -> Any: ...
     def add_flags(
@@ -108,59 +108,3 @@ def _text(exc: BaseException) -> str:
     if text.startswith("b'") or text.startswith('b"'):
         text = text[2:-1]
     return text or type(exc).__name__
-
-
-# -- `gateway imap test` -------------------------------------------------------------------------
-
-
-def check_source(source: ImapSourceConfig, connector: Connector = connect) -> list[str]:
-    """Log in and look at the folders; returns what was found, line by line.
-
-    Raises ImapProblem saying what is wrong (login, TLS, network, a missing folder).
-    """
-    lines: list[str] = []
-    try:
-        client = connector(source)
-    except (ConfigError, LoginError, *CONNECTION_ERRORS, IMAPClientError) as exc:
-        raise ImapProblem(explain(source, exc)) from exc
-    try:
-        lines.append(
-            f"logged in as {source.user} on {source.host}:{source.port} (tls {source.tls})"
-        )
-        idle = (
-            "yes"
-            if client.has_capability("IDLE")
-            else f"no (polling every {source.poll_seconds:g} s)"
-        )
-        move = "yes" if client.has_capability("MOVE") else "no"
-        lines.append(f"server offers IDLE: {idle}, MOVE: {move}")
-        names = [_folder_name(entry) for entry in client.list_folders()]
-        missing = [f for f in source.folders if f not in names]
-        if missing:
-            raise ImapProblem(
-                f"folder {', '.join(repr(f) for f in missing)} does not exist on "
-                f"{source.host}; folders there: {', '.join(sorted(names)) or '(none)'}"
-            )
-        for folder in source.folders:
-            info = client.select_folder(folder, readonly=True)
-            lines.append(
-                f"folder {folder!r}: {int(info.get(b'EXISTS', 0))} message(s), "
-                f"UIDVALIDITY {int(info[b'UIDVALIDITY'])}"
-            )
-        if source.after == "move":
-            for target in (source.processed_folder, source.rejected_folder):
-                state = "exists" if target in names else "will be created on first use"
-                lines.append(f"folder {target!r}: {state}")
-        else:
-            lines.append(f"messages taken are flagged {source.flag} and left in place")
-    except (*CONNECTION_ERRORS, IMAPClientError) as exc:
-        raise ImapProblem(explain(source, exc)) from exc
-    finally:
-        with contextlib.suppress(Exception):
-            client.logout()
-    return lines
-
-
-def _folder_name(entry: Any) -> str:
-    name = entry[2] if isinstance(entry, tuple | list) and len(entry) == 3 else entry
-    return name.decode() if isinstance(name, bytes) else str(name)

@@ -57,3 +57,16 @@ def fingerprint(message_id: str | None, recipients: Sequence[str], raw: bytes) -
         hashlib.sha256(body).hexdigest(),
     ]
     return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def addresses_looked_at(headers: Message, limit: int = 20) -> list[str]:
+    """Every address in the routing headers, in the order `candidate_recipients` looks at
+    them (at most `limit`): what a rejected message records as its recipients."""
+    found: list[str] = []
+    for names in ROUTING_HEADERS:
+        values = [str(v) for name in names for v in headers.get_all(name, [])]
+        for _, address in getaddresses(values):
+            address = address.strip()
+            if address and address.lower() not in map(str.lower, found):
+                found.append(address[:320])
+    return found[:limit]

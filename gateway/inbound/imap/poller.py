@@ -17,6 +17,10 @@ fetched again, what was stored but not moved is moved on the next session.
   (gateway/storage/queues/imap_checkpoints.py owns it).
 - IDLE when the server offers it (and `idle = true`), polling otherwise; connection errors
   back off from 1 s to 60 s and reconnect.
+- Folder names are placed in the server's namespaces at login (`folders`). A server that
+  refuses to create a folder or take messages into it (a NO) ends `sync --once` with its
+  words; the long-running reader keeps reading new mail on the same connection and retries
+  the moves with back-off (the messages stay recorded as not yet settled).
 """
 
 from __future__ import annotations
@@ -45,7 +49,14 @@ from gateway.inbound.imap.connection import (
     connect,
     explain,
 )
-from gateway.inbound.imap.headers import candidate_recipients, fingerprint, parse_header_block
+from gateway.inbound.extraction.headers import message_id_of, sender_of, subject_of
+from gateway.inbound.imap.folders import FolderMover, FolderRefused, Namespaces, read_namespaces
+from gateway.inbound.imap.headers import (
+    addresses_looked_at,
+    candidate_recipients,
+    fingerprint,
+    parse_header_block,
+)
 from gateway.inbound.recipients import Recipients
 from gateway.inbound.spool import Arrival, SpoolWriter, new_queue_id
 from gateway.mail.header_limits import HeaderLimits, header_overflow
@@ -64,6 +75,7 @@ LEASE_RENEW_SECONDS = LEASE.total_seconds() / 3
 IDLE_RESTART_SECONDS = 9 * 60.0  # RFC 2177: re-issue IDLE well before the 29-minute timeout
 BACKOFF_MIN_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
+REFUSED_RETRY_MAX_SECONDS = 30 * 60.0  # a refused move is retried at most this far apart
 
 
 # -- the poller --------------------------------------------------------------------------------
@@ -91,6 +103,9 @@ class _Taken:
     received_at: datetime
     recipients: list[str]
     refusal: str | None  # set: recorded as rejected
+    # What a rejected message says about itself, for `messages list` (a stored one gets
+    # these from filing).
+    about: dict[str, Any] = field(default_factory=dict)
 
 
 class MailboxPoller:
@@ -126,7 +141,11 @@ class MailboxPoller:
         self._uidvalidity = 0
         self._last_uid = 0
         self._renewed_at = 0.0
-        self._folders_seen: set[str] = set()
+        self._mover = FolderMover(self.mailbox)
+        self.namespaces = Namespaces()
+        self._refused: FolderRefused | None = None  # the last refusal, until a move works
+        self._retry_moves_at = 0.0  # monotonic; moves wait after a refusal
+        self._retry_delay = BACKOFF_MIN_SECONDS
 
     # -- running --------------------------------------------------------------------------
 
@@ -152,14 +171,24 @@ class MailboxPoller:
                 try:
                     with self._connected() as client:
                         self._open_folder(client)
-                        backoff, failures = BACKOFF_MIN_SECONDS, 0
                         while not self.stop.is_set():
                             self._settle_pending(client, result)
                             self._drain(client, result, progress)
+                            # Only a whole pass resets the back-off: a session that opens
+                            # and then fails must not reconnect every second.
+                            backoff, failures = BACKOFF_MIN_SECONDS, 0
                             if once:
+                                if self._refused is not None:
+                                    raise self._refused
                                 return result
                             self._wait_for_mail(client)
-                except (LoginError, ConfigError, *CONNECTION_ERRORS, IMAPClientError) as exc:
+                except (
+                    LoginError,
+                    ConfigError,
+                    FolderRefused,
+                    *CONNECTION_ERRORS,
+                    IMAPClientError,
+                ) as exc:
                     self._record_error(exc)  # while we still hold the checkpoint
                     raise
                 finally:
@@ -192,7 +221,8 @@ class MailboxPoller:
                 client.logout()
 
     def _open_folder(self, client: MailboxClient) -> None:
-        info = client.select_folder(self.folder)
+        self.namespaces = read_namespaces(client)
+        info = client.select_folder(self.namespaces.resolve(self.folder))
         uidvalidity = int(info[b"UIDVALIDITY"])
         with self.db.write() as s:
             resumed = imap_checkpoints.resume(s, self._claimant, uidvalidity)
@@ -241,7 +271,7 @@ class MailboxPoller:
                 why = (
                     f"message of {size} bytes is larger than smtp.max_message_size "
                     f"({self.max_message_size}); only its header is kept here, the message "
-                    f"is in {self.source.rejected_folder!r} on the IMAP server"
+                    f"is in {self._target('rejected')!r} on the IMAP server"
                 )
                 taken.append(self._route(uid, data.get(b"BODY[HEADER]") or b"", data, why))
         return sorted(taken, key=lambda t: t.uid)
@@ -275,6 +305,14 @@ class MailboxPoller:
                 if not candidates
                 else "no recipient could be used: " + "; ".join(refused)
             )
+        about: dict[str, Any] = {}
+        if refusal is not None:
+            about = {
+                "subject": subject_of(headers),
+                "header_message_id": (message_id_of(headers) or "")[:998] or None,
+                "mail_from": (sender_of(headers) or "")[:512],
+                "rcpt_tos": candidates or addresses_looked_at(headers),
+            }
         internal = data.get(b"INTERNALDATE")
         received_at = internal if isinstance(internal, datetime) and internal.tzinfo else None
         return _Taken(
@@ -285,6 +323,7 @@ class MailboxPoller:
             received_at=received_at or self.clock.now(),
             recipients=accepted,
             refusal=refusal,
+            about=about,
         )
 
     def _store(self, uids: list[int], taken: list[_Taken], result: SyncResult) -> dict[int, str]:
@@ -313,13 +352,15 @@ class MailboxPoller:
                         queue_id=new_queue_id(),
                         source="imap",
                         received_at=t.received_at,
-                        mail_from="",
-                        rcpt_tos=t.recipients,
+                        mail_from=t.about.get("mail_from", ""),
+                        rcpt_tos=t.about.get("rcpt_tos", t.recipients),
                         content=t.raw,
                         peer=f"{self.source.host}:{self.source.port}",
                         source_mailbox=self.mailbox,
                         rejected_reason=t.refusal,
                         sha256=t.sha256,
+                        subject=t.about.get("subject"),
+                        header_message_id=t.about.get("header_message_id"),
                     ),
                 )
             )
@@ -391,26 +432,35 @@ class MailboxPoller:
                     )
                 ).all()
             )
-        if pending:
+        if pending and time.monotonic() >= self._retry_moves_at:
             self._log.info("imap_settling_pending", count=len(pending))
             self._settle(client, {int(u): o for u, o in pending.items()}, result)
 
     def _settle(self, client: MailboxClient, outcomes: dict[int, str], result: SyncResult) -> None:
         if not outcomes:
             return
+        if self.source.after == "move" and time.monotonic() < self._retry_moves_at:
+            return  # refused a moment ago: left recorded unsettled, retried later
         by_target: dict[str, list[int]] = {}
         for uid, outcome in sorted(outcomes.items()):
-            target = (
-                self.source.rejected_folder
-                if outcome == "rejected"
-                else self.source.processed_folder
-            )
+            target = self._target("rejected" if outcome == "rejected" else "processed")
             by_target.setdefault(target, []).append(uid)
+        settled: list[int] = []
         for target, uids in by_target.items():
             if self.source.after == "flag":
                 client.add_flags(uids, [self.source.flag], silent=True)
             else:
-                self._move(client, uids, target)
+                try:
+                    if not self._mover.move(client, uids, target):
+                        self._log.warning("imap_no_uidplus", hint="copied, not expunged")
+                except FolderRefused as exc:
+                    self._moves_refused(exc)
+                    continue
+            settled.extend(uids)
+        if self.source.after == "move" and len(settled) == len(outcomes):
+            self._refused, self._retry_delay = None, BACKOFF_MIN_SECONDS
+        if not settled:
+            return
         with self.db.write() as s:
             s.execute(
                 update(ImapMessage)
@@ -418,27 +468,23 @@ class MailboxPoller:
                     ImapMessage.source == self.source.name,
                     ImapMessage.folder == self.folder,
                     ImapMessage.uidvalidity == self._uidvalidity,
-                    ImapMessage.uid.in_(list(outcomes)),
+                    ImapMessage.uid.in_(settled),
                 )
                 .values(settled_at=self.clock.now())
             )
-        result.settled += len(outcomes)
+        result.settled += len(settled)
 
-    def _move(self, client: MailboxClient, uids: list[int], target: str) -> None:
-        if target not in self._folders_seen:
-            if not client.folder_exists(target):
-                client.create_folder(target)
-            self._folders_seen.add(target)
-        if client.has_capability("MOVE"):
-            client.move(uids, target)
-            return
-        # RFC 6851 fallback: copy, then remove exactly these UIDs (UIDPLUS), never others.
-        client.copy(uids, target)
-        client.add_flags(uids, [r"\Deleted"], silent=True)
-        if client.has_capability("UIDPLUS"):
-            client.expunge(uids)
-        else:
-            self._log.warning("imap_no_uidplus", hint="copied and flagged \\Deleted, not expunged")
+    def _target(self, role: str) -> str:
+        name = self.source.rejected_folder if role == "rejected" else self.source.processed_folder
+        return self.namespaces.resolve(name)
+
+    def _moves_refused(self, exc: FolderRefused) -> None:
+        """A NO will not go away by retrying at once: new mail is still read, the moves
+        wait, longer after each refusal (a `once` run ends with it after its pass)."""
+        self._refused = exc
+        self._record_error(exc)
+        self._retry_moves_at = time.monotonic() + self._retry_delay
+        self._retry_delay = min(self._retry_delay * 4, REFUSED_RETRY_MAX_SECONDS)
 
     # -- waiting ------------------------------------------------------------------------------
 

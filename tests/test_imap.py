@@ -434,7 +434,7 @@ def test_cli_imap_test_and_sync(
     ok = runner.invoke(cli, ["imap", "test", "box", "-c", config])
     assert ok.exit_code == 0, ok.output
     assert "folder 'INBOX': 0 message(s)" in ok.output
-    assert "'Processed': will be created" in ok.output
+    assert "processed folder 'Processed': created now" in ok.output
 
     dovecot.append(USER, "INBOX", _invoice(3))
     synced = runner.invoke(cli, ["imap", "sync", "box", "--once", "-c", config])

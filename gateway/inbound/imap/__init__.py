@@ -4,6 +4,7 @@ routing headers say (`headers`), the poller that reads one folder into the spool
 imap test` (`check`) and the loop that runs every folder's poller at once (`run`). The checkpoint
 each poller holds is owned by `gateway.storage.queues.imap_checkpoints`."""
 
+from gateway.inbound.imap.check import check_source
 from gateway.inbound.imap.connection import (
     Connector,
     ImapProblem,
@@ -11,7 +12,6 @@ from gateway.inbound.imap.connection import (
     connect,
     explain,
 )
-from gateway.inbound.imap.check import check_source
 from gateway.inbound.imap.folders import FolderRefused, Namespaces
 from gateway.inbound.imap.headers import candidate_recipients, fingerprint
 from gateway.inbound.imap.poller import MailboxPoller, Progress, SyncResult

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from imapclient import IMAPClient
-from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.exceptions import LoginError
 
 from gateway.config import ConfigError, ImapSourceConfig
 from gateway.errors import GatewayError

@@ -17,6 +17,7 @@ How a configured folder name is read:
 from __future__ import annotations
 
 import imaplib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,9 @@ from typing import Any
 from imapclient.exceptions import IMAPClientError
 
 from gateway.inbound.imap.connection import ImapProblem, MailboxClient
+
+REFUSED_RETRY_FIRST_SECONDS = 1.0
+REFUSED_RETRY_MAX_SECONDS = 30 * 60.0  # a refused move is retried at most this far apart
 
 
 class FolderRefused(ImapProblem):
@@ -96,15 +100,40 @@ def _refused(exc: BaseException) -> bool:
 
 class FolderMover:
     """Moves messages into the processed and rejected folders, creating them when missing;
-    a NO from the server is raised as `FolderRefused` with its words."""
+    a NO from the server is raised as `FolderRefused` with its words, and the next moves
+    wait (`waiting`), longer after each refusal: a NO does not go away by retrying at once."""
 
     def __init__(self, mailbox: str) -> None:
         self.mailbox = mailbox
         self._seen: set[str] = set()
+        self._refusals: dict[str, FolderRefused] = {}  # target -> until a move there works
+        self._retry_at = 0.0  # monotonic
+        self._retry_delay = REFUSED_RETRY_FIRST_SECONDS
+
+    @property
+    def refused(self) -> FolderRefused | None:
+        return next(iter(self._refusals.values()), None)
+
+    @property
+    def waiting(self) -> bool:
+        return time.monotonic() < self._retry_at
 
     def move(self, client: MailboxClient, uids: Sequence[int], target: str) -> bool:
         """Move `uids` to `target`; False when the server has no UIDPLUS (copied and
         flagged \\Deleted, not expunged)."""
+        try:
+            done = self._move(client, uids, target)
+        except FolderRefused as exc:
+            self._refusals[target] = exc
+            self._retry_at = time.monotonic() + self._retry_delay
+            self._retry_delay = min(self._retry_delay * 4, REFUSED_RETRY_MAX_SECONDS)
+            raise
+        self._refusals.pop(target, None)
+        if not self._refusals:
+            self._retry_delay = REFUSED_RETRY_FIRST_SECONDS
+        return done
+
+    def _move(self, client: MailboxClient, uids: Sequence[int], target: str) -> bool:
         if target not in self._seen:
             if not client.folder_exists(target):
                 self._command(f"create the folder {target!r}", client.create_folder, target)

@@ -11,6 +11,9 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
+from typing import Any
+
+from gateway.inbound.extraction.headers import message_id_of, sender_of, subject_of
 
 ROUTING_HEADERS: tuple[tuple[str, ...], ...] = (("Delivered-To",), ("X-Original-To",), ("To", "Cc"))
 
@@ -70,3 +73,15 @@ def addresses_looked_at(headers: Message, limit: int = 20) -> list[str]:
             if address and address.lower() not in map(str.lower, found):
                 found.append(address[:320])
     return found[:limit]
+
+
+def rejected_record(headers: Message, candidates: list[str]) -> dict[str, Any]:
+    """What a message refused at intake records about itself (filing, which fills these
+    in for the others, never reads it): its subject, Message-ID, From, and the recipients
+    looked at (ours that were refused, else every address in the routing headers)."""
+    return {
+        "subject": subject_of(headers),
+        "header_message_id": (message_id_of(headers) or "")[:998] or None,
+        "mail_from": (sender_of(headers) or "")[:512],
+        "rcpt_tos": candidates or addresses_looked_at(headers),
+    }

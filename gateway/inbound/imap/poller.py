@@ -49,13 +49,12 @@ from gateway.inbound.imap.connection import (
     connect,
     explain,
 )
-from gateway.inbound.extraction.headers import message_id_of, sender_of, subject_of
 from gateway.inbound.imap.folders import FolderMover, FolderRefused, Namespaces, read_namespaces
 from gateway.inbound.imap.headers import (
-    addresses_looked_at,
     candidate_recipients,
     fingerprint,
     parse_header_block,
+    rejected_record,
 )
 from gateway.inbound.recipients import Recipients
 from gateway.inbound.spool import Arrival, SpoolWriter, new_queue_id
@@ -75,7 +74,6 @@ LEASE_RENEW_SECONDS = LEASE.total_seconds() / 3
 IDLE_RESTART_SECONDS = 9 * 60.0  # RFC 2177: re-issue IDLE well before the 29-minute timeout
 BACKOFF_MIN_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
-REFUSED_RETRY_MAX_SECONDS = 30 * 60.0  # a refused move is retried at most this far apart
 
 
 # -- the poller --------------------------------------------------------------------------------
@@ -143,9 +141,6 @@ class MailboxPoller:
         self._renewed_at = 0.0
         self._mover = FolderMover(self.mailbox)
         self.namespaces = Namespaces()
-        self._refused: FolderRefused | None = None  # the last refusal, until a move works
-        self._retry_moves_at = 0.0  # monotonic; moves wait after a refusal
-        self._retry_delay = BACKOFF_MIN_SECONDS
 
     # -- running --------------------------------------------------------------------------
 
@@ -178,8 +173,8 @@ class MailboxPoller:
                             # and then fails must not reconnect every second.
                             backoff, failures = BACKOFF_MIN_SECONDS, 0
                             if once:
-                                if self._refused is not None:
-                                    raise self._refused
+                                if self._mover.refused is not None:
+                                    raise self._mover.refused
                                 return result
                             self._wait_for_mail(client)
                 except (
@@ -305,14 +300,6 @@ class MailboxPoller:
                 if not candidates
                 else "no recipient could be used: " + "; ".join(refused)
             )
-        about: dict[str, Any] = {}
-        if refusal is not None:
-            about = {
-                "subject": subject_of(headers),
-                "header_message_id": (message_id_of(headers) or "")[:998] or None,
-                "mail_from": (sender_of(headers) or "")[:512],
-                "rcpt_tos": candidates or addresses_looked_at(headers),
-            }
         internal = data.get(b"INTERNALDATE")
         received_at = internal if isinstance(internal, datetime) and internal.tzinfo else None
         return _Taken(
@@ -323,7 +310,7 @@ class MailboxPoller:
             received_at=received_at or self.clock.now(),
             recipients=accepted,
             refusal=refusal,
-            about=about,
+            about=rejected_record(headers, candidates) if refusal is not None else {},
         )
 
     def _store(self, uids: list[int], taken: list[_Taken], result: SyncResult) -> dict[int, str]:
@@ -432,14 +419,14 @@ class MailboxPoller:
                     )
                 ).all()
             )
-        if pending and time.monotonic() >= self._retry_moves_at:
+        if pending and not self._mover.waiting:
             self._log.info("imap_settling_pending", count=len(pending))
             self._settle(client, {int(u): o for u, o in pending.items()}, result)
 
     def _settle(self, client: MailboxClient, outcomes: dict[int, str], result: SyncResult) -> None:
         if not outcomes:
             return
-        if self.source.after == "move" and time.monotonic() < self._retry_moves_at:
+        if self.source.after == "move" and self._mover.waiting:
             return  # refused a moment ago: left recorded unsettled, retried later
         by_target: dict[str, list[int]] = {}
         for uid, outcome in sorted(outcomes.items()):
@@ -454,11 +441,9 @@ class MailboxPoller:
                     if not self._mover.move(client, uids, target):
                         self._log.warning("imap_no_uidplus", hint="copied, not expunged")
                 except FolderRefused as exc:
-                    self._moves_refused(exc)
+                    self._record_error(exc)  # new mail is still read; the moves wait
                     continue
             settled.extend(uids)
-        if self.source.after == "move" and len(settled) == len(outcomes):
-            self._refused, self._retry_delay = None, BACKOFF_MIN_SECONDS
         if not settled:
             return
         with self.db.write() as s:
@@ -477,14 +462,6 @@ class MailboxPoller:
     def _target(self, role: str) -> str:
         name = self.source.rejected_folder if role == "rejected" else self.source.processed_folder
         return self.namespaces.resolve(name)
-
-    def _moves_refused(self, exc: FolderRefused) -> None:
-        """A NO will not go away by retrying at once: new mail is still read, the moves
-        wait, longer after each refusal (a `once` run ends with it after its pass)."""
-        self._refused = exc
-        self._record_error(exc)
-        self._retry_moves_at = time.monotonic() + self._retry_delay
-        self._retry_delay = min(self._retry_delay * 4, REFUSED_RETRY_MAX_SECONDS)
 
     # -- waiting ------------------------------------------------------------------------------
 

@@ -16,12 +16,21 @@ from imapclient import IMAPClient
 from sqlalchemy import select
 
 from gateway.config import ImapSourceConfig
-from gateway.inbound.imap import connect
+from gateway.inbound.imap import Namespaces, connect
 from gateway.storage.listings.inbound import list_messages
 from gateway.storage.models import InboundMessage
 from tests.dovecot import Dovecot, running_dovecot
-from tests.support import FixedClock, file_all, message
-from tests.test_imap import PASSWORD, USER, _count, _gateway, _invoice, _sync, _wait
+from tests.support import FixedClock, file_all
+from tests.test_imap import (
+    PASSWORD,
+    USER,
+    _count,
+    _gateway,
+    _invoice,
+    _sync,
+    _three_invoices_and_a_stray,
+    _wait,
+)
 
 CYRUS_STYLE = ("INBOX.", ".")
 # Bounds a run of the CLI: today's code never ended here (a reconnect loop).
@@ -49,18 +58,11 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _stray(subject: str = "Newsletter de mars") -> bytes:
-    raw = message(to="someone@example.org", subject=subject)
-    return b"Delivered-To: factures@cabinet.test\r\n" + raw
-
-
 def test_sync_once_files_into_the_personal_namespace(
     tmp_path: Path, database_url: str, clock: FixedClock, cyrus: Dovecot
 ) -> None:
     gw = _gateway(tmp_path, database_url, clock, cyrus)
-    for n in range(3):
-        cyrus.append(USER, "INBOX", _invoice(n))
-    cyrus.append(USER, "INBOX", _stray())
+    _three_invoices_and_a_stray(cyrus)
     config = str(gw.config.path)
 
     done = _cli("imap", "sync", "box", "--once", "-c", config)
@@ -158,3 +160,21 @@ def test_a_rejected_message_records_subject_message_id_sender_and_recipients(
     with gw.db.read() as s:
         reason = s.execute(select(InboundMessage.reason)).scalar_one()
     assert "no address of ours" in (reason or "")
+
+
+@pytest.mark.parametrize(
+    ("configured", "on_cyrus", "on_dovecot"),
+    [
+        ("INBOX", "INBOX", "INBOX"),
+        ("Processed", "INBOX.Processed", "Processed"),
+        ("INBOX.Processed", "INBOX.Processed", "INBOX.Processed"),
+        ("Archive/Processed", "INBOX.Archive.Processed", "Archive/Processed"),
+        ("#shared/Factures", "#shared/Factures", "#shared/Factures"),
+    ],
+)
+def test_configured_names_are_relative_unless_under_a_namespace_prefix(
+    configured: str, on_cyrus: str, on_dovecot: str
+) -> None:
+    cyrus_style = Namespaces("INBOX.", ".", ("INBOX.", "#shared/"))
+    assert cyrus_style.resolve(configured) == on_cyrus
+    assert Namespaces("", "/", ("",)).resolve(configured) == on_dovecot

@@ -9,14 +9,8 @@ from typing import Any
 from imapclient.exceptions import IMAPClientError, LoginError
 
 from gateway.config import ConfigError, ImapSourceConfig
-from gateway.inbound.imap.connection import (
-    CONNECTION_ERRORS,
-    Connector,
-    ImapProblem,
-    MailboxClient,
-    connect,
-    explain,
-)
+from gateway.inbound.imap import connection
+from gateway.inbound.imap.connection import CONNECTION_ERRORS, ImapProblem, MailboxClient
 from gateway.inbound.imap.folders import FolderRefused, Namespaces, read_namespaces, server_words
 
 GMAIL_NOTE = (
@@ -25,7 +19,9 @@ GMAIL_NOTE = (
 )
 
 
-def check_source(source: ImapSourceConfig, connector: Connector = connect) -> list[str]:
+def check_source(
+    source: ImapSourceConfig, connector: connection.Connector = connection.connect
+) -> list[str]:
     """Log in and look at the folders; returns what was found, line by line.
 
     Raises ImapProblem saying what is wrong (login, TLS, network, a missing folder, a
@@ -35,7 +31,7 @@ def check_source(source: ImapSourceConfig, connector: Connector = connect) -> li
     try:
         client = connector(source)
     except (ConfigError, LoginError, *CONNECTION_ERRORS, IMAPClientError) as exc:
-        raise ImapProblem(explain(source, exc)) from exc
+        raise ImapProblem(connection.explain(source, exc)) from exc
     try:
         lines.append(
             f"logged in as {source.user} on {source.host}:{source.port} (tls {source.tls})"
@@ -78,7 +74,7 @@ def check_source(source: ImapSourceConfig, connector: Connector = connect) -> li
         if client.has_capability("X-GM-EXT-1"):
             lines.append(GMAIL_NOTE)
     except (*CONNECTION_ERRORS, IMAPClientError) as exc:
-        raise ImapProblem(explain(source, exc)) from exc
+        raise ImapProblem(connection.explain(source, exc)) from exc
     finally:
         with contextlib.suppress(Exception):
             client.logout()

@@ -7,6 +7,8 @@ import contextlib
 import imaplib
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -108,3 +110,34 @@ def _text(exc: BaseException) -> str:
     if text.startswith("b'") or text.startswith('b"'):
         text = text[2:-1]
     return text or type(exc).__name__
+
+
+IDLE_RESTART_SECONDS = 9 * 60.0  # RFC 2177: re-issue IDLE well before the 29-minute timeout
+
+
+def wait_for_mail(
+    client: MailboxClient,
+    source: ImapSourceConfig,
+    stop: threading.Event,
+    tick: Callable[[], None],
+    tick_seconds: float = 1.0,
+) -> None:
+    """Until new mail may be there: IDLE when offered (and `idle`), else `poll_seconds`;
+    `tick` (the lease's renewal) is called at least every `tick_seconds` meanwhile."""
+    if source.idle and client.has_capability("IDLE"):
+        client.idle()
+        try:
+            started = time.monotonic()
+            while not stop.is_set() and time.monotonic() - started < IDLE_RESTART_SECONDS:
+                responses = client.idle_check(timeout=min(1.0, tick_seconds))
+                if any(len(r) > 1 and r[1] in (b"EXISTS", b"RECENT") for r in responses):
+                    return
+                tick()
+        finally:
+            client.idle_done()
+        return
+    deadline = time.monotonic() + source.poll_seconds
+    while not stop.is_set() and time.monotonic() < deadline:
+        stop.wait(min(tick_seconds, max(0.0, deadline - time.monotonic())))
+        tick()
+    client.noop()  # new messages become visible to the next SEARCH

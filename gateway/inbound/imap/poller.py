@@ -17,10 +17,8 @@ fetched again, what was stored but not moved is moved on the next session.
   (gateway/storage/queues/imap_checkpoints.py owns it).
 - IDLE when the server offers it (and `idle = true`), polling otherwise; connection errors
   back off from 1 s to 60 s and reconnect.
-- Folder names are placed in the server's namespaces at login (`folders`). A server that
-  refuses to create a folder or take messages into it (a NO) ends `sync --once` with its
-  words; the long-running reader keeps reading new mail on the same connection and retries
-  the moves with back-off (the messages stay recorded as not yet settled).
+- Folder names are placed in the server's namespaces at login; a NO to a move ends `sync
+  --once`, the long-running reader reads on and retries the moves later (`folders`).
 """
 
 from __future__ import annotations
@@ -48,6 +46,7 @@ from gateway.inbound.imap.connection import (
     MailboxClient,
     connect,
     explain,
+    wait_for_mail,
 )
 from gateway.inbound.imap.folders import FolderMover, FolderRefused, Namespaces, read_namespaces
 from gateway.inbound.imap.headers import (
@@ -71,9 +70,10 @@ log = structlog.get_logger("gateway.imap")
 # The process's heartbeat renews the lease too; this keeps `imap sync --once` (no heartbeat)
 # holding its mailbox: three renewals a lease.
 LEASE_RENEW_SECONDS = LEASE.total_seconds() / 3
-IDLE_RESTART_SECONDS = 9 * 60.0  # RFC 2177: re-issue IDLE well before the 29-minute timeout
 BACKOFF_MIN_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
+# What ends a session: recorded on the checkpoint, then handled by `run`.
+SESSION_ERRORS = (LoginError, ConfigError, FolderRefused, *CONNECTION_ERRORS, IMAPClientError)
 
 
 # -- the poller --------------------------------------------------------------------------------
@@ -176,14 +176,14 @@ class MailboxPoller:
                                 if self._mover.refused is not None:
                                     raise self._mover.refused
                                 return result
-                            self._wait_for_mail(client)
-                except (
-                    LoginError,
-                    ConfigError,
-                    FolderRefused,
-                    *CONNECTION_ERRORS,
-                    IMAPClientError,
-                ) as exc:
+                            wait_for_mail(
+                                client,
+                                self.source,
+                                self.stop,
+                                self._renew_lease,
+                                LEASE_RENEW_SECONDS,
+                            )
+                except SESSION_ERRORS as exc:
                     self._record_error(exc)  # while we still hold the checkpoint
                     raise
                 finally:
@@ -464,25 +464,6 @@ class MailboxPoller:
         return self.namespaces.resolve(name)
 
     # -- waiting ------------------------------------------------------------------------------
-
-    def _wait_for_mail(self, client: MailboxClient) -> None:
-        if self.source.idle and client.has_capability("IDLE"):
-            client.idle()
-            try:
-                started = time.monotonic()
-                while not self.stop.is_set() and time.monotonic() - started < IDLE_RESTART_SECONDS:
-                    responses = client.idle_check(timeout=1.0)
-                    if any(len(r) > 1 and r[1] in (b"EXISTS", b"RECENT") for r in responses):
-                        return
-                    self._renew_lease()
-            finally:
-                client.idle_done()
-            return
-        deadline = time.monotonic() + self.source.poll_seconds
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            self.stop.wait(min(LEASE_RENEW_SECONDS, max(0.0, deadline - time.monotonic())))
-            self._renew_lease()
-        client.noop()  # new messages become visible to the next SEARCH
 
     # -- checkpoint and lease: every write through the checkpoint queue -------------------
 

@@ -11,7 +11,12 @@ from imapclient.exceptions import IMAPClientError, LoginError
 from gateway.config import ConfigError, ImapSourceConfig
 from gateway.inbound.imap import connection
 from gateway.inbound.imap.connection import CONNECTION_ERRORS, ImapProblem, MailboxClient
-from gateway.inbound.imap.folders import FolderRefused, Namespaces, read_namespaces, server_words
+from gateway.inbound.imap.folders import (
+    FolderRefused,
+    is_refusal,
+    read_namespaces,
+    server_words,
+)
 
 GMAIL_NOTE = (
     "Gmail: moving a message out of INBOX removes its INBOX label (it stays in "
@@ -67,7 +72,7 @@ def check_source(
                 ("rejected", source.rejected_folder),
             ):
                 name = spaces.resolve(folder)
-                state = _prepare(client, spaces, name, names, source)
+                state = _prepare(client, name, names, source)
                 lines.append(f"{role} folder {_shown(folder, name)}: {state}")
         else:
             lines.append(f"messages taken are flagged {source.flag} and left in place")
@@ -83,7 +88,6 @@ def check_source(
 
 def _prepare(
     client: MailboxClient,
-    spaces: Namespaces,
     name: str,
     names: list[str],
     source: ImapSourceConfig,
@@ -92,14 +96,11 @@ def _prepare(
     server that refuses it says so here rather than on the first message."""
     if name in names:
         return "exists"
-    if spaces.outside(name):
-        raise FolderRefused(
-            f"folder {name!r} is outside every namespace of {source.host} (personal "
-            f"namespace: {spaces.prefix!r}); name it relative, e.g. without a prefix"
-        )
     try:
         client.create_folder(name)
     except IMAPClientError as exc:
+        if not is_refusal(exc):
+            raise
         raise FolderRefused(
             f"the server refuses to create the folder {name!r} on {source.host}: "
             f"{server_words(exc)}"

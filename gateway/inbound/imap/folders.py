@@ -51,19 +51,19 @@ class Namespaces:
     def is_absolute(self, name: str) -> bool:
         return any(p and name.startswith(p) for p in self.prefixes)
 
-    def outside(self, name: str) -> bool:
-        """True when `name` lies in no namespace of the server (it would refuse it)."""
-        if name.upper() == "INBOX" or "" in self.prefixes or not self.prefixes:
-            return False
-        return not self.is_absolute(name)
-
 
 def read_namespaces(client: MailboxClient) -> Namespaces:
     """NAMESPACE when offered, else the delimiter LIST gives for the top level."""
+    found = None
     if client.has_capability("NAMESPACE"):
-        found = client.namespace()
-        personal = list(found.personal or ()) if found else []
-        every = [pair for kind in (found or ()) for pair in (kind or ())]
+        try:
+            found = client.namespace()
+        except IMAPClientError as exc:
+            if not is_refusal(exc):
+                raise  # a dropped connection; a NO falls back to LIST
+    if found is not None:
+        personal = list(found.personal or ())
+        every = [pair for kind in found for pair in (kind or ())]
         if personal:
             prefix, delimiter = personal[0]
             return Namespaces(
@@ -93,7 +93,7 @@ def server_words(exc: BaseException) -> str:
     return text.strip() or type(exc).__name__
 
 
-def _refused(exc: BaseException) -> bool:
+def is_refusal(exc: BaseException) -> bool:
     """A tagged NO/BAD (imaplib.IMAP4.error) rather than a dropped connection (abort)."""
     return isinstance(exc, IMAPClientError) and not isinstance(exc, imaplib.IMAP4.abort)
 
@@ -153,7 +153,7 @@ class FolderMover:
         try:
             command(*args)
         except IMAPClientError as exc:
-            if not _refused(exc):
+            if not is_refusal(exc):
                 raise
             self._seen.discard(args[-1])
             raise FolderRefused(

@@ -91,6 +91,7 @@ class Dovecot(ForegroundDaemon):
         host: str = "127.0.0.1",
         port: int = 0,
         start_timeout: float = 10.0,
+        namespace: tuple[str, str] = ("", "/"),
     ) -> None:
         binary = binary or find_dovecot()
         if binary is None:
@@ -108,6 +109,8 @@ class Dovecot(ForegroundDaemon):
         self.host = host
         self.port = port
         self.start_timeout = start_timeout
+        # The personal namespace's (prefix, separator): ("INBOX.", ".") as Cyrus and Courier.
+        self.namespace = namespace
         self.root = Path(base).resolve() / "dovecot"
         if re.search(r'[\s"#]', str(self.root)):
             raise ValueError(f"Dovecot's config cannot hold this path: {self.root}")
@@ -223,7 +226,7 @@ class Dovecot(ForegroundDaemon):
             "mail_fsync = never\n"
             f"{mail}"
             f"{auth}"
-            "namespace inbox {\n  inbox = yes\n  separator = /\n}\n"
+            f"{self._namespace_block()}"
             "service imap-login {\n"
             f"{chroot_off}"
             f"  inet_listener imap {{\n    port = {self.port}\n  }}\n"
@@ -237,6 +240,13 @@ class Dovecot(ForegroundDaemon):
             "  unix_listener anvil-auth-penalty {\n    mode = 0\n  }\n"
             "}\n"
         )
+
+    def _namespace_block(self) -> str:
+        prefix, separator = self.namespace
+        if any(ch in prefix + separator for ch in '"\n{}'):
+            raise ValueError(f"namespace not writable in Dovecot's config: {self.namespace}")
+        prefix_line = f"  prefix = {prefix}\n" if prefix else ""
+        return f"namespace inbox {{\n  inbox = yes\n{prefix_line}  separator = {separator}\n}}\n"
 
     # -- process --------------------------------------------------------------------------
 
@@ -381,6 +391,7 @@ def running_dovecot(
     binary: str | None = None,
     port: int = 0,
     start_timeout: float = 10.0,
+    namespace: tuple[str, str] = ("", "/"),
 ) -> Iterator[Dovecot]:
     """A started Dovecot for one test, closed afterwards even if the test fails.
 
@@ -390,7 +401,14 @@ def running_dovecot(
     binary = binary or find_dovecot()
     if binary is None:
         daemon_missing("dovecot", REQUIRE_ENV, SETUP_HINT)
-    dovecot = Dovecot(tmp_path, users, binary=binary, port=port, start_timeout=start_timeout)
+    dovecot = Dovecot(
+        tmp_path,
+        users,
+        binary=binary,
+        port=port,
+        start_timeout=start_timeout,
+        namespace=namespace,
+    )
     try:
         dovecot.start()
         yield dovecot

@@ -192,14 +192,19 @@ def _count(gw: Gateway, model: Any) -> int:
         return int(s.execute(select(func.count()).select_from(model)).scalar_one())
 
 
-def test_mail_is_filed_moved_and_never_read_twice(
-    tmp_path: Path, database_url: str, clock: FixedClock, dovecot: Dovecot
-) -> None:
-    gw = _gateway(tmp_path, database_url, clock, dovecot)
+def _three_invoices_and_a_stray(dovecot: Dovecot) -> None:
+    """Three invoices to a company, one message to no address of ours, in INBOX."""
     for n in range(3):
         dovecot.append(USER, "INBOX", _invoice(n))
     stray = message(to="someone@example.org", subject="Newsletter")
     dovecot.append(USER, "INBOX", b"Delivered-To: factures@cabinet.test\r\n" + stray)
+
+
+def test_mail_is_filed_moved_and_never_read_twice(
+    tmp_path: Path, database_url: str, clock: FixedClock, dovecot: Dovecot
+) -> None:
+    gw = _gateway(tmp_path, database_url, clock, dovecot)
+    _three_invoices_and_a_stray(dovecot)
 
     result = _sync(gw)
     assert (result.taken, result.stored, result.rejected) == (4, 3, 1)
@@ -434,7 +439,7 @@ def test_cli_imap_test_and_sync(
     ok = runner.invoke(cli, ["imap", "test", "box", "-c", config])
     assert ok.exit_code == 0, ok.output
     assert "folder 'INBOX': 0 message(s)" in ok.output
-    assert "'Processed': will be created" in ok.output
+    assert "processed folder 'Processed': created now" in ok.output
 
     dovecot.append(USER, "INBOX", _invoice(3))
     synced = runner.invoke(cli, ["imap", "sync", "box", "--once", "-c", config])

@@ -428,7 +428,10 @@ class ImapSourceConfig:
         example="/run/secrets/imap-factures",
     )
     folders: tuple[str, ...] = setting(
-        ("INBOX",), "Folders read, one connection each.", check=checks.folders
+        ("INBOX",),
+        "Folders read, one connection each; names relative to the personal namespace unless "
+        "INBOX or under a namespace prefix (see IMAP sources).",
+        check=checks.folders,
     )
     route: str = setting(
         "recipient",
@@ -444,10 +447,15 @@ class ImapSourceConfig:
         choices=("move", "flag"),
     )
     processed_folder: str = setting(
-        "Processed", "Where stored messages are moved (after = move).", check=checks.stripped
+        "Processed",
+        "Where stored messages are moved (after = move); `Processed` is `INBOX.Processed` on a "
+        "server whose personal namespace is `INBOX.`.",
+        check=checks.stripped,
     )
     rejected_folder: str = setting(
-        "Rejected", "Where rejected messages are moved (after = move).", check=checks.stripped
+        "Rejected",
+        "Where rejected messages are moved (after = move), placed as processed_folder.",
+        check=checks.stripped,
     )
     flag: str = setting(
         "$Filed", "IMAP keyword set on stored messages (after = flag).", check=checks.imap_keyword

@@ -65,6 +65,9 @@ class Arrival:
     # stored already rejected, with the reason the firm will read.
     rejected_reason: str | None = None
     sha256: str | None = None  # of `content`, when the caller has it already
+    # Set for a message stored rejected (filing never reads it, so never fills them in).
+    subject: str | None = None
+    header_message_id: str | None = None
 
 
 # Called inside the batch's transaction with the new row ids, so that what the caller
@@ -112,6 +115,8 @@ class SpoolWriter:
                     "spool_segment": segment,
                     "spool_offset": offset,
                     "reason": a.rejected_reason,  # refused at intake: stored `rejected`
+                    "subject": a.subject,
+                    "header_message_id": a.header_message_id,
                 }
                 for a, (segment, offset) in zip(arrivals, placed, strict=True)
             ]

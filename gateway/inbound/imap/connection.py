@@ -1,6 +1,5 @@
 """Talking to an IMAP server: opening a logged-in connection as a source's configuration
-says, what went wrong in plain words for a mail admin (`explain`, `ImapProblem`), and the
-check behind `gateway imap test` (`check_source`)."""
+says, and what went wrong in plain words for a mail admin (`explain`, `ImapProblem`)."""
 
 from __future__ import annotations
 
@@ -8,11 +7,13 @@ import contextlib
 import imaplib
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from imapclient import IMAPClient
-from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.exceptions import LoginError
 
 from gateway.config import ConfigError, ImapSourceConfig
 from gateway.errors import GatewayError
@@ -33,6 +34,7 @@ class MailboxClient(Protocol):
     def folder_exists(self, folder: str) -> bool: ...
     def create_folder(self, folder: str) -> Any: ...
     def list_folders(self, directory: str = "", pattern: str = "*") -> list[Any]: ...
+    def namespace(self) -> Any: ...
     def move(self, messages: Sequence[int], folder: str) -> Any: ...
     def copy(self, messages: Sequence[int], folder: str) -> Any: ...
     def add_flags(
@@ -110,57 +112,32 @@ def _text(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-# -- `gateway imap test` -------------------------------------------------------------------------
+IDLE_RESTART_SECONDS = 9 * 60.0  # RFC 2177: re-issue IDLE well before the 29-minute timeout
 
 
-def check_source(source: ImapSourceConfig, connector: Connector = connect) -> list[str]:
-    """Log in and look at the folders; returns what was found, line by line.
-
-    Raises ImapProblem saying what is wrong (login, TLS, network, a missing folder).
-    """
-    lines: list[str] = []
-    try:
-        client = connector(source)
-    except (ConfigError, LoginError, *CONNECTION_ERRORS, IMAPClientError) as exc:
-        raise ImapProblem(explain(source, exc)) from exc
-    try:
-        lines.append(
-            f"logged in as {source.user} on {source.host}:{source.port} (tls {source.tls})"
-        )
-        idle = (
-            "yes"
-            if client.has_capability("IDLE")
-            else f"no (polling every {source.poll_seconds:g} s)"
-        )
-        move = "yes" if client.has_capability("MOVE") else "no"
-        lines.append(f"server offers IDLE: {idle}, MOVE: {move}")
-        names = [_folder_name(entry) for entry in client.list_folders()]
-        missing = [f for f in source.folders if f not in names]
-        if missing:
-            raise ImapProblem(
-                f"folder {', '.join(repr(f) for f in missing)} does not exist on "
-                f"{source.host}; folders there: {', '.join(sorted(names)) or '(none)'}"
-            )
-        for folder in source.folders:
-            info = client.select_folder(folder, readonly=True)
-            lines.append(
-                f"folder {folder!r}: {int(info.get(b'EXISTS', 0))} message(s), "
-                f"UIDVALIDITY {int(info[b'UIDVALIDITY'])}"
-            )
-        if source.after == "move":
-            for target in (source.processed_folder, source.rejected_folder):
-                state = "exists" if target in names else "will be created on first use"
-                lines.append(f"folder {target!r}: {state}")
-        else:
-            lines.append(f"messages taken are flagged {source.flag} and left in place")
-    except (*CONNECTION_ERRORS, IMAPClientError) as exc:
-        raise ImapProblem(explain(source, exc)) from exc
-    finally:
-        with contextlib.suppress(Exception):
-            client.logout()
-    return lines
-
-
-def _folder_name(entry: Any) -> str:
-    name = entry[2] if isinstance(entry, tuple | list) and len(entry) == 3 else entry
-    return name.decode() if isinstance(name, bytes) else str(name)
+def wait_for_mail(
+    client: MailboxClient,
+    source: ImapSourceConfig,
+    stop: threading.Event,
+    tick: Callable[[], None],
+    tick_seconds: float = 1.0,
+) -> None:
+    """Until new mail may be there: IDLE when offered (and `idle`), else `poll_seconds`;
+    `tick` (the lease's renewal) is called at least every `tick_seconds` meanwhile."""
+    if source.idle and client.has_capability("IDLE"):
+        client.idle()
+        try:
+            started = time.monotonic()
+            while not stop.is_set() and time.monotonic() - started < IDLE_RESTART_SECONDS:
+                responses = client.idle_check(timeout=min(1.0, tick_seconds))
+                if any(len(r) > 1 and r[1] in (b"EXISTS", b"RECENT") for r in responses):
+                    return
+                tick()
+        finally:
+            client.idle_done()
+        return
+    deadline = time.monotonic() + source.poll_seconds
+    while not stop.is_set() and time.monotonic() < deadline:
+        stop.wait(min(tick_seconds, max(0.0, deadline - time.monotonic())))
+        tick()
+    client.noop()  # new messages become visible to the next SEARCH

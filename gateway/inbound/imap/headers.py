@@ -11,6 +11,9 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
+from typing import Any
+
+from gateway.inbound.extraction.headers import message_id_of, sender_of, subject_of
 
 ROUTING_HEADERS: tuple[tuple[str, ...], ...] = (("Delivered-To",), ("X-Original-To",), ("To", "Cc"))
 
@@ -57,3 +60,28 @@ def fingerprint(message_id: str | None, recipients: Sequence[str], raw: bytes) -
         hashlib.sha256(body).hexdigest(),
     ]
     return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def addresses_looked_at(headers: Message, limit: int = 20) -> list[str]:
+    """Every address in the routing headers, in the order `candidate_recipients` looks at
+    them (at most `limit`): what a rejected message records as its recipients."""
+    found: list[str] = []
+    for names in ROUTING_HEADERS:
+        values = [str(v) for name in names for v in headers.get_all(name, [])]
+        for _, address in getaddresses(values):
+            address = address.strip()
+            if address and address.lower() not in map(str.lower, found):
+                found.append(address[:320])
+    return found[:limit]
+
+
+def rejected_record(headers: Message, candidates: list[str]) -> dict[str, Any]:
+    """What a message refused at intake records about itself (filing, which fills these
+    in for the others, never reads it): its subject, Message-ID, From, and the recipients
+    looked at (ours that were refused, else every address in the routing headers)."""
+    return {
+        "subject": subject_of(headers),
+        "header_message_id": (message_id_of(headers) or "")[:998] or None,
+        "mail_from": (sender_of(headers) or "")[:512],
+        "rcpt_tos": candidates or addresses_looked_at(headers),
+    }

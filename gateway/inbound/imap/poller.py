@@ -17,6 +17,8 @@ fetched again, what was stored but not moved is moved on the next session.
   (gateway/storage/queues/imap_checkpoints.py owns it).
 - IDLE when the server offers it (and `idle = true`), polling otherwise; connection errors
   back off from 1 s to 60 s and reconnect.
+- Folder names are placed in the server's namespaces at login; a NO to a move ends `sync
+  --once`, the long-running reader reads on and retries the moves later (`folders`).
 """
 
 from __future__ import annotations
@@ -44,8 +46,15 @@ from gateway.inbound.imap.connection import (
     MailboxClient,
     connect,
     explain,
+    wait_for_mail,
 )
-from gateway.inbound.imap.headers import candidate_recipients, fingerprint, parse_header_block
+from gateway.inbound.imap.folders import FolderMover, FolderRefused, Namespaces, read_namespaces
+from gateway.inbound.imap.headers import (
+    candidate_recipients,
+    fingerprint,
+    parse_header_block,
+    rejected_record,
+)
 from gateway.inbound.recipients import Recipients
 from gateway.inbound.spool import Arrival, SpoolWriter, new_queue_id
 from gateway.mail.header_limits import HeaderLimits, header_overflow
@@ -61,9 +70,10 @@ log = structlog.get_logger("gateway.imap")
 # The process's heartbeat renews the lease too; this keeps `imap sync --once` (no heartbeat)
 # holding its mailbox: three renewals a lease.
 LEASE_RENEW_SECONDS = LEASE.total_seconds() / 3
-IDLE_RESTART_SECONDS = 9 * 60.0  # RFC 2177: re-issue IDLE well before the 29-minute timeout
 BACKOFF_MIN_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
+# What ends a session: recorded on the checkpoint, then handled by `run`.
+SESSION_ERRORS = (LoginError, ConfigError, FolderRefused, *CONNECTION_ERRORS, IMAPClientError)
 
 
 # -- the poller --------------------------------------------------------------------------------
@@ -91,6 +101,9 @@ class _Taken:
     received_at: datetime
     recipients: list[str]
     refusal: str | None  # set: recorded as rejected
+    # What a rejected message says about itself, for `messages list` (a stored one gets
+    # these from filing).
+    about: dict[str, Any] = field(default_factory=dict)
 
 
 class MailboxPoller:
@@ -126,7 +139,8 @@ class MailboxPoller:
         self._uidvalidity = 0
         self._last_uid = 0
         self._renewed_at = 0.0
-        self._folders_seen: set[str] = set()
+        self._mover = FolderMover(self.mailbox)
+        self.namespaces = Namespaces()
 
     # -- running --------------------------------------------------------------------------
 
@@ -152,14 +166,24 @@ class MailboxPoller:
                 try:
                     with self._connected() as client:
                         self._open_folder(client)
-                        backoff, failures = BACKOFF_MIN_SECONDS, 0
                         while not self.stop.is_set():
                             self._settle_pending(client, result)
                             self._drain(client, result, progress)
+                            # Only a whole pass resets the back-off: a session that opens
+                            # and then fails must not reconnect every second.
+                            backoff, failures = BACKOFF_MIN_SECONDS, 0
                             if once:
+                                if self._mover.refused is not None:
+                                    raise self._mover.refused
                                 return result
-                            self._wait_for_mail(client)
-                except (LoginError, ConfigError, *CONNECTION_ERRORS, IMAPClientError) as exc:
+                            wait_for_mail(
+                                client,
+                                self.source,
+                                self.stop,
+                                self._renew_lease,
+                                LEASE_RENEW_SECONDS,
+                            )
+                except SESSION_ERRORS as exc:
                     self._record_error(exc)  # while we still hold the checkpoint
                     raise
                 finally:
@@ -192,7 +216,8 @@ class MailboxPoller:
                 client.logout()
 
     def _open_folder(self, client: MailboxClient) -> None:
-        info = client.select_folder(self.folder)
+        self.namespaces = read_namespaces(client)
+        info = client.select_folder(self.namespaces.resolve(self.folder))
         uidvalidity = int(info[b"UIDVALIDITY"])
         with self.db.write() as s:
             resumed = imap_checkpoints.resume(s, self._claimant, uidvalidity)
@@ -241,7 +266,7 @@ class MailboxPoller:
                 why = (
                     f"message of {size} bytes is larger than smtp.max_message_size "
                     f"({self.max_message_size}); only its header is kept here, the message "
-                    f"is in {self.source.rejected_folder!r} on the IMAP server"
+                    f"is in {self._target('rejected')!r} on the IMAP server"
                 )
                 taken.append(self._route(uid, data.get(b"BODY[HEADER]") or b"", data, why))
         return sorted(taken, key=lambda t: t.uid)
@@ -285,6 +310,7 @@ class MailboxPoller:
             received_at=received_at or self.clock.now(),
             recipients=accepted,
             refusal=refusal,
+            about=rejected_record(headers, candidates) if refusal is not None else {},
         )
 
     def _store(self, uids: list[int], taken: list[_Taken], result: SyncResult) -> dict[int, str]:
@@ -313,13 +339,15 @@ class MailboxPoller:
                         queue_id=new_queue_id(),
                         source="imap",
                         received_at=t.received_at,
-                        mail_from="",
-                        rcpt_tos=t.recipients,
+                        mail_from=t.about.get("mail_from", ""),
+                        rcpt_tos=t.about.get("rcpt_tos", t.recipients),
                         content=t.raw,
                         peer=f"{self.source.host}:{self.source.port}",
                         source_mailbox=self.mailbox,
                         rejected_reason=t.refusal,
                         sha256=t.sha256,
+                        subject=t.about.get("subject"),
+                        header_message_id=t.about.get("header_message_id"),
                     ),
                 )
             )
@@ -391,26 +419,33 @@ class MailboxPoller:
                     )
                 ).all()
             )
-        if pending:
+        if pending and not self._mover.waiting:
             self._log.info("imap_settling_pending", count=len(pending))
             self._settle(client, {int(u): o for u, o in pending.items()}, result)
 
     def _settle(self, client: MailboxClient, outcomes: dict[int, str], result: SyncResult) -> None:
         if not outcomes:
             return
+        if self.source.after == "move" and self._mover.waiting:
+            return  # refused a moment ago: left recorded unsettled, retried later
         by_target: dict[str, list[int]] = {}
         for uid, outcome in sorted(outcomes.items()):
-            target = (
-                self.source.rejected_folder
-                if outcome == "rejected"
-                else self.source.processed_folder
-            )
+            target = self._target("rejected" if outcome == "rejected" else "processed")
             by_target.setdefault(target, []).append(uid)
+        settled: list[int] = []
         for target, uids in by_target.items():
             if self.source.after == "flag":
                 client.add_flags(uids, [self.source.flag], silent=True)
             else:
-                self._move(client, uids, target)
+                try:
+                    if not self._mover.move(client, uids, target):
+                        self._log.warning("imap_no_uidplus", hint="copied, not expunged")
+                except FolderRefused as exc:
+                    self._record_error(exc)  # new mail is still read; the moves wait
+                    continue
+            settled.extend(uids)
+        if not settled:
+            return
         with self.db.write() as s:
             s.execute(
                 update(ImapMessage)
@@ -418,48 +453,17 @@ class MailboxPoller:
                     ImapMessage.source == self.source.name,
                     ImapMessage.folder == self.folder,
                     ImapMessage.uidvalidity == self._uidvalidity,
-                    ImapMessage.uid.in_(list(outcomes)),
+                    ImapMessage.uid.in_(settled),
                 )
                 .values(settled_at=self.clock.now())
             )
-        result.settled += len(outcomes)
+        result.settled += len(settled)
 
-    def _move(self, client: MailboxClient, uids: list[int], target: str) -> None:
-        if target not in self._folders_seen:
-            if not client.folder_exists(target):
-                client.create_folder(target)
-            self._folders_seen.add(target)
-        if client.has_capability("MOVE"):
-            client.move(uids, target)
-            return
-        # RFC 6851 fallback: copy, then remove exactly these UIDs (UIDPLUS), never others.
-        client.copy(uids, target)
-        client.add_flags(uids, [r"\Deleted"], silent=True)
-        if client.has_capability("UIDPLUS"):
-            client.expunge(uids)
-        else:
-            self._log.warning("imap_no_uidplus", hint="copied and flagged \\Deleted, not expunged")
+    def _target(self, role: str) -> str:
+        name = self.source.rejected_folder if role == "rejected" else self.source.processed_folder
+        return self.namespaces.resolve(name)
 
     # -- waiting ------------------------------------------------------------------------------
-
-    def _wait_for_mail(self, client: MailboxClient) -> None:
-        if self.source.idle and client.has_capability("IDLE"):
-            client.idle()
-            try:
-                started = time.monotonic()
-                while not self.stop.is_set() and time.monotonic() - started < IDLE_RESTART_SECONDS:
-                    responses = client.idle_check(timeout=1.0)
-                    if any(len(r) > 1 and r[1] in (b"EXISTS", b"RECENT") for r in responses):
-                        return
-                    self._renew_lease()
-            finally:
-                client.idle_done()
-            return
-        deadline = time.monotonic() + self.source.poll_seconds
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            self.stop.wait(min(LEASE_RENEW_SECONDS, max(0.0, deadline - time.monotonic())))
-            self._renew_lease()
-        client.noop()  # new messages become visible to the next SEARCH
 
     # -- checkpoint and lease: every write through the checkpoint queue -------------------
 

@@ -202,7 +202,7 @@ def test_end_to_end_a_body_that_cannot_be_rendered_leaves_the_eml_filed(
     row, documents = _filed(gw)
     assert row.status == "filed", row.reason
     assert [d.origin for d in documents] == ["body"]
-    assert "Votre reçu.pdf not made: rendering the body as PDF" in (row.reason or "")
+    assert "Votre reçu.pdf not made: body-to-PDF rendering" in (row.reason or "")
 
 
 def test_turned_off_only_the_eml_is_filed(tmp_path, database_url, clock):

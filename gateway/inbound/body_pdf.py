@@ -129,7 +129,7 @@ class BodyPdfRenderer:
 
     def __init__(self, timeout_seconds: float, memory_limit_mb: int) -> None:
         budget = Budget(
-            "rendering the body as PDF",
+            "body-to-PDF rendering",
             timeout_seconds,
             memory_limit_mb,
             "extraction.body_pdf_timeout_seconds",

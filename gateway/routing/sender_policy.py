@@ -76,7 +76,7 @@ def parse_kind(text: str) -> PolicyKind:
 
 
 @functools.cache
-def _public_suffixes() -> PublicSuffixList:
+def public_suffixes() -> PublicSuffixList:
     from publicsuffixlist import PublicSuffixList
 
     return PublicSuffixList()  # the list shipped in the package, parsed once per process
@@ -131,7 +131,7 @@ def parse_allow_entry(text: str) -> str:
             f"allow-list entry {text!r}: '*' only as the first label of a domain, {_EXAMPLES}"
         )
     ascii_name = _ascii_domain(name)
-    if ascii_name is not None and _public_suffixes().is_public(ascii_name):
+    if ascii_name is not None and public_suffixes().is_public(ascii_name):
         raise SenderPolicyError(
             f"allow-list entry {text!r}: {ascii_name} is a public suffix, under which anyone "
             "registers domains; name the sender's own domain (e.g. supplier.fr)"

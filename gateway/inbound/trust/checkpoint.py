@@ -85,7 +85,7 @@ class Checkpoint:
         message: None at once)."""
         if message.checks_waived:
             return None
-        verdict = self.screen.scan(raw, stamped, documents, envelope_of(message), results)
+        verdict = self.screen.scan(raw, stamped, documents, envelope_of(message))
         if isinstance(verdict, Wait):
             raise WaitForChecks(Wait(verdict.reason, verdict.seconds, results))
         if verdict is not None:

@@ -11,33 +11,22 @@ ships the list in its wheel (nothing is downloaded at run time).
 from __future__ import annotations
 
 import email.utils
-import functools
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from gateway.dns import DnsLookup, DnsLookupError
 from gateway.inbound.trust.results import DkimResult, DmarcOutcome, DmarcResult, SpfResult
-
-if TYPE_CHECKING:
-    from publicsuffixlist import PublicSuffixList
+from gateway.routing.sender_policy import public_suffixes
 
 _VERSION = re.compile(r"v\s*=\s*DMARC1\s*(?:;|$)")  # RFC 7489 §6.4: first tag, exact
 _POLICIES = ("none", "quarantine", "reject")
-
-
-@functools.cache
-def _public_suffixes() -> PublicSuffixList:
-    from publicsuffixlist import PublicSuffixList
-
-    return PublicSuffixList()  # the list shipped in the package, parsed once per process
 
 
 def organisational_domain(domain: str) -> str:
     """RFC 7489 §3.2: the public suffix plus one label (`mail.example.co.uk` →
     `example.co.uk`); a name that is itself a public suffix is its own."""
     domain = domain.lower().rstrip(".")
-    return _public_suffixes().privatesuffix(domain) or domain
+    return public_suffixes().privatesuffix(domain) or domain
 
 
 def aligned(domain: str, from_domain: str, *, strict: bool) -> bool:

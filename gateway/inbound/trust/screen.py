@@ -112,7 +112,6 @@ class Screen:
         stamped: bytes,
         documents: Sequence[tuple[str, bytes]],
         envelope: Envelope,
-        results: AuthenticationResults | None,
     ) -> str | Wait | None:
         """Malware, then spam: a reason to quarantine, a `Wait`, or None (clean)."""
         if self.malware is not None:

@@ -21,6 +21,9 @@ from gateway.inbound.body_pdf import BodyPdfRenderer
 from gateway.inbound.extraction import ExtractionLimits
 from gateway.inbound.filing import Filer
 from gateway.inbound.imap import Connector, MailboxPoller, connect
+from gateway.inbound.imap.connection import open_client
+from gateway.inbound.imap.oauth import AccessTokens, OAuthConnector
+from gateway.inbound.imap.providers import token_client
 from gateway.inbound.recipients import Recipients
 from gateway.inbound.sandbox import ExtractionSandbox
 from gateway.inbound.smtp import InboundHandler, InboundServer
@@ -45,8 +48,10 @@ from gateway.routing.partners import PartnerRegistry, load_registry
 from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database, SchemaError, one_line, safe_url
 from gateway.storage.directory import Directory
+from gateway.storage.oauth_tokens import StoredRefreshTokens
 from gateway.storage.processes import Heartbeat, process_name
 from gateway.storage.processes import take_back as take_back_node
+from gateway.storage.sealed import SecretBox
 
 log = structlog.get_logger("gateway.app")
 
@@ -277,13 +282,38 @@ class Gateway:
                 "add one under [imap.sources.NAME])"
             ) from None
 
+    def imap_connector(self, source: ImapSourceConfig) -> Connector:
+        """How `source` connects and logs in: its password, or an OAuth2 token from its
+        provider (one token cache per source, shared by its folders' pollers)."""
+        if source.oauth2 is None:
+            return connect
+        if source.name not in self._imap_connectors:
+            tokens = AccessTokens(
+                token_client(source, lambda: self._refresh_tokens(source.name)), self.clock
+            )
+            self._imap_connectors[source.name] = OAuthConnector(tokens, open_client)
+        return self._imap_connectors[source.name]
+
+    def _refresh_tokens(self, source: str) -> StoredRefreshTokens:
+        return StoredRefreshTokens(self.db, self.secret_box, self.clock, source)
+
+    @cached_property
+    def secret_box(self) -> SecretBox:
+        """Seals the secrets kept in the database with this node's `[gateway] secrets_key`."""
+        return SecretBox(self.config.secrets_key())
+
+    @cached_property
+    def _imap_connectors(self) -> dict[str, OAuthConnector]:
+        return {}
+
     def imap_pollers(
         self,
         source: ImapSourceConfig,
         stop: threading.Event,
-        connector: Connector = connect,
+        connector: Connector | None = None,
     ) -> list[MailboxPoller]:
         """One poller per folder of `source`; they share one spool writer (one segment)."""
+        connector = connector or self.imap_connector(source)
         writer = SpoolWriter(self.db, self.config.spool_path, f"{self.config.node_name}-imap")
         recipients = self.recipients()
         return [

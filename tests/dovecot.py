@@ -4,6 +4,9 @@
         uid = dovecot.append("alice@example.test", "INBOX", raw)
         client = dovecot.client("alice@example.test")  # an IMAPClient, logged in
 
+With `oauth2_introspection_url` (see tests/oauth_provider.py) it also takes XOAUTH2 and
+OAUTHBEARER logins, each token checked by a POST to that URL (RFC 7662 introspection).
+
 Everything Dovecot writes (config, passwd-file, maildirs, sockets, state, log) lives under
 `<base>/dovecot`; it listens on 127.0.0.1 only, plain IMAP (no TLS), imap protocol only.
 `stop()` then `start()` brings the same server back on the same port with the same mail.
@@ -92,6 +95,7 @@ class Dovecot(ForegroundDaemon):
         port: int = 0,
         start_timeout: float = 10.0,
         namespace: tuple[str, str] = ("", "/"),
+        oauth2_introspection_url: str | None = None,
     ) -> None:
         binary = binary or find_dovecot()
         if binary is None:
@@ -111,11 +115,16 @@ class Dovecot(ForegroundDaemon):
         self.start_timeout = start_timeout
         # The personal namespace's (prefix, separator): ("INBOX.", ".") as Cyrus and Courier.
         self.namespace = namespace
+        # Where the oauth2 passdb checks XOAUTH2/OAUTHBEARER tokens (RFC 7662, POST).
+        self.oauth2_introspection_url = oauth2_introspection_url
+        if oauth2_introspection_url and re.search(r'[\s"#]', oauth2_introspection_url):
+            raise ValueError(f"Dovecot's config cannot hold this URL: {oauth2_introspection_url}")
         self.root = Path(base).resolve() / "dovecot"
         if re.search(r'[\s"#]', str(self.root)):
             raise ValueError(f"Dovecot's config cannot hold this path: {self.root}")
         self.config_path = self.root / "dovecot.conf"
         self.passwd_path = self.root / "passwd"
+        self.oauth2_path = self.root / "dovecot-oauth2.conf.ext"
         self.log_path = self.root / "dovecot.log"
         self.home_root = self.root / "home"
         self.state_dir = self.root / "state"
@@ -181,11 +190,17 @@ class Dovecot(ForegroundDaemon):
             login_user = me
             chroot_off = "  chroot =\n"
         new_syntax = self.version >= (2, 4)
+        oauth2 = self._oauth2_passdb(new_syntax)
+        # With OAuth2, the passwords are for PLAIN/LOGIN only: a token never meets them.
+        only_passwords = ""
+        if oauth2:
+            only_passwords = f"  mechanisms{'_filter' if new_syntax else ''} = plain login\n"
         if new_syntax:
             head = "dovecot_config_version = 2.4.0\ndovecot_storage_version = 2.4.0\n"
             auth = (
                 "auth_allow_cleartext = yes\n"
-                f"passdb passwd-file {{\n  passwd_file_path = {self.passwd_path}\n}}\n"
+                f"passdb passwd-file {{\n  passwd_file_path = {self.passwd_path}\n"
+                f"{only_passwords}}}\n{oauth2}"
                 f"userdb passwd-file {{\n  passwd_file_path = {self.passwd_path}\n}}\n"
             )
             mail = "mail_driver = maildir\nmail_path = ~/Maildir\nmailbox_list_layout = fs\n"
@@ -193,7 +208,8 @@ class Dovecot(ForegroundDaemon):
             head = ""
             auth = (
                 "disable_plaintext_auth = no\n"
-                f"passdb {{\n  driver = passwd-file\n  args = {self.passwd_path}\n}}\n"
+                f"passdb {{\n  driver = passwd-file\n  args = {self.passwd_path}\n"
+                f"{only_passwords}}}\n{oauth2}"
                 f"userdb {{\n  driver = passwd-file\n  args = {self.passwd_path}\n}}\n"
             )
             # LAYOUT=fs: folders are real directories with "/" as separator, so folder
@@ -210,7 +226,7 @@ class Dovecot(ForegroundDaemon):
             f"listen = {self.host}\n"
             "ssl = no\n"
             f"login_greeting = {self.greeting}\n"
-            "auth_mechanisms = plain login\n"
+            f"auth_mechanisms = plain login{' xoauth2 oauthbearer' if oauth2 else ''}\n"
             "auth_verbose = yes\n"
             # A wrong password is refused within Dovecot's 0.5s flush tick, not after 2s.
             "auth_failure_delay = 0\n"
@@ -239,6 +255,35 @@ class Dovecot(ForegroundDaemon):
             # delay every login from 127.0.0.1 by up to 15s after a few wrong passwords.
             "  unix_listener anvil-auth-penalty {\n    mode = 0\n  }\n"
             "}\n"
+        )
+
+    def _oauth2_passdb(self, new_syntax: bool) -> str:
+        """The oauth2 passdb block (its settings in their own file for 2.3), or "".
+
+        Each login asks the provider anew: nothing caches a token's answer (auth_cache_size
+        is 0 by default), so a token revoked mid-test is refused at the next login.
+        """
+        url = self.oauth2_introspection_url
+        if not url:
+            return ""
+        settings = {
+            "introspection_mode": "post",
+            "introspection_url": url,
+            "username_attribute": "username",
+            "active_attribute": "active",
+            "active_value": "true",
+        }
+        if new_syntax:
+            # 2.4 (best effort, untested here): the mechanisms check tokens themselves with
+            # the settings of the oauth2 filter; no passdb is involved.
+            inline = "".join(f"  {key} = {value}\n" for key, value in settings.items())
+            return f"oauth2 {{\n{inline}}}\n"
+        self.oauth2_path.write_text(
+            "".join(f"{key} = {value}\n" for key, value in settings.items()), encoding="utf-8"
+        )
+        return (
+            "passdb {\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+            f"  args = {self.oauth2_path}\n}}\n"
         )
 
     def _namespace_block(self) -> str:
@@ -392,6 +437,7 @@ def running_dovecot(
     port: int = 0,
     start_timeout: float = 10.0,
     namespace: tuple[str, str] = ("", "/"),
+    oauth2_introspection_url: str | None = None,
 ) -> Iterator[Dovecot]:
     """A started Dovecot for one test, closed afterwards even if the test fails.
 
@@ -408,6 +454,7 @@ def running_dovecot(
         port=port,
         start_timeout=start_timeout,
         namespace=namespace,
+        oauth2_introspection_url=oauth2_introspection_url,
     )
     try:
         dovecot.start()

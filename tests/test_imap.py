@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -420,9 +421,9 @@ def test_one_poller_per_mailbox(
     gw = _gateway(tmp_path, database_url, clock, dovecot)
     source = gw.config.imap_sources["box"]
     [first] = gw.imap_pollers(source, threading.Event())
-    assert first._claim()
+    assert first._hold.claim()
     [second] = gw.imap_pollers(source, threading.Event())
-    second.worker_name = "other-node:1:box"
+    second._hold.claimant = dataclasses.replace(second._hold.claimant, poller="other:1:box")
     with pytest.raises(ImapProblem, match="being read by another poller"):
         second.run(once=True)
     clock.advance(minutes=3)  # the first one died: its lease runs out

@@ -36,6 +36,12 @@ def _row(gw: Gateway, who: Claimant = A) -> ImapCheckpoint:
         ).scalar_one()
 
 
+def _failing(gw: Gateway, who: Claimant = A) -> dict[str, Any]:
+    row = _row(gw, who)
+    since = as_utc(row.failing_since) if row.failing_since else None
+    return {"failures": row.failures, "failing_since": since, "error_code": row.error_code}
+
+
 def _state(gw: Gateway, who: Claimant = A) -> dict[str, Any]:
     row = _row(gw, who)
     return {
@@ -120,7 +126,7 @@ def test_a_poller_whose_checkpoint_was_taken_over_is_refused_and_nothing_changes
     with pytest.raises(LeaseLost), gw.db.write() as s:
         imap_checkpoints.resume(s, A, 8)
     with gw.db.write() as s:
-        assert not imap_checkpoints.record_error(s, A, "connection refused")
+        assert not imap_checkpoints.record_error(s, A, "connection refused", clock.now())
         assert not imap_checkpoints.release(s, A)
     assert _state(gw) == taken_over
 
@@ -157,13 +163,35 @@ def test_renew_error_advance_and_release(gw: Gateway, clock: FixedClock) -> None
     clock.advance(seconds=60)
     with gw.db.write() as s:
         imap_checkpoints.renew(s, A, clock.now())
-        assert imap_checkpoints.record_error(s, A, "no answer from imap.example.net:993")
+        assert imap_checkpoints.record_error(
+            s, A, "no answer from imap.example.net:993", clock.now()
+        )
+    first_failure = clock.now()
     assert _state(gw)["lease_until"] == clock.now() + LEASE
     assert _state(gw)["last_error"] == "no answer from imap.example.net:993"
+    assert _failing(gw) == {"failures": 1, "failing_since": first_failure, "error_code": None}
+    clock.advance(seconds=60)
+    with gw.db.write() as s:
+        assert imap_checkpoints.record_error(s, A, "token refused", clock.now(), code="AADSTS70008")
+        # A refused move while reading goes on: said, not counted as a failed session.
+        assert imap_checkpoints.record_error(s, A, "move refused", clock.now(), session_ended=False)
+    assert _failing(gw) == {
+        "failures": 2,
+        "failing_since": first_failure,
+        "error_code": "AADSTS70008",
+    }
+    assert _state(gw)["last_error"] == "move refused"
+    with gw.db.write() as s:
+        assert imap_checkpoints.recovered(s, A)
+    assert _failing(gw) == {"failures": 0, "failing_since": None, "error_code": None}
+    assert _state(gw)["last_error"] == "move refused"  # kept as history
+    with gw.db.write() as s:
+        imap_checkpoints.record_error(s, A, "again", clock.now(), code="invalid_grant")
     with gw.db.write() as s:
         imap_checkpoints.resume(s, A, 7)
         imap_checkpoints.advance(s, A, 3, clock.now())
     assert _state(gw)["last_error"] is None  # a batch stored: the error is over
+    assert _failing(gw) == {"failures": 0, "failing_since": None, "error_code": None}
     assert _state(gw)["last_sync_at"] == clock.now()
 
     with gw.db.write() as s:

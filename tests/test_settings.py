@@ -47,6 +47,20 @@ def _data(table: Table, key: str, value: Any) -> dict[str, Any]:
     if table.name == "imap.sources.NAME":
         source = {"host": "127.0.0.1", "user": "u", "password_env": "PW", key: value}
         return {"imap": {"sources": {"box": source}}}
+    if table.name == "imap.sources.NAME.oauth2":
+        # The least each provider needs, so that every choice of `provider` is valid.
+        oauth: dict[str, Any] = {
+            "microsoft": {"tenant": "t", "client_id": "app", "client_secret_env": "CS"},
+            "google": {"client_id": "app", "client_secret_env": "CS", "refresh_token_env": "RT"},
+        }.get(value if key == "provider" else "", {})
+        oauth = oauth or {
+            "provider": "token-endpoint",
+            "client_id": "app",
+            "token_url": "https://id.example.net/token",
+            "refresh_token_env": "RT",
+        }
+        source = {"host": "127.0.0.1", "user": "u", "oauth2": {**oauth, key: value}}
+        return {"gateway": {"secrets_key_env": "KEY"}, "imap": {"sources": {"box": source}}}
     if table.name == "outbound.smarthost":
         return {"outbound": {"smarthost": {"host": "relay.example.net", key: value}}}
     if table.name == "outbound":  # wide retry bounds, so that either may take any value

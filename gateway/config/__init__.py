@@ -10,6 +10,7 @@ machinery in `declare.py`); `parse.py` reads the file through those declarations
 
 from gateway.config.checks import DEFAULT_JOURNALS
 from gateway.config.declare import ConfigError
+from gateway.config.imap_oauth import ImapOAuth2Config
 from gateway.config.parse import (
     CONFIG_ENV,
     DEFAULT_CONFIG_NAME,
@@ -49,6 +50,7 @@ __all__ = [
     "FilingConfig",
     "GatewayConfig",
     "HttpConfig",
+    "ImapOAuth2Config",
     "ImapSourceConfig",
     "ImapTls",
     "LoggingConfig",

@@ -91,16 +91,20 @@ def _find(name: str) -> Found | None:
     the variable wins, and what comes before it is the name (`_` read back as `-`)."""
     if fixed := _fixed().get(name):
         return fixed
+    found: list[tuple[int, Found]] = []
     for t in TABLES:
         rest = name.removeprefix(_prefix(t))
         if NAME not in t.name or rest == name:
             continue
-        for d in sorted(t.settings, key=lambda d: -len(d.key)):
-            suffix = f"_{d.key.upper()}"
+        head, tail = t.name.split(NAME)  # "imap.sources.", "" or ".oauth2"
+        inner = tail.upper().replace(".", "_")  # the parts of the table after the name
+        for d in t.settings:
+            suffix = f"{inner}_{d.key.upper()}"
             if rest.endswith(suffix) and len(rest) > len(suffix):
                 picked = rest[: -len(suffix)].lower().replace("_", "-")
-                return (*t.name.split(".")[:-1], picked), d
-    return None
+                path = (*head.strip(".").split("."), picked, *tail.strip(".").split("."))
+                found.append((len(suffix), (tuple(p for p in path if p), d)))
+    return max(found, key=lambda f: f[0])[1] if found else None
 
 
 def _refuse_if_meant(name: str) -> None:

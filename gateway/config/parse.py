@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from gateway.config.declare import ConfigError, TableReader
 from gateway.config.environment import lay_over
+from gateway.config.imap_oauth import ImapOAuth2Config
 from gateway.config.settings import (
     LOOPBACK_HOSTS,
     ExtractionConfig,
@@ -89,6 +90,15 @@ def parse_config(
     extraction = _read(root.table("extraction"), ExtractionConfig, base)
     outbound = _outbound(root.table("outbound"), base)
     imap_sources = _imap(root.table("imap"), base, top["domains"])
+    for source in imap_sources.values():
+        keyless = top["secrets_key_env"] is None and top["secrets_key_file"] is None
+        if source.oauth2 is not None and source.oauth2.uses_refresh_token and keyless:
+            raise ConfigError(
+                f"imap.sources.{source.name}.oauth2: a refresh token is rotated and kept "
+                "encrypted in the database: set gateway.secrets_key_env or "
+                "gateway.secrets_key_file (a key of 32 characters or more, e.g. from "
+                "`openssl rand -base64 32`, the same on every node)"
+            )
     logging = _read(root.table("logging"), LoggingConfig, base)
     http = _read(root.table("http"), HttpConfig, base)
     trust = _read(root.table("trust"), TrustConfig, base)
@@ -174,11 +184,19 @@ def _imap_source(
         )
     if "port" not in table.data and v["tls"] != "implicit":
         v["port"] = 143
-    if (v["password_env"] is None) == (v["password_file"] is None):
+    oauth = table.table("oauth2")
+    if oauth.data:
+        v["oauth2"] = oauth2 = _read(oauth, ImapOAuth2Config, base)
+        oauth2.check(oauth.name)
+    logins = [k for k in ("password_env", "password_file") if v[k] is not None]
+    logins += ["an [imap.sources.NAME.oauth2] table"] if oauth.data else []
+    if len(logins) != 1:
         raise ConfigError(
             f"imap.sources.{name}: set exactly one of password_env (an environment variable "
-            "holding the password) or password_file (a file holding it); the password itself "
-            "never goes in this file"
+            "holding the password), password_file (a file holding it) or an "
+            f"[imap.sources.{name}.oauth2] table (Microsoft 365, Google Workspace); the "
+            "password itself never goes in this file"
+            + (f"; found {' and '.join(logins)}" if logins else "")
         )
     route = v["route"]
     if route != "recipient":

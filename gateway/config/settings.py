@@ -31,6 +31,7 @@ from gateway.config.declare import (
     required,
     setting,
 )
+from gateway.config.imap_oauth import ImapOAuth2Config
 from gateway.config.trust import ClamavConfig, RspamdConfig, TrustConfig
 from gateway.mail.header_limits import HeaderLimits
 from gateway.routing.sender_policy import PolicyKind, SenderPolicy
@@ -41,6 +42,7 @@ DEFAULT_PARTNER_REGISTRY = Path(__file__).resolve().parents[1] / "routing" / "pa
 
 ImapTls = Literal["implicit", "starttls", "none"]
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+MIN_SECRETS_KEY_LENGTH = 32  # `openssl rand -base64 32` gives 44
 
 
 # -- the tables ------------------------------------------------------------------------------
@@ -386,7 +388,8 @@ class ImapSourceConfig:
     `route` is "recipient" (each message goes where it was delivered: Delivered-To,
     X-Original-To, then To/Cc, matched against the address grammar) or one collection
     address that takes the whole mailbox. The password is read from `password_env` or
-    `password_file`, never from the TOML.
+    `password_file`, never from the TOML; a hosted mailbox logs in with OAuth2 instead
+    (`[imap.sources.NAME.oauth2]`, `oauth2` here).
     """
 
     name: str
@@ -416,13 +419,13 @@ class ImapSourceConfig:
     )
     password_env: str | None = setting(
         None,
-        "Environment variable holding the password; set this or password_file.",
+        "Environment variable holding the password; set this, password_file or an oauth2 table.",
         default_text="unset",
         example="GATEWAY_IMAP_FACTURES_PASSWORD",
     )
     password_file: Path | None = setting(
         None,
-        "File holding the password, read at each login; set this or password_env.",
+        "File holding the password, read at each login; set this, password_env or an oauth2 table.",
         resolve=in_folder,
         default_text="unset",
         example="/run/secrets/imap-factures",
@@ -466,6 +469,8 @@ class ImapSourceConfig:
     )
     batch_size: int = setting(50, "Messages fetched per command.", low=1, high=1000)
     timeout_seconds: int = setting(60, "Network timeout of the connection.", low=1, high=3600)
+    # [imap.sources.NAME.oauth2], read by parse.py: set, the source logs in with a token.
+    oauth2: ImapOAuth2Config | None = None
 
     @property
     def routes_by_recipient(self) -> bool:
@@ -593,6 +598,23 @@ class GatewayConfig:
         table="gateway",
         check=checks.node_name,
     )
+    secrets_key_env: str | None = setting(
+        None,
+        "Environment variable holding the key that encrypts the secrets the gateway keeps in "
+        "its database (rotated OAuth2 refresh tokens); at least 32 characters, the same on "
+        "every node.",
+        default_text="unset",
+        example="GATEWAY_SECRETS_KEY",
+        table="gateway",
+    )
+    secrets_key_file: Path | None = setting(
+        None,
+        "File holding that key (instead of secrets_key_env).",
+        resolve=in_folder,
+        default_text="unset",
+        example="/run/secrets/gateway-secrets-key",
+        table="gateway",
+    )
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     filing: FilingConfig = field(default_factory=FilingConfig)
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
@@ -637,6 +659,34 @@ class GatewayConfig:
     def dkim_path(self) -> Path:
         return self.storage_path / "dkim"
 
+    def secrets_key(self) -> str:
+        """The key that encrypts secrets kept in the database, read now; a ConfigError that
+        names the setting when it is missing or too short."""
+        if self.secrets_key_file is not None:
+            try:
+                key = self.secrets_key_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"gateway.secrets_key_file: cannot read {self.secrets_key_file}: "
+                    f"{exc.strerror or exc}"
+                ) from exc
+            where = f"gateway.secrets_key_file ({self.secrets_key_file})"
+        elif self.secrets_key_env is not None:
+            key = os.environ.get(self.secrets_key_env, "").strip()
+            where = f"gateway.secrets_key_env (the environment variable {self.secrets_key_env})"
+        else:
+            raise ConfigError(
+                "gateway.secrets_key_env or gateway.secrets_key_file: a key is needed to keep "
+                "rotated refresh tokens encrypted in the database; make one with "
+                "`openssl rand -base64 32` and give it to every node"
+            )
+        if len(key) < MIN_SECRETS_KEY_LENGTH:
+            raise ConfigError(
+                f"{where}: the key must be at least {MIN_SECRETS_KEY_LENGTH} characters "
+                f"(got {len(key)}); make one with `openssl rand -base64 32`"
+            )
+        return key
+
     @property
     def gateway_sender(self) -> str:
         return self.outbound.sender or f"documents@{self.domains[0]}"
@@ -678,6 +728,13 @@ TABLES: tuple[Table, ...] = (
         "imap.sources.NAME",
         ImapSourceConfig,
         "A mailbox to pull mail from; NAME: a-z, 0-9 and -.",
+        example_name="factures",
+        optional=True,
+    ),
+    Table(
+        "imap.sources.NAME.oauth2",
+        ImapOAuth2Config,
+        "OAuth2 instead of a password (Microsoft 365, Google Workspace…).",
         example_name="factures",
         optional=True,
     ),

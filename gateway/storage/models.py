@@ -350,6 +350,24 @@ class ImapCheckpoint(Base):
     lease_until: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     last_sync_at: Mapped[datetime | None]
+    # Sessions that ended in an error since the last batch taken; from FAILING_AFTER on the
+    # folder reads as failing (imap status, readiness, metrics).
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failing_since: Mapped[datetime | None]  # the first of those failures
+    error_code: Mapped[str | None] = mapped_column(String(64))  # AADSTS70008, invalid_grant…
+
+
+class OAuthRefreshToken(Base):
+    """The latest refresh token of an IMAP source whose provider rotates them, encrypted with
+    the gateway's secrets key (gateway/storage/sealed.py). `seed_sha256` is the hash of the
+    configured first token it descends from: when the admin configures a new one (consent
+    given again), the configured token wins over this row."""
+
+    __tablename__ = "oauth_refresh_tokens"
+    source: Mapped[str] = mapped_column(String(63), primary_key=True)
+    sealed: Mapped[str] = mapped_column(Text)
+    seed_sha256: Mapped[str] = mapped_column(String(64))
+    saved_at: Mapped[datetime]
 
 
 class ImapOutcome(StrEnum):

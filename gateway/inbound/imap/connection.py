@@ -17,6 +17,7 @@ from imapclient.exceptions import LoginError
 
 from gateway.config import ConfigError, ImapSourceConfig
 from gateway.errors import GatewayError
+from gateway.inbound.imap.oauth import TokenRefused
 
 # What a dropped or unreachable server raises (imaplib's abort is an IMAPClientError).
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, imaplib.IMAP4.abort, EOFError)
@@ -56,7 +57,20 @@ class ImapProblem(GatewayError):
 
 
 def connect(source: ImapSourceConfig) -> IMAPClient:
-    """Open, secure and log in, as the source's configuration says."""
+    """Open, secure and log in with the source's password (an OAuth2 source logs in through
+    `oauth.OAuthConnector`, which the wiring gives it)."""
+    client = open_client(source)
+    try:
+        client.login(source.user, source.password())
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.shutdown()
+        raise
+    return client
+
+
+def open_client(source: ImapSourceConfig) -> IMAPClient:
+    """Open and secure the connection, as the source's configuration says; not logged in."""
     if source.tls == "implicit":
         client = IMAPClient(
             source.host,
@@ -68,14 +82,13 @@ def connect(source: ImapSourceConfig) -> IMAPClient:
     else:
         client = IMAPClient(source.host, source.port, ssl=False, timeout=source.timeout_seconds)
         if source.tls == "starttls":
-            client.starttls(ssl.create_default_context())
+            try:
+                client.starttls(ssl.create_default_context())
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    client.shutdown()
+                raise
     client.normalise_times = False  # INTERNALDATE as an aware datetime
-    try:
-        client.login(source.user, source.password())
-    except BaseException:
-        with contextlib.suppress(Exception):
-            client.shutdown()
-        raise
     return client
 
 
@@ -84,6 +97,14 @@ def explain(source: ImapSourceConfig, exc: BaseException) -> str:
     where = f"{source.host}:{source.port}"
     if isinstance(exc, ConfigError | ImapProblem):
         return str(exc)
+    if isinstance(exc, TokenRefused):
+        return f"no OAuth2 token for {source.user!r}: {exc}"
+    if isinstance(exc, LoginError) and source.oauth2 is not None:
+        return (
+            f"the server at {where} refused the OAuth2 token for {source.user!r}: the app may "
+            f"not be granted this mailbox, or IMAP may be off for it (server said: "
+            f"{_text(exc)})"
+        )
     if isinstance(exc, LoginError):
         return (
             f"login refused for {source.user!r} on {where}: wrong user name or password, or "

@@ -16,7 +16,10 @@ fetched again, what was stored but not moved is moved on the next session.
 - The checkpoint row carries a lease: one poller per mailbox at a time, across nodes
   (gateway/storage/queues/imap_checkpoints.py owns it).
 - IDLE when the server offers it (and `idle = true`), polling otherwise; connection errors
-  back off from 1 s to 60 s and reconnect.
+  back off from 1 s to 60 s and reconnect; a refused login or OAuth2 token from 1 min to
+  30 min (an account is never locked by a tight loop). Sessions that end in an error count
+  on the checkpoint; from three in a row the folder is failing (`imap status`, readiness,
+  metrics) until a whole pass goes through.
 - Folder names are placed in the server's namespaces at login; a NO to a move ends `sync
   --once`, the long-running reader reads on and retries the moves later (`folders`).
 """
@@ -26,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,25 +57,33 @@ from gateway.inbound.imap.headers import (
     parse_header_block,
     rejected_record,
 )
+from gateway.inbound.imap.holding import LEASE_RENEW_SECONDS, FolderHold
+from gateway.inbound.imap.oauth import TokenRefused
 from gateway.inbound.recipients import Recipients
 from gateway.inbound.spool import Arrival, SpoolWriter, new_queue_id
 from gateway.mail.header_limits import HeaderLimits, header_overflow
 from gateway.routing.addresses import AddressKind
 from gateway.storage.db import Database, upsert_insert
 from gateway.storage.models import ImapMessage
-from gateway.storage.queues import imap_checkpoints
 from gateway.storage.queues import inbound as inbound_queue
 from gateway.storage.queues.imap_checkpoints import LEASE, Claimant, LeaseLost
 
 log = structlog.get_logger("gateway.imap")
 
-# The process's heartbeat renews the lease too; this keeps `imap sync --once` (no heartbeat)
-# holding its mailbox: three renewals a lease.
-LEASE_RENEW_SECONDS = LEASE.total_seconds() / 3
 BACKOFF_MIN_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
+# A refused login or token: 1 min, doubling to 30 min (Postfix-like; never a tight loop).
+REFUSED_BACKOFF_MIN_SECONDS = 60.0
+REFUSED_BACKOFF_MAX_SECONDS = 1800.0
 # What ends a session: recorded on the checkpoint, then handled by `run`.
-SESSION_ERRORS = (LoginError, ConfigError, FolderRefused, *CONNECTION_ERRORS, IMAPClientError)
+SESSION_ERRORS = (
+    LoginError,
+    ConfigError,
+    TokenRefused,
+    FolderRefused,
+    *CONNECTION_ERRORS,
+    IMAPClientError,
+)
 
 
 # -- the poller --------------------------------------------------------------------------------
@@ -138,7 +148,7 @@ class MailboxPoller:
         self._log = log.bind(source=source.name, folder=folder)
         self._uidvalidity = 0
         self._last_uid = 0
-        self._renewed_at = 0.0
+        self._hold = FolderHold(db, clock, Claimant(source.name, folder, worker_name))
         self._mover = FolderMover(self.mailbox)
         self.namespaces = Namespaces()
 
@@ -152,10 +162,11 @@ class MailboxPoller:
         with back-off (`max_failures` in a row ends a `once` run with ImapProblem)."""
         result = SyncResult()
         backoff = BACKOFF_MIN_SECONDS
+        refused_backoff = REFUSED_BACKOFF_MIN_SECONDS
         failures = 0
         while not self.stop.is_set():
             try:
-                if not self._claim():
+                if not self._hold.claim():
                     if once:
                         raise ImapProblem(
                             f"{self.mailbox} is being read by another poller right now; "
@@ -172,6 +183,8 @@ class MailboxPoller:
                             # Only a whole pass resets the back-off: a session that opens
                             # and then fails must not reconnect every second.
                             backoff, failures = BACKOFF_MIN_SECONDS, 0
+                            refused_backoff = REFUSED_BACKOFF_MIN_SECONDS
+                            self._hold.recovered()
                             if once:
                                 if self._mover.refused is not None:
                                     raise self._mover.refused
@@ -180,21 +193,27 @@ class MailboxPoller:
                                 client,
                                 self.source,
                                 self.stop,
-                                self._renew_lease,
+                                self._hold.renew,
                                 LEASE_RENEW_SECONDS,
                             )
                 except SESSION_ERRORS as exc:
                     self._record_error(exc)  # while we still hold the checkpoint
                     raise
                 finally:
-                    self._release()
+                    self._hold.release()
             except LeaseLost:
                 self._log.warning("imap_lease_lost")
-            except (LoginError, ConfigError) as exc:
-                # Not transient: retrying fast would only lock the account.
+            except (LoginError, ConfigError, TokenRefused) as exc:
                 if once:
                     raise ImapProblem(explain(self.source, exc)) from exc
-                self.stop.wait(BACKOFF_MAX_SECONDS)
+                if isinstance(exc, TokenRefused) and not exc.permanent:
+                    self.stop.wait(backoff)  # the provider's hiccup: as a dropped connection
+                    backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)
+                    continue
+                # Not transient: retrying fast would only lock the account (or get the app
+                # throttled by its provider); the wait doubles until the admin acts.
+                self.stop.wait(refused_backoff)
+                refused_backoff = min(refused_backoff * 2, REFUSED_BACKOFF_MAX_SECONDS)
             except (*CONNECTION_ERRORS, IMAPClientError) as exc:
                 failures += 1
                 result.errors.append(explain(self.source, exc))
@@ -219,8 +238,7 @@ class MailboxPoller:
         self.namespaces = read_namespaces(client)
         info = client.select_folder(self.namespaces.resolve(self.folder))
         uidvalidity = int(info[b"UIDVALIDITY"])
-        with self.db.write() as s:
-            resumed = imap_checkpoints.resume(s, self._claimant, uidvalidity)
+        resumed = self._hold.resume(uidvalidity)
         previous = resumed.previous_uidvalidity
         if previous is not None and previous != uidvalidity:
             # Old UIDs mean nothing now; fingerprints keep old mail from being refiled.
@@ -369,7 +387,7 @@ class MailboxPoller:
             rejected_ids = [i for (t, _), i in zip(arrivals, ids, strict=True) if t.refusal]
             if rejected_ids:
                 inbound_queue.close_rejected(s, rejected_ids, now)
-            self._advance(s, max(uids), now)
+            self._hold.advance(s, max(uids), now)
 
         if arrivals:
             self.spool.store_batch([a for _, a in arrivals], also=record)
@@ -441,7 +459,7 @@ class MailboxPoller:
                     if not self._mover.move(client, uids, target):
                         self._log.warning("imap_no_uidplus", hint="copied, not expunged")
                 except FolderRefused as exc:
-                    self._record_error(exc)  # new mail is still read; the moves wait
+                    self._record_error(exc, session_ended=False)  # reading goes on
                     continue
             settled.extend(uids)
         if not settled:
@@ -463,37 +481,8 @@ class MailboxPoller:
         name = self.source.rejected_folder if role == "rejected" else self.source.processed_folder
         return self.namespaces.resolve(name)
 
-    # -- waiting ------------------------------------------------------------------------------
-
-    # -- checkpoint and lease: every write through the checkpoint queue -------------------
-
-    @property
-    def _claimant(self) -> Claimant:
-        return Claimant(self.source.name, self.folder, self.worker_name)
-
-    def _claim(self) -> bool:
-        with self.db.write() as s:
-            claimed = imap_checkpoints.claim(s, self._claimant, self.clock.now())
-        self._renewed_at = time.monotonic()
-        return claimed
-
-    def _renew_lease(self) -> None:
-        if time.monotonic() - self._renewed_at < LEASE_RENEW_SECONDS:
-            return
-        with self.db.write() as s:
-            imap_checkpoints.renew(s, self._claimant, self.clock.now())
-        self._renewed_at = time.monotonic()
-
-    def _advance(self, s: Session, last_uid: int, now: datetime) -> None:
-        imap_checkpoints.advance(s, self._claimant, last_uid, now)
-        self._renewed_at = time.monotonic()
-
-    def _release(self) -> None:
-        with contextlib.suppress(Exception), self.db.write() as s:
-            imap_checkpoints.release(s, self._claimant)
-
-    def _record_error(self, exc: BaseException) -> None:
+    def _record_error(self, exc: BaseException, *, session_ended: bool = True) -> None:
         text = explain(self.source, exc)
-        self._log.warning("imap_error", error=text)
-        with contextlib.suppress(Exception), self.db.write() as s:
-            imap_checkpoints.record_error(s, self._claimant, text)
+        code = exc.code if isinstance(exc, TokenRefused) else None
+        self._log.warning("imap_error", error=text, code=code)
+        self._hold.record_error(text, code, session_ended=session_ended)

@@ -25,6 +25,7 @@ from gateway.storage.models import (
     MessageStatus,
 )
 from gateway.storage.queues import inbound as inbound_queue
+from gateway.storage.queues.imap_checkpoints import FAILING_AFTER
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +228,13 @@ class ImapFolderRow:
     lease_until: datetime | None  # until when (past: the reader stopped renewing it)
     last_sync_at: datetime | None
     last_error: str | None
+    failures: int = 0  # sessions ended by an error in a row
+    failing_since: datetime | None = None
+    error_code: str | None = None  # the provider's (AADSTS70008, invalid_grant…)
+
+    @property
+    def failing(self) -> bool:
+        return self.failures >= FAILING_AFTER
 
 
 def imap_folder_states(db: Database, folders: Iterable[tuple[str, str]]) -> list[ImapFolderRow]:
@@ -255,6 +263,9 @@ def imap_folder_states(db: Database, folders: Iterable[tuple[str, str]]) -> list
                 lease_until=c.lease_until if c else None,
                 last_sync_at=c.last_sync_at if c else None,
                 last_error=c.last_error if c else None,
+                failures=c.failures if c else 0,
+                failing_since=c.failing_since if c else None,
+                error_code=c.error_code if c else None,
             )
         )
     return rows

@@ -5,8 +5,8 @@ A checkpoint row is created by the first claim of its mailbox and is never delet
 
     (no row) ──claim──> held ──release──> free ──claim──> held …
                          │
-                         │ the holder: resume, renew, advance, record_error (lease extended
-                         │ by renew and advance)
+                         │ the holder: resume, renew, advance, record_error, recovered
+                         │ (lease extended by renew and advance)
                          ▼
                        expired ──claim by another poller──> held by that poller
                          │                                  (the old holder is refused)
@@ -45,7 +45,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.errors import GatewayError
@@ -56,7 +56,11 @@ from gateway.storage.queues.base import claim as claim_rows
 
 log = structlog.get_logger("gateway.imap")
 
-__all__ = ["LEASE", "LEASES", "LeaseLost"]
+__all__ = ["FAILING_AFTER", "LEASE", "LEASES", "LeaseLost"]
+
+# Sessions ended by an error in a row before a folder reads as failing: one dropped
+# connection is weather, three are a problem an admin should see.
+FAILING_AFTER = 3
 
 # A poller holds its mailbox for hours: its process's heartbeat renews the lease (`LEASE`,
 # as every queue's), so a dead poller's mailbox is picked up again within a minute.
@@ -172,13 +176,38 @@ def advance(s: Session, who: Claimant, last_uid: int, now: datetime) -> None:
         lease_until=now + LEASE,
         last_sync_at=now,
         last_error=None,
+        failures=0,
+        failing_since=None,
+        error_code=None,
     )
 
 
-def record_error(s: Session, who: Claimant, error: str) -> bool:
-    """Note what went wrong last (shown by `gateway imap status`). False when `who` does
-    not hold the checkpoint: its error is not the holder's to show."""
-    return _held_write(s, who, last_error=error)
+def record_error(
+    s: Session,
+    who: Claimant,
+    error: str,
+    now: datetime,
+    *,
+    code: str | None = None,
+    session_ended: bool = True,
+) -> bool:
+    """Note what went wrong last (shown by `gateway imap status`). A session that ended in
+    it counts one more failure in a row (from `FAILING_AFTER`, the folder is failing) and
+    keeps the provider's error `code`. False when `who` does not hold the checkpoint: its
+    error is not the holder's to show."""
+    values: dict[str, Any] = {"last_error": error}
+    if session_ended:
+        values |= {
+            "failures": ImapCheckpoint.failures + 1,
+            "failing_since": func.coalesce(ImapCheckpoint.failing_since, now),
+            "error_code": code,
+        }
+    return _held_write(s, who, **values)
+
+
+def recovered(s: Session, who: Claimant) -> bool:
+    """A whole pass went through: no longer failing (the last error stays, as history)."""
+    return _held_write(s, who, failures=0, failing_since=None, error_code=None)
 
 
 def release(s: Session, who: Claimant) -> bool:

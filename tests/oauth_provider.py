@@ -214,6 +214,10 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(404, {"error": "not_found"})
         except OAuthError as exc:
+            with provider._lock:
+                provider.refusals.append(
+                    {"client_id": form.get("client_id"), "error": exc.body.get("error")}
+                )
             self._send(exc.status, exc.body)
 
 
@@ -226,6 +230,7 @@ class OAuthProvider:
         self.token_lifetime = 3600
         self.rotate_refresh_tokens = True
         self.grants: list[dict[str, Any]] = []
+        self.refusals: list[dict[str, Any]] = []  # one per token request answered with an error
         self.introspections = 0
         self._apps: dict[str, _App] = {}
         self._refresh: dict[str, tuple[str, str]] = {}  # token: (client_id, user)

@@ -10,6 +10,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
 
 from gateway.app import Gateway
 from gateway.inbound.smtp import InboundServer
@@ -169,3 +174,19 @@ class CaptureServer:
 
     def __exit__(self, *_: object) -> None:
         self.controller.stop()
+
+
+def self_signed(key: Any, common_name: str) -> x509.Certificate:
+    """A certificate for `key` signed by itself, valid from yesterday for 30 days."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )

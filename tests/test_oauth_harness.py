@@ -5,7 +5,6 @@ tokens against it. Gateway tests build on both; these fail when either is broken
 from __future__ import annotations
 
 import base64
-import datetime
 import json
 import socket
 import time
@@ -17,16 +16,15 @@ import google.auth.transport.requests
 import msal
 import pytest
 import requests
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from google.oauth2 import service_account
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
 from tests.dovecot import Dovecot, running_dovecot
 from tests.oauth_provider import OAuthProvider, running_oauth_provider
+from tests.support import self_signed
 
 USER = "alice@example.test"
 PASSWORD = "alice-password"
@@ -250,18 +248,7 @@ def test_google_service_account_token_logs_in(
 def _certificate() -> tuple[str, str, str]:
     """(private key PEM, certificate PEM, SHA-1 thumbprint hex) of a self-signed app cert."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway-app")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed(key, "gateway-app")
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

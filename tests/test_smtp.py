@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import smtplib
 import socket
 import ssl
@@ -12,10 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from sqlalchemy import select, text
 
 from gateway.app import Gateway
@@ -23,7 +20,7 @@ from gateway.storage.connections import add_connection
 from gateway.storage.models import BotMail, Company, Document, Folder, InboundMessage
 from gateway.storage.rawmail import read_spooled
 from tests.conftest import custom_server
-from tests.support import FixedClock, RunningServer, file_all, message, pdf
+from tests.support import FixedClock, RunningServer, file_all, message, pdf, self_signed
 
 
 def messages(gw: Gateway) -> list[InboundMessage]:
@@ -272,18 +269,7 @@ def test_bare_lf_smuggling_creates_no_extra_message(server, gw):
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.welyb.test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
+    cert = self_signed(key, "mx.welyb.test")
     cert_path, key_path = tmp_path / "mx.pem", tmp_path / "mx.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(

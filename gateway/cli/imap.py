@@ -15,7 +15,7 @@ from gateway.cli.context import Context, config_option, json_option
 from gateway.cli.output import emit
 from gateway.inbound.imap import ImapProblem, check_source
 from gateway.inbound.imap.run import run_pollers
-from gateway.storage.listings.inbound import imap_folder_states
+from gateway.storage.listings.inbound import ImapFolderRow, imap_folder_states
 
 
 @click.group()
@@ -31,7 +31,7 @@ def imap_test(config_path: str | None, source_name: str) -> None:
     gw = Context(config_path).gateway
     source = gw.imap_source(source_name)
     try:
-        lines = check_source(source)
+        lines = check_source(source, gw.imap_connector(source))
     except ImapProblem as exc:
         click.echo(f"gateway: imap source {source_name}: {exc}", err=True)
         sys.exit(1)
@@ -90,21 +90,36 @@ def imap_run(config_path: str | None) -> None:
 def imap_status(config_path: str | None, as_json: bool) -> None:
     """Where each source's folders stand: checkpoint, reader, last error."""
     gw = Context(config_path).gateway
-    rows = [asdict(row) for row in imap_folder_states(gw.db, gw.config.imap_folders)]
+    rows = [
+        {**asdict(row), "state": _state(row)}
+        for row in imap_folder_states(gw.db, gw.config.imap_folders)
+    ]
     emit(
         rows,
         as_json,
         [
             "source",
             "folder",
+            "state",
             "uidvalidity",
             "last_uid",
             "taken",
             "reader",
             "last_sync_at",
+            "error_code",
             "last_error",
         ],
     )
+
+
+def _state(row: ImapFolderRow) -> str:
+    """ok, failing (with how long), or retrying (failures not yet in FAILING_AFTER)."""
+    if row.failing:
+        since = row.failing_since.strftime("%Y-%m-%dT%H:%M:%SZ") if row.failing_since else "?"
+        return f"failing: {row.failures} attempts in a row since {since}"
+    if row.failures:
+        return f"retrying ({row.failures} failed)"
+    return "never read" if row.uidvalidity is None else "ok"
 
 
 def _stop_on_signals() -> threading.Event:

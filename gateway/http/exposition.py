@@ -78,12 +78,26 @@ class QueueCollector(Collector):
             "Messages taken from each IMAP folder, under every UIDVALIDITY.",
             labels=["source", "folder"],
         )
+        failures = GaugeMetricFamily(
+            "gateway_imap_consecutive_failures",
+            "Sessions of each IMAP folder that ended in an error since its last whole pass.",
+            labels=["source", "folder"],
+        )
+        failing = GaugeMetricFamily(
+            "gateway_imap_failing",
+            "1 when an IMAP folder is failing (3 sessions or more in a row ended in an error), "
+            "with the provider's error code (AADSTS…, invalid_grant) when there is one.",
+            labels=["source", "folder", "error_code"],
+        )
         for folder in imap:
+            where = [folder.source, folder.folder]
             if folder.last_sync_at is not None:
                 stamp = as_utc(folder.last_sync_at).timestamp()
-                last_success.add_metric([folder.source, folder.folder], stamp)
-            taken.add_metric([folder.source, folder.folder], folder.taken)
-        yield from (items, oldest, deliveries, last_success, taken)
+                last_success.add_metric(where, stamp)
+            taken.add_metric(where, folder.taken)
+            failures.add_metric(where, folder.failures)
+            failing.add_metric([*where, folder.error_code or ""], 1 if folder.failing else 0)
+        yield from (items, oldest, deliveries, last_success, taken, failures, failing)
 
 
 def metrics_registry(

@@ -171,6 +171,14 @@ def _imap_check(row: ImapFolderRow, now: datetime) -> Check:
     history = f"last success {success}{error}"
     held = row.reader is not None and row.lease_until is not None and as_utc(row.lease_until) > now
     name = f"imap {row.source}/{row.folder}"
+    if row.failing:
+        since = _when(row.failing_since) if row.failing_since else "?"
+        code = f" ({row.error_code})" if row.error_code else ""
+        return Check(
+            name,
+            False,
+            f"failing: {row.failures} attempts in a row since {since}{code}: {row.last_error}",
+        )
     if held:
         return Check(name, True, f"read by {row.reader}; {history}")
     return Check(name, False, f"no poller is reading it; {history}")

@@ -1,5 +1,7 @@
-"""The check behind `gateway imap test`: log in, read the namespaces, and say which folders
-the source will read and file into, by their exact names on the server."""
+"""The check behind `gateway imap test`: log in (with an OAuth2 source, say where its token
+came from and until when it is valid; a provider's refusal is shown in its own words), read
+the namespaces, and say which folders the source will read and file into, by their exact
+names on the server."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from gateway.inbound.imap.folders import (
     read_namespaces,
     server_words,
 )
+from gateway.inbound.imap.oauth import OAuthConnector, TokenRefused
 
 GMAIL_NOTE = (
     "Gmail: moving a message out of INBOX removes its INBOX label (it stays in "
@@ -35,12 +38,14 @@ def check_source(
     lines: list[str] = []
     try:
         client = connector(source)
-    except (ConfigError, LoginError, *CONNECTION_ERRORS, IMAPClientError) as exc:
+    except (ConfigError, LoginError, TokenRefused, *CONNECTION_ERRORS, IMAPClientError) as exc:
         raise ImapProblem(connection.explain(source, exc)) from exc
     try:
         lines.append(
             f"logged in as {source.user} on {source.host}:{source.port} (tls {source.tls})"
         )
+        if isinstance(connector, OAuthConnector):
+            lines.append(connector.last_login)
         idle = (
             "yes"
             if client.has_capability("IDLE")

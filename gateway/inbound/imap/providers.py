@@ -39,6 +39,7 @@ from google.oauth2 import service_account
 from gateway.config import ConfigError, ImapOAuth2Config, ImapSourceConfig
 from gateway.config.imap_oauth import GOOGLE_TOKEN_URL
 from gateway.inbound.imap.oauth import Grant, TokenClient, TokenRefused, error_code
+from gateway.storage.sealed import SealBroken
 
 log = structlog.get_logger("gateway.imap")
 
@@ -258,7 +259,10 @@ class RefreshTokenGrant:
     def fetch(self) -> Grant:
         with self._lock:
             seed = self.oauth.first_refresh_token(self.where)
-            current = self._unsaved or self.store.current(seed)
+            try:
+                current = self._unsaved or self.store.current(seed)
+            except SealBroken as exc:  # another key: the admin's to fix, as a setting
+                raise ConfigError(str(exc)) from exc
             grant = self._google(current) if self.google else self._endpoint(current)
             if grant.refresh_token and grant.refresh_token != current:
                 self._keep(seed, grant.refresh_token)

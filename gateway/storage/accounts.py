@@ -14,21 +14,36 @@ from gateway.routing.addresses import AddressGrammar, split_address
 from gateway.routing.slugs import slug_problem
 from gateway.storage.db import Database
 from gateway.storage.models import Cabinet, Company
+from gateway.storage.tenancy import ALL, Tenant
 
 _MM_DD = re.compile(r"(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])")
 _DAYS = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31}
 
 
 class AccountError(GatewayError, ValueError):
-    """Input a person must correct; the message says how."""
+    """Input a person must correct; the message says how. `field` names the input it is
+    about, when one is (the HTTP API answers 422 naming it; the CLI prints the message)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
-def company_id_of(session: Session, slug: str) -> int:
+class NotFound(AccountError):
+    """No such thing, or not one the caller may see (another cabinet's: the API's 404)."""
+
+
+class Conflict(AccountError):
+    """It exists already, or the change clashes with what is there (the API's 409)."""
+
+
+def company_id_of(session: Session, slug: str, tenant: Tenant = ALL) -> int:
+    """The id of company `slug`, if `tenant` may see it (else NotFound, as if absent)."""
     company_id = session.execute(
-        select(Company.id).where(Company.slug == slug)
+        tenant.companies(select(Company.id).where(Company.slug == slug))
     ).scalar_one_or_none()
     if company_id is None:
-        raise AccountError(f"no company {slug!r} (see `gateway company list`)")
+        raise NotFound(f"no company {slug!r} (see `gateway company list`)", field="company")
     return int(company_id)
 
 

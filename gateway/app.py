@@ -272,6 +272,19 @@ class Gateway:
         )
         return InboundServer(handler, self.config.smtp), spool
 
+    def collection_addresses(self, company_slug: str) -> list[tuple[str, str]]:
+        """A company's collection addresses and the folder each files into (R1, R2): one
+        per journal, then the bare address whose mail is left to classify."""
+        domain = self.config.domains[0]
+        filing = self.config.filing
+        return [
+            *(
+                (f"{journal}+{company_slug}@{domain}", folder)
+                for journal, folder in filing.journals.items()
+            ),
+            (f"{company_slug}@{domain}", filing.unsorted_folder),
+        ]
+
     def imap_source(self, name: str) -> ImapSourceConfig:
         try:
             return self.config.imap_sources[name]

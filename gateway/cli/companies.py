@@ -29,11 +29,9 @@ def company_add(
     """Add a company; prints its collection addresses."""
     gw = Context(config_path).gateway
     add_company(gw.db, gw.grammar, slug, cabinet_slug, name, fiscal_year_end, gw.clock.now())
-    domain = gw.config.domains[0]
     click.echo(f"company {slug} added to {cabinet_slug}; collection addresses:")
-    for journal, folder in gw.config.filing.journals.items():
-        click.echo(f"  {journal}+{slug}@{domain}  -> {folder}")
-    click.echo(f"  {slug}@{domain}  -> {gw.config.filing.unsorted_folder}")
+    for address, folder in gw.collection_addresses(slug):
+        click.echo(f"  {address}  -> {folder}")
 
 
 @company.command("list")

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+from gateway.config.api import ApiConfig
 from gateway.config.declare import ConfigError, TableReader
 from gateway.config.environment import lay_over
 from gateway.config.imap_oauth import ImapOAuth2Config
@@ -101,6 +102,7 @@ def parse_config(
             )
     logging = _read(root.table("logging"), LoggingConfig, base)
     http = _read(root.table("http"), HttpConfig, base)
+    api = _read(root.table("api"), ApiConfig, base)
     trust = _read(root.table("trust"), TrustConfig, base)
     clamav = _read(root.table("clamav"), ClamavConfig, base)
     rspamd = _read(root.table("rspamd"), RspamdConfig, base)
@@ -113,6 +115,7 @@ def parse_config(
         extraction=extraction,
         logging=logging,
         http=http,
+        api=api,
         trust=trust,
         clamav=clamav,
         rspamd=rspamd,

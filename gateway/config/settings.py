@@ -21,6 +21,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from gateway.config import checks
+from gateway.config.api import ApiConfig
 from gateway.config.checks import DEFAULT_JOURNALS
 from gateway.config.declare import (
     ConfigError,
@@ -620,6 +621,7 @@ class GatewayConfig:
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
     partner_registry: Path = setting(
         DEFAULT_PARTNER_REGISTRY,
         "The partner registry (bot identities, aliases, destinations, limits).",
@@ -745,4 +747,5 @@ TABLES: tuple[Table, ...] = (
     Table("rspamd", RspamdConfig, "Spam scoring with rspamd."),
     Table("logging", LoggingConfig, "Logs, on stderr."),
     Table("http", HttpConfig, "Health checks and Prometheus metrics over HTTP (gateway serve)."),
+    Table("api", ApiConfig, "The platform's HTTP API (/api/v1) on that listener."),
 )

@@ -1,14 +1,16 @@
-"""The operations HTTP listener of `gateway serve` (`[http]`): /healthz, /readyz, /metrics.
+"""The operations HTTP listener of `gateway serve` (`[http]`): /healthz, /readyz, /metrics,
+and the platform API at /api/v1 (`[api]`, gateway/http/api/).
 
-Built on Starlette under uvicorn (the README says why): the platform's API (/api/v1, with
-its OpenAPI document) is to be added to this application. In the layers this package sits
-between serve and the wiring (gateway/app.py): serve starts it; it reads through the
-storage listings and the wiring, and never writes.
+Built on Starlette under uvicorn (the README says why), the API with FastAPI on top. In
+the layers this package sits between serve and the wiring (gateway/app.py): serve starts
+it; health and metrics only read; the API changes things through the same service
+functions as the CLI.
 
 - health.py: the readiness checks;
 - exposition.py: the metrics the database gives at scrape time, and the registry /metrics
   shows (with every process's counts, gateway/metrics.py);
-- server.py: the application and the uvicorn server run in serve's event loop.
+- server.py: the application and the uvicorn server run in serve's event loop;
+- api/: the platform API.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.app import Gateway
+from gateway.http.api import api_app
 from gateway.http.exposition import metrics_registry
 from gateway.http.health import Check, Child, Children, Readiness
 from gateway.http.server import OperationsListener, operations_app
@@ -44,8 +47,9 @@ async def start_listener(
     ]
     readiness = Readiness(config, gw.db, probe, children, gw.clock, scanners)
     registry = metrics_registry(metrics_directory, gw.db, gw.clock, config.imap_folders)
+    api = api_app(gw) if config.api.enabled else None
     listener = OperationsListener(
-        operations_app(readiness, registry), config.http.host, config.http.port
+        operations_app(readiness, registry, api), config.http.host, config.http.port
     )
     host, port = await listener.start()
     shown = f"[{host}]" if ":" in host else host

@@ -21,18 +21,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp
 
 from gateway.errors import GatewayError
 from gateway.http.health import Readiness
 
+API_PREFIX = "/api/v1"
 # Seconds a stopping listener waits for responses in progress (a scrape, a health check).
 STOP_GRACE_SECONDS = 1
 
 
-def operations_app(readiness: Readiness, registry: CollectorRegistry) -> Starlette:
+def operations_app(
+    readiness: Readiness, registry: CollectorRegistry, api: ASGIApp | None = None
+) -> Starlette:
     """/healthz (the process answers), /readyz (it can do its work: 200, or 503 naming
-    what cannot), /metrics (Prometheus text format)."""
+    what cannot), /metrics (Prometheus text format), and the platform API mounted at
+    /api/v1 when given (gateway/http/api/)."""
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -48,9 +53,14 @@ def operations_app(readiness: Readiness, registry: CollectorRegistry) -> Starlet
         text = await asyncio.to_thread(generate_latest, registry)
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(
-        routes=[Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics)]
-    )
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+    ]
+    if api is not None:
+        routes.append(Mount(API_PREFIX, app=api))
+    return Starlette(routes=routes)
 
 
 class _Server(uvicorn.Server):

@@ -51,7 +51,8 @@ def check_fiscal_year_end(value: str) -> str:
     m = _MM_DD.fullmatch(value)
     if m is None or int(m.group(2)) > _DAYS[int(m.group(1))]:
         raise AccountError(
-            f"fiscal year end {value!r} must be a day of the year as MM-DD, e.g. 12-31 or 06-30"
+            f"fiscal year end {value!r} must be a day of the year as MM-DD, e.g. 12-31 or 06-30",
+            field="fiscal_year_end",
         )
     return value
 
@@ -61,15 +62,15 @@ def add_cabinet(
 ) -> Cabinet:
     problem = slug_problem(slug, "cabinet")
     if problem:
-        raise AccountError(problem)
+        raise AccountError(problem, field="slug")
     if contact is not None and split_address(contact) is None:
-        raise AccountError(f"contact {contact!r} is not an email address")
+        raise AccountError(f"contact {contact!r} is not an email address", field="contact")
     try:
         with db.write() as s:
             cabinet = Cabinet(slug=slug, name=name or slug, contact_email=contact, created_at=now)
             s.add(cabinet)
     except IntegrityError as exc:
-        raise AccountError(f"a cabinet {slug!r} already exists") from exc
+        raise Conflict(f"a cabinet {slug!r} already exists", field="slug") from exc
     return cabinet
 
 
@@ -81,20 +82,22 @@ def add_company(
     name: str | None,
     fiscal_year_end: str,
     now: datetime,
+    tenant: Tenant = ALL,
 ) -> Company:
     problem = slug_problem(slug, "company") or grammar.reserved_slug_problem(slug)
     if problem:
-        raise AccountError(problem)
+        raise AccountError(problem, field="slug")
     check_fiscal_year_end(fiscal_year_end)
     try:
         with db.write() as s:
             cabinet_id = s.execute(
                 select(Cabinet.id).where(Cabinet.slug == cabinet_slug)
             ).scalar_one_or_none()
-            if cabinet_id is None:
-                raise AccountError(
+            if cabinet_id is None or not tenant.sees_cabinet(cabinet_id):
+                raise NotFound(
                     f"no cabinet {cabinet_slug!r}; "
-                    f"create it with `gateway cabinet add {cabinet_slug}`"
+                    f"create it with `gateway cabinet add {cabinet_slug}`",
+                    field="cabinet",
                 )
             company = Company(
                 slug=slug,
@@ -105,7 +108,7 @@ def add_company(
             )
             s.add(company)
     except IntegrityError as exc:
-        raise AccountError(f"a company {slug!r} already exists") from exc
+        raise Conflict(f"a company {slug!r} already exists", field="slug") from exc
     return company
 
 

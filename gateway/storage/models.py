@@ -425,3 +425,45 @@ class GatewayProcess(Base):
     started_at: Mapped[datetime]
     heartbeat_at: Mapped[datetime]
     stopped_at: Mapped[datetime | None]
+
+
+# -- the platform API ---------------------------------------------------------------------------
+
+
+class ApiScope(StrEnum):
+    """What an API token may do: read; write (a cabinet's data); admin (everything)."""
+
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+
+class ApiToken(Base):
+    """A token of the HTTP API (gateway/storage/api_tokens.py). Only its SHA-256 is kept:
+    the token is shown once, at creation. `cabinet_id` set: it sees that cabinet only."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (one_of("api_tokens", "scope", ApiScope),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(16), unique=True)  # the token's public part
+    sha256: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(16))
+    cabinet_id: Mapped[int | None] = mapped_column(ForeignKey("cabinets.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+
+
+class AuditEntry(Base):
+    """One write through the API: which token, what it did to what, when, and the answer."""
+
+    __tablename__ = "api_audit_log"
+    __table_args__ = (Index("ix_api_audit_log_at", "at"),)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"))
+    action: Mapped[str] = mapped_column(String(200))  # "POST /connections"
+    object: Mapped[str] = mapped_column(String(500))  # the path the write named
+    status: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime]

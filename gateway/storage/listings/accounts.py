@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from gateway.storage.db import Database
 from gateway.storage.models import Cabinet, Company
+from gateway.storage.tenancy import ALL, Tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,8 +21,11 @@ class CabinetRow:
     created_at: datetime
 
 
-def list_cabinets(db: Database) -> list[CabinetRow]:
-    """Every cabinet, by slug."""
+def list_cabinets(db: Database, tenant: Tenant = ALL) -> list[CabinetRow]:
+    """Every cabinet `tenant` sees, by slug."""
+    query = select(Cabinet).order_by(Cabinet.slug)
+    if not tenant.everything:
+        query = query.where(Cabinet.id == tenant.cabinet_id)
     with db.read() as s:
         return [
             CabinetRow(
@@ -31,7 +35,7 @@ def list_cabinets(db: Database) -> list[CabinetRow]:
                 forwarding="on" if c.forward_bot_mail else "off",
                 created_at=c.created_at,
             )
-            for c in s.execute(select(Cabinet).order_by(Cabinet.slug)).scalars()
+            for c in s.execute(query).scalars()
         ]
 
 
@@ -44,13 +48,15 @@ class CompanyRow:
     created_at: datetime
 
 
-def list_companies(db: Database) -> list[CompanyRow]:
-    """Every company with its cabinet's slug, by slug."""
-    query = (
+def list_companies(db: Database, tenant: Tenant = ALL, slug: str | None = None) -> list[CompanyRow]:
+    """Every company `tenant` sees (or the one named `slug`) with its cabinet's slug."""
+    query = tenant.companies(
         select(Company, Cabinet.slug)
         .join(Cabinet, Company.cabinet_id == Cabinet.id)
         .order_by(Company.slug)
     )
+    if slug is not None:
+        query = query.where(Company.slug == slug)
     with db.read() as s:
         return [
             CompanyRow(

@@ -1,0 +1,27 @@
+"""What every resource's schema shares: the refusal body, strict request bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Problem(BaseModel):
+    """Every refusal: what is wrong, and which field when one is (errors.py)."""
+
+    error: str
+    field: str | None = None
+    problems: list[dict[str, Any]] | None = None
+
+
+class Strict(BaseModel):
+    """A request body: an unknown field is an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def refusals(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses` of a route that may refuse with these statuses (besides 401, 403,
+    413, 429 and 503, which every route may answer)."""
+    return {status: {"model": Problem} for status in (*statuses, 401, 403, 413, 429, 503)}

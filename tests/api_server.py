@@ -29,6 +29,7 @@ class RunningApi:
         self.gw = gw
         self.base = base  # http://127.0.0.1:PORT/api/v1
         self.client = httpx.Client(base_url=base, timeout=30)
+        self.tokens: dict[str, str] = {}  # kept by tests that make one token for many calls
 
     def token(self, scope: str, cabinet: str | None = None, **kwargs: Any) -> str:
         _, secret = create_token(

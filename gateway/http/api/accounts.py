@@ -4,14 +4,12 @@ company` (gateway/storage/accounts.py)."""
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from gateway.app import Gateway
 from gateway.http.api.access import Admin, Gw, Reader, Writer
-from gateway.http.api.schemas import Strict, refusals
+from gateway.http.api.schemas import Moment, Strict, refusals
 from gateway.storage.accounts import NotFound, add_cabinet, add_company
 from gateway.storage.listings.accounts import CompanyRow, list_cabinets, list_companies
 
@@ -23,7 +21,7 @@ class Cabinet(BaseModel):
     name: str
     contact: str | None
     forwarding: str = Field(description="on or off: bot mail forwarded to the contact (R6)")
-    created_at: datetime
+    created_at: Moment
 
 
 class NewCabinet(Strict):
@@ -42,7 +40,7 @@ class Company(BaseModel):
     name: str
     cabinet: str
     fiscal_year_end: str
-    created_at: datetime
+    created_at: Moment
     collection_addresses: list[CollectionAddress]
 
 

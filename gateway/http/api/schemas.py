@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+from gateway.clock import as_utc
+
+# A moment as RFC 3339 wants it, with its offset: SQLite gives back naive UTC datetimes.
+Moment = Annotated[datetime, AfterValidator(as_utc)]
 
 
 class Problem(BaseModel):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter
 from pydantic import BaseModel
 
 from gateway.http.api.access import Admin, Gw
-from gateway.http.api.schemas import refusals
+from gateway.http.api.schemas import Moment, refusals
 from gateway.storage.listings.queues import queue_summaries, registered_processes
 
 router = APIRouter()
@@ -18,7 +16,7 @@ class Queue(BaseModel):
     queue: str
     states: dict[str, int]
     waiting: int
-    oldest_waiting_at: datetime | None
+    oldest_waiting_at: Moment | None
 
 
 class Process(BaseModel):
@@ -26,8 +24,8 @@ class Process(BaseModel):
     node: str
     role: str
     pid: int
-    started_at: datetime
-    heartbeat_at: datetime
+    started_at: Moment
+    heartbeat_at: Moment
     alive: bool
 
 

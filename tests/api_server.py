@@ -51,6 +51,12 @@ class RunningApi:
     def post(self, path: str, token: str | None = None, **kwargs: Any) -> httpx.Response:
         return self.request("POST", path, token, **kwargs)
 
+    def put(self, path: str, token: str | None = None, **kwargs: Any) -> httpx.Response:
+        return self.request("PUT", path, token, **kwargs)
+
+    def delete(self, path: str, token: str | None = None, **kwargs: Any) -> httpx.Response:
+        return self.request("DELETE", path, token, **kwargs)
+
 
 @contextlib.contextmanager
 def running_api(gw: Gateway) -> Iterator[RunningApi]:

@@ -6,14 +6,13 @@ from dataclasses import asdict
 from datetime import datetime
 
 import click
-from sqlalchemy import select
 
 from gateway.cli.context import Context, config_option, json_option
 from gateway.cli.output import cell, emit, print_json
 from gateway.inbound.trust.results import AuthenticationResults
 from gateway.storage.listings.inbound import list_messages, message_detail
-from gateway.storage.models import InboundMessage, MessageStatus
-from gateway.storage.queues import inbound as inbound_queue
+from gateway.storage.messages import retry_message
+from gateway.storage.models import MessageStatus
 
 
 @click.group()
@@ -93,11 +92,5 @@ def messages_retry(config_path: str | None, queue_id: str) -> None:
     """Queue a `held` message (QUEUE_ID, as `messages list` shows it) for filing again, once
     what held it is fixed."""
     gw = Context(config_path).gateway
-    with gw.db.write() as s:
-        message_id = s.execute(
-            select(InboundMessage.id).where(InboundMessage.queue_id == queue_id.upper())
-        ).scalar_one_or_none()
-        if message_id is None:
-            raise click.ClickException(f"no message {queue_id}: see `gateway messages list`")
-        inbound_queue.retry_held(s, message_id, gw.clock.now())
+    retry_message(gw.db, queue_id, gw.clock.now())
     click.echo(f"message {queue_id.upper()} queued for filing again")

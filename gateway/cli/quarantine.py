@@ -13,7 +13,6 @@ from dataclasses import asdict
 from typing import Any
 
 import click
-from sqlalchemy import select
 
 from gateway.cli.context import Context, config_option, json_option
 from gateway.cli.output import cell, emit, print_json
@@ -21,8 +20,8 @@ from gateway.inbound.trust.results import AuthenticationResults
 from gateway.storage import quarantine as quarantined_copies
 from gateway.storage.db import Database
 from gateway.storage.listings.inbound import list_messages, message_detail
-from gateway.storage.models import InboundMessage, MessageStatus
-from gateway.storage.queues import inbound as inbound_queue
+from gateway.storage.messages import message_id_of, release_message
+from gateway.storage.models import MessageStatus
 
 
 @click.group()
@@ -88,10 +87,7 @@ def quarantine_release(config_path: str | None, queue_id: str) -> None:
     """File a quarantined message as if it had just arrived, without the checks that
     quarantined it: its documents are placed, and sent on from switched folders."""
     gw = Context(config_path).gateway
-    with gw.db.write() as s:
-        inbound_queue.release_quarantined(
-            s, _message_id(gw.db, queue_id), gw.clock.now(), "gateway quarantine release"
-        )
+    release_message(gw.db, queue_id, gw.clock.now(), "gateway quarantine release")
     click.echo(f"message {queue_id.upper()} released: queued for filing")
 
 
@@ -120,9 +116,4 @@ def quarantine_purge(config_path: str | None) -> None:
 
 def _message_id(db: Database, queue_id: str) -> int:
     with db.read() as s:
-        message_id = s.execute(
-            select(InboundMessage.id).where(InboundMessage.queue_id == queue_id.upper())
-        ).scalar_one_or_none()
-    if message_id is None:
-        raise click.ClickException(f"no message {queue_id}: see `gateway quarantine list`")
-    return message_id
+        return message_id_of(s, queue_id, "gateway quarantine list")

@@ -2,7 +2,8 @@
 caller must change, never a 5xx for bad input.
 
 - AccountError (gateway/storage/accounts.py) → 422 naming its field; NotFound → 404 (also
-  another cabinet's object); Conflict → 409.
+  another cabinet's object); Conflict → 409; a queue refusing a transition (retry a message
+  that is not held) → 409.
 - A request that does not match the schema (malformed JSON, a wrong type, an unknown field,
   a missing one) → 422 naming the first field at fault, every problem listed in `problems`.
 - The database unreachable → 503 with Retry-After (our failure, and a passing one).
@@ -19,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 
 from gateway.storage.accounts import AccountError, Conflict, NotFound
 from gateway.storage.db import one_line
+from gateway.storage.queues.base import TransitionError
 
 
 def error(status: int, message: str, field: str | None = None, **more: Any) -> JSONResponse:
@@ -48,6 +50,9 @@ def install(app: FastAPI) -> None:
             response.headers[name] = value
         return response
 
+    async def transition(request: Request, exc: Exception) -> JSONResponse:
+        return error(409, str(exc))
+
     async def database(request: Request, exc: Exception) -> JSONResponse:
         response = error(503, f"the database does not answer: {one_line(exc)}")
         response.headers["Retry-After"] = "5"
@@ -56,6 +61,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(AccountError, account)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(HTTPException, http)
+    app.add_exception_handler(TransitionError, transition)
     app.add_exception_handler(OperationalError, database)
 
 

@@ -6,8 +6,8 @@ Every change that places a document goes through `record_placement` (R11).
 from __future__ import annotations
 
 import mimetypes
-from datetime import datetime
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -114,7 +114,7 @@ def add_document(
     if isinstance(file, Path) or hasattr(file, "read"):
         stored = blobs.put_file(cast(Path | BinaryIO, file))
     else:  # checked second: an open file is iterable too, by lines
-        stored = blobs.put_stream(cast(Iterable[bytes], file))
+        stored = blobs.put_stream(file)
     media_type = sniff_media_type(stored.head, mimetypes.guess_type(name)[0], name)
     with db.write() as s:
         company_id = company_id_of(s, company, tenant)

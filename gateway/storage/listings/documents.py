@@ -136,7 +136,7 @@ def list_documents_page(
         items = [_row(*r) for r in s.execute(query)]
     more = len(items) > limit
     items = items[:limit]
-    return Page(items, encode_cursor(items[-1]) if more else None)
+    return Page(items, encode_cursor(items[-1].placed_at, items[-1].id) if more else None)
 
 
 def list_documents(
@@ -204,9 +204,9 @@ def document_content(
 # -- cursors ----------------------------------------------------------------------------------
 
 
-def encode_cursor(row: DocumentRow) -> str:
-    """Opaque to callers: base64url of the JSON of the row's sort key."""
-    key = json.dumps([row.placed_at.isoformat(), row.id], separators=(",", ":"))
+def encode_cursor(placed_at: datetime, document_id: int) -> str:
+    """Opaque to callers: base64url of the JSON of a row's sort key."""
+    key = json.dumps([placed_at.isoformat(), document_id], separators=(",", ":"))
     return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
 
 

@@ -18,9 +18,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index(
-        "ix_documents_company_placed", "documents", ["company_id", "placed_at", "id"]
-    )
+    op.create_index("ix_documents_company_placed", "documents", ["company_id", "placed_at", "id"])
     op.create_index("ix_documents_folder_placed", "documents", ["folder_id", "placed_at", "id"])
     op.create_index("ix_documents_placed", "documents", ["placed_at", "id"])
     op.drop_index("ix_documents_folder_id", table_name="documents")

@@ -63,7 +63,7 @@ class BlobStore:
                 return StoredBlob(sha, size, bytes(head))
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)  # atomic: a reader never sees half a file
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             return StoredBlob(sha, size, bytes(head))
         finally:
             tmp.unlink(missing_ok=True)
@@ -86,7 +86,8 @@ def _chunks(f: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in `directory` durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -36,6 +36,7 @@ from typing import BinaryIO
 
 from sqlalchemy.orm import Session
 
+from gateway.storage.blobs import fsync_dir
 from gateway.storage.db import Database
 from gateway.storage.queues import inbound as inbound_queue
 
@@ -156,9 +157,9 @@ class SpoolWriter:
         self._segment = f"{day}/{name}"
         self._segment_day = day
         # The new directory entries must be durable too, or a crash could lose the file.
-        _fsync_dir(folder)
+        fsync_dir(folder)
         if new_folder:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         return self._file
 
     def close(self) -> None:
@@ -170,14 +171,6 @@ class SpoolWriter:
             with contextlib.suppress(OSError):
                 self._file.close()
             self._file = None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # The bytes one group commit carries at most (see the module's docstring).

@@ -6,8 +6,10 @@ Every change that places a document goes through `record_placement` (R11).
 from __future__ import annotations
 
 import mimetypes
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO, cast
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -16,12 +18,13 @@ from gateway.mail.names import sanitize_filename
 from gateway.mail.sniff import sniff_media_type
 from gateway.routing.addresses import AddressGrammar
 from gateway.routing.connections import ConnectionAddressError, parse_connection_address
-from gateway.storage.accounts import AccountError, company_id_of
+from gateway.storage.accounts import AccountError, Conflict, NotFound, company_id_of
 from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database
-from gateway.storage.folders import ensure_folder, normalise_path
-from gateway.storage.models import Connection, Document, Folder, Switch
+from gateway.storage.folders import FolderPathError, ensure_folder, normalise_path
+from gateway.storage.models import Company, Connection, Document, Folder, Switch
 from gateway.storage.placement import record_placement
+from gateway.storage.tenancy import ALL, Tenant
 
 
 def add_connection(
@@ -93,32 +96,44 @@ def add_document(
     blobs: BlobStore,
     company: str,
     folder: str,
-    file: Path,
+    file: Path | BinaryIO | Iterable[bytes],
     now: datetime,
+    *,
+    filename: str | None = None,
+    tenant: Tenant = ALL,
 ) -> tuple[Document, list[int]]:
-    """Upload a file by hand (R11: an upload is a placement like any other)."""
-    content = file.read_bytes()
-    declared = mimetypes.guess_type(file.name)[0]
-    media_type = sniff_media_type(content, declared, file.name)
-    filename = sanitize_filename(file.name, "document")
-    sha = blobs.put(content)
-    path = normalise_path(folder)
+    """Upload a file by hand (R11: an upload is a placement like any other). `file` is a
+    path, an open binary file or chunks of bytes (an HTTP upload), stored a chunk at a time;
+    `filename` names it (default: the path's name)."""
+    name = filename if filename is not None else file.name if isinstance(file, Path) else None
+    if not name:
+        raise AccountError("the file needs a name", field="filename")
+    path = document_folder(folder)
+    with db.read() as s:
+        company_id_of(s, company, tenant)  # before storing anything
+    if isinstance(file, Path) or hasattr(file, "read"):
+        stored = blobs.put_file(cast(Path | BinaryIO, file))
+    else:  # checked second: an open file is iterable too, by lines
+        stored = blobs.put_stream(file)
+    media_type = sniff_media_type(stored.head, mimetypes.guess_type(name)[0], name)
     with db.write() as s:
-        company_id = company_id_of(s, company)
+        company_id = company_id_of(s, company, tenant)
         existing = s.execute(
-            select(Document.id).where(Document.company_id == company_id, Document.sha256 == sha)
+            select(Document.id).where(
+                Document.company_id == company_id, Document.sha256 == stored.sha256
+            )
         ).scalar_one_or_none()
         if existing is not None:
-            raise AccountError(
-                f"{file.name}: {company} already has this file (document #{existing})"
+            raise Conflict(
+                f"{name}: {company} already has this file (document #{existing})", field="file"
             )
         document = Document(
             company_id=company_id,
             folder_id=ensure_folder(s, company_id, path, now),
-            filename=filename,
+            filename=sanitize_filename(name, "document"),
             media_type=media_type,
-            size=len(content),
-            sha256=sha,
+            size=stored.size,
+            sha256=stored.sha256,
             source="upload",
             source_mailbox=None,
             origin="upload",
@@ -132,14 +147,28 @@ def add_document(
 
 
 def move_document(
-    db: Database, grammar: AddressGrammar, document_id: int, folder: str, now: datetime
+    db: Database,
+    grammar: AddressGrammar,
+    document_id: int,
+    folder: str,
+    now: datetime,
+    *,
+    tenant: Tenant = ALL,
 ) -> tuple[Document, list[int]]:
     """Move a document; a move into a switched folder counts as a placement (R11)."""
-    path = normalise_path(folder)
+    path = document_folder(folder)
     with db.write() as s:
-        document = s.get(Document, document_id)
+        document = s.execute(
+            tenant.companies(
+                select(Document)
+                .join(Company, Document.company_id == Company.id)
+                .where(Document.id == document_id)
+            )
+        ).scalar_one_or_none()
         if document is None:
-            raise AccountError(f"no document #{document_id} (see `gateway documents list`)")
+            raise NotFound(
+                f"no document #{document_id} (see `gateway documents list`)", field="document"
+            )
         current = s.execute(select(Folder.path).where(Folder.id == document.folder_id)).scalar_one()
         if current == path:
             return document, []
@@ -148,3 +177,11 @@ def move_document(
         s.flush()
         deliveries = record_placement(s, document, path, grammar.partners, now)
     return document, deliveries
+
+
+def document_folder(folder: str) -> str:
+    """A folder path as given for a document, normalised; a bad one names the field."""
+    try:
+        return normalise_path(folder)
+    except FolderPathError as exc:
+        raise AccountError(str(exc), field="folder") from exc

@@ -145,11 +145,17 @@ class InboundMessageEvent(HistoryLine, Base):
 
 class Document(Base):
     __tablename__ = "documents"
-    # The duplicate rule: the same bytes are filed once per company.
-    __table_args__ = (UniqueConstraint("company_id", "sha256"),)
+    __table_args__ = (
+        # The duplicate rule: the same bytes are filed once per company.
+        UniqueConstraint("company_id", "sha256"),
+        # Keyset pages in (placed_at, id) order: a company's, a folder's, everyone's.
+        Index("ix_documents_company_placed", "company_id", "placed_at", "id"),
+        Index("ix_documents_folder_placed", "folder_id", "placed_at", "id"),
+        Index("ix_documents_placed", "placed_at", "id"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     company_id: Mapped[int] = mapped_column(ForeignKey("companies.id"))
-    folder_id: Mapped[int] = mapped_column(ForeignKey("folders.id"), index=True)
+    folder_id: Mapped[int] = mapped_column(ForeignKey("folders.id"))
     filename: Mapped[str] = mapped_column(String(255))
     media_type: Mapped[str] = mapped_column(String(255))
     size: Mapped[int] = mapped_column(BigInteger)

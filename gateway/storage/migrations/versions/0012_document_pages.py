@@ -3,7 +3,7 @@ company's, a folder subtree's (one folder at a time), everyone's; the folder ind
 replace was its prefix
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 Create Date: 2026-11-30 09:00:00
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0012"
-down_revision = "0010"  # the lead renumbers the chain at merge (brief: after "0011")
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

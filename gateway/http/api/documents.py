@@ -1,0 +1,181 @@
+"""/documents: the GED's documents — listed a page at a time (keyset: as fast on page 20,000
+as on page 1), uploaded as a multipart stream (spooled to disk, hashed as it is copied into
+the blob store: never whole in memory), downloaded as a stream, moved (a move into a switched
+folder is a placement, R11), with their deliveries; and /companies/{slug}/folders, the tree.
+The same service functions as `gateway documents` and `gateway folder`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from gateway.app import Gateway
+from gateway.http.api.access import Gw, Reader, Writer
+from gateway.http.api.schemas import Moment, Strict, refusals
+from gateway.storage.accounts import NotFound
+from gateway.storage.api_tokens import Caller
+from gateway.storage.connections import add_document, move_document
+from gateway.storage.listings.documents import (
+    document_content,
+    document_detail,
+    folder_tree,
+    list_documents_page,
+)
+
+router = APIRouter()
+
+
+class Document(BaseModel):
+    id: int
+    company: str
+    folder: str
+    filename: str
+    media_type: str
+    size: int
+    sha256: str
+    source: str = Field(description="smtp, imap or upload")
+    source_mailbox: str | None
+    origin: str
+    placed_at: Moment
+    message_id: str | None = Field(description="Message-ID of the mail it came in")
+    queue_id: str | None
+
+
+class Page(BaseModel):
+    items: list[Document]
+    next_cursor: str | None = Field(description="give it as `after` for the next page; null: last")
+
+
+class Delivery(BaseModel):
+    id: int
+    partner: str
+    status: str
+    attempts: int
+    reason: str | None
+    created_at: Moment
+    sent_at: Moment | None
+
+
+class DocumentDetail(Document):
+    deliveries: list[Delivery]
+
+
+class Placed(Document):
+    deliveries: list[int] = Field(description="deliveries this placement queued (R11)")
+
+
+class Move(Strict):
+    folder: str = Field(min_length=1, max_length=500, examples=["Achats/2026-11"])
+
+
+class Folder(BaseModel):
+    path: str
+    documents: int = Field(description="in this folder itself, not its sub-folders")
+
+
+@router.get("/documents", tags=["documents"], responses=refusals(404, 422))
+def documents(
+    who: Reader,
+    gw: Gw,
+    company: str | None = None,
+    folder: Annotated[str | None, Query(description="this folder and its sub-folders")] = None,
+    media_type: str | None = None,
+    source: str | None = None,
+    placed_after: datetime | None = None,
+    placed_before: datetime | None = None,
+    filename_contains: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    after: Annotated[str | None, Query(description="the previous page's next_cursor")] = None,
+) -> Page:
+    """Documents oldest first, a page at a time."""
+    page = list_documents_page(
+        gw.db,
+        who.tenant,
+        company=company,
+        folder=folder,
+        media_type=media_type,
+        source=source,
+        placed_after=placed_after,
+        placed_before=placed_before,
+        filename_contains=filename_contains,
+        limit=limit,
+        after=after,
+    )
+    return Page(
+        items=[Document.model_validate(r, from_attributes=True) for r in page.items],
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.post("/documents", status_code=201, tags=["documents"], responses=refusals(404, 409, 422))
+def upload(
+    who: Writer,
+    gw: Gw,
+    company: Annotated[str, Form(min_length=1, max_length=63)],
+    folder: Annotated[str, Form(min_length=1, max_length=500)],
+    file: Annotated[UploadFile, File(description="the document's bytes and its name")],
+) -> Placed:
+    """Place a file in a company's folder (an upload is a placement, R11)."""
+    document, deliveries = add_document(
+        gw.db,
+        gw.grammar,
+        gw.blobs,
+        company,
+        folder,
+        file.file,
+        gw.clock.now(),
+        filename=file.filename or "document",
+        tenant=who.tenant,
+    )
+    return _placed(gw, who, document.id, deliveries)
+
+
+@router.get("/documents/{document_id}", tags=["documents"], responses=refusals(404))
+def document(document_id: int, who: Reader, gw: Gw) -> DocumentDetail:
+    detail = document_detail(gw.db, document_id, who.tenant)
+    return DocumentDetail(
+        **Document.model_validate(detail.document, from_attributes=True).model_dump(),
+        deliveries=[Delivery.model_validate(d, from_attributes=True) for d in detail.deliveries],
+    )
+
+
+@router.get(
+    "/documents/{document_id}/content",
+    tags=["documents"],
+    responses={**refusals(404), 200: {"content": {"application/octet-stream": {}}}},
+    response_class=FileResponse,
+)
+def content(document_id: int, who: Reader, gw: Gw) -> FileResponse:
+    """The document's bytes, streamed, with its name and media type."""
+    row, path = document_content(gw.db, gw.blobs, document_id, who.tenant)
+    if not path.is_file():
+        raise NotFound(f"document #{document_id}: its bytes are missing from the store")
+    return FileResponse(path, media_type=row.media_type, filename=row.filename)
+
+
+@router.post("/documents/{document_id}/move", tags=["documents"], responses=refusals(404, 422))
+def move(document_id: int, body: Move, who: Writer, gw: Gw) -> Placed:
+    """Move to another folder of its company (into a switched folder: a placement)."""
+    _, deliveries = move_document(
+        gw.db, gw.grammar, document_id, body.folder, gw.clock.now(), tenant=who.tenant
+    )
+    return _placed(gw, who, document_id, deliveries)
+
+
+@router.get("/companies/{slug}/folders", tags=["documents"], responses=refusals(404))
+def folders(slug: str, who: Reader, gw: Gw) -> list[Folder]:
+    """The company's folder tree, with each folder's own document count."""
+    return [
+        Folder.model_validate(f, from_attributes=True) for f in folder_tree(gw.db, slug, who.tenant)
+    ]
+
+
+def _placed(gw: Gateway, who: Caller, document_id: int, deliveries: list[int]) -> Placed:
+    row = document_detail(gw.db, document_id, who.tenant).document
+    return Placed(
+        **Document.model_validate(row, from_attributes=True).model_dump(), deliveries=deliveries
+    )

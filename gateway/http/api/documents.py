@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from gateway.app import Gateway
 from gateway.http.api.access import Gw, Reader, Writer
-from gateway.http.api.schemas import Moment, Strict, refusals
+from gateway.http.api.schemas import Id, Moment, Strict, refusals
 from gateway.storage.accounts import NotFound
 from gateway.storage.api_tokens import Caller
 from gateway.storage.connections import add_document, move_document
@@ -135,7 +135,7 @@ def upload(
 
 
 @router.get("/documents/{document_id}", tags=["documents"], responses=refusals(404))
-def document(document_id: int, who: Reader, gw: Gw) -> DocumentDetail:
+def document(document_id: Id, who: Reader, gw: Gw) -> DocumentDetail:
     detail = document_detail(gw.db, document_id, who.tenant)
     return DocumentDetail(
         **Document.model_validate(detail.document, from_attributes=True).model_dump(),
@@ -146,10 +146,11 @@ def document(document_id: int, who: Reader, gw: Gw) -> DocumentDetail:
 @router.get(
     "/documents/{document_id}/content",
     tags=["documents"],
-    responses={**refusals(404), 200: {"content": {"application/octet-stream": {}}}},
+    # Its own media type, whatever the document is.
+    responses={**refusals(404), 200: {"content": {"*/*": {"schema": {"type": "string"}}}}},
     response_class=FileResponse,
 )
-def content(document_id: int, who: Reader, gw: Gw) -> FileResponse:
+def content(document_id: Id, who: Reader, gw: Gw) -> FileResponse:
     """The document's bytes, streamed, with its name and media type."""
     row, path = document_content(gw.db, gw.blobs, document_id, who.tenant)
     if not path.is_file():
@@ -158,7 +159,7 @@ def content(document_id: int, who: Reader, gw: Gw) -> FileResponse:
 
 
 @router.post("/documents/{document_id}/move", tags=["documents"], responses=refusals(404, 422))
-def move(document_id: int, body: Move, who: Writer, gw: Gw) -> Placed:
+def move(document_id: Id, body: Move, who: Writer, gw: Gw) -> Placed:
     """Move to another folder of its company (into a switched folder: a placement)."""
     _, deliveries = move_document(
         gw.db, gw.grammar, document_id, body.folder, gw.clock.now(), tenant=who.tenant
@@ -174,7 +175,7 @@ def folders(slug: str, who: Reader, gw: Gw) -> list[Folder]:
     ]
 
 
-def _placed(gw: Gateway, who: Caller, document_id: int, deliveries: list[int]) -> Placed:
+def _placed(gw: Gateway, who: Caller, document_id: Id, deliveries: list[int]) -> Placed:
     row = document_detail(gw.db, document_id, who.tenant).document
     return Placed(
         **Document.model_validate(row, from_attributes=True).model_dump(), deliveries=deliveries

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 
 from gateway.storage.accounts import AccountError, Conflict, NotFound
 from gateway.storage.db import one_line
@@ -50,6 +50,10 @@ def install(app: FastAPI) -> None:
             response.headers[name] = value
         return response
 
+    async def out_of_range(request: Request, exc: Exception) -> JSONResponse:
+        # What the schema let through but the database cannot hold (a number too large).
+        return error(422, f"a value is out of range: {one_line(exc)}")
+
     async def transition(request: Request, exc: Exception) -> JSONResponse:
         return error(409, str(exc))
 
@@ -62,6 +66,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(HTTPException, http)
     app.add_exception_handler(TransitionError, transition)
+    app.add_exception_handler(DataError, out_of_range)
+    app.add_exception_handler(OverflowError, out_of_range)
     app.add_exception_handler(OperationalError, database)
 
 

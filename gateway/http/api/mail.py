@@ -12,7 +12,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from gateway.http.api.access import Admin, Gw, Reader, Writer
-from gateway.http.api.schemas import Moment, Strict, refusals
+from gateway.http.api.schemas import Id, Moment, Strict, refusals
 from gateway.storage import quarantine as quarantined_copies
 from gateway.storage.accounts import NotFound, set_bot_mail_forwarding
 from gateway.storage.db import Database
@@ -99,7 +99,7 @@ def bot_mail(who: Reader, gw: Gw, cabinet: str | None = None) -> list[BotMail]:
     responses={**refusals(404), 200: {"content": {"message/rfc822": {}}}},
     response_class=Response,
 )
-def bot_mail_read(bot_mail_id: int, who: Reader, gw: Gw) -> Response:
+def bot_mail_read(bot_mail_id: Id, who: Reader, gw: Gw) -> Response:
     """The message as it arrived (message/rfc822)."""
     raw = bot_mail_message(gw.db, gw.config.spool_path, bot_mail_id, who.tenant)
     return Response(raw, media_type="message/rfc822")

@@ -5,9 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
+from fastapi import Path
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from gateway.clock import as_utc
+
+# A row's id in a path: the database's integers end at 2^31 - 1 (PostgreSQL's integer).
+Id = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 # A moment as RFC 3339 wants it, with its offset: SQLite gives back naive UTC datetimes.
 Moment = Annotated[datetime, AfterValidator(as_utc)]

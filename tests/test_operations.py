@@ -126,6 +126,9 @@ def test_metrics_health_and_readiness_of_a_serve_that_took_mail(tmp_path, databa
         assert until(lambda: counts(config) == ({"filed": sent}, sent))
         status, body = get(url + "/healthz")
         assert (status, body) == (200, "ok\n")
+        # The platform API is mounted on the same listener (gateway/http/api/).
+        status, body = get(url + "/api/v1/openapi.json")
+        assert status == 200 and "/documents" in json.loads(body)["paths"]
         status, body = get(url + "/readyz")
         ready = json.loads(body)
         assert status == 200 and ready["ready"] is True and ready["failing"] == []

@@ -5,7 +5,9 @@ FastAPI (over the Starlette application the listener already runs) gives the Ope
 document from the same declarations that check each request, and a refusal that names the
 field at fault. Handlers are plain functions: FastAPI runs them in its thread pool, so the
 database is never waited on in serve's event loop. They call the same service functions as
-the CLI (gateway/storage/…): no rule is written twice.
+the CLI (gateway/storage/…): no rule is written twice. The response models mirror the
+storage listings' rows on purpose: they are the versioned contract (/api/v1), which must not
+change when a listing gains a column, and they say every moment with its offset.
 
 - access.py: tokens and scopes, tenancy, rate limits, body limits, the audit log of writes;
 - errors.py: every refusal as `{"error", "field"}` with its 4xx;

@@ -16,11 +16,12 @@ from gateway.mail.names import sanitize_filename
 from gateway.mail.sniff import sniff_media_type
 from gateway.routing.addresses import AddressGrammar
 from gateway.routing.connections import ConnectionAddressError, parse_connection_address
+from gateway.storage import events
 from gateway.storage.accounts import AccountError, company_id_of
 from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database
 from gateway.storage.folders import ensure_folder, normalise_path
-from gateway.storage.models import Connection, Document, Folder, Switch
+from gateway.storage.models import Company, Connection, Document, Folder, Switch
 from gateway.storage.placement import record_placement
 
 
@@ -127,6 +128,10 @@ def add_document(
         )
         s.add(document)
         s.flush()
+        cabinet_id = s.execute(
+            select(Company.cabinet_id).where(Company.id == company_id)
+        ).scalar_one()
+        events.document_filed(s, document, path, cabinet_id, now)
         deliveries = record_placement(s, document, path, grammar.partners, now)
     return document, deliveries
 

@@ -27,6 +27,7 @@ from gateway.cli import (
     quarantine,
     service,
     status,
+    webhooks,
 )
 from gateway.cli.context import config_option
 from gateway.errors import GatewayError
@@ -81,5 +82,6 @@ for _command in (
     imap.imap,
     dkim.dkim,
     dns.dns,
+    webhooks.webhooks,
 ):
     cli.add_command(_command)

@@ -30,9 +30,10 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from gateway.clock import as_utc
-from gateway.storage.accounts import AccountError
+from gateway.storage.accounts import AccountError, NotFound
 from gateway.storage.db import Database
 from gateway.storage.models import (
+    Cabinet,
     Company,
     Connection,
     Delivery,
@@ -185,19 +186,34 @@ def read_after(
         query = query.where(OutboxEvent.cabinet_id == tenant.cabinet_id)
     if types is not None:
         query = query.where(OutboxEvent.type.in_(types))
-    rows = s.execute(query.order_by(OutboxEvent.id).limit(limit)).scalars()
-    return [
-        EventRow(
-            id=e.id,
-            type=e.type,
-            cabinet_id=e.cabinet_id,
-            company_id=e.company_id,
-            subject=e.subject_id,
-            payload=e.payload,
-            created_at=as_utc(e.created_at),
-        )
-        for e in rows
-    ]
+    return [_row(e) for e in s.execute(query.order_by(OutboxEvent.id).limit(limit)).scalars()]
+
+
+def by_id(s: Session, ids: Iterable[int]) -> dict[int, EventRow]:
+    """These events, by id (the webhook dispatcher's claimed deliveries')."""
+    query = select(OutboxEvent).where(OutboxEvent.id.in_(list(ids)))
+    return {e.id: _row(e) for e in s.execute(query).scalars()}
+
+
+def _row(e: OutboxEvent) -> EventRow:
+    return EventRow(
+        id=e.id,
+        type=e.type,
+        cabinet_id=e.cabinet_id,
+        company_id=e.company_id,
+        subject=e.subject_id,
+        payload=e.payload,
+        created_at=as_utc(e.created_at),
+    )
+
+
+def cabinet_tenant(db: Database, slug: str) -> Tenant:
+    """The tenant of cabinet `slug` (a webhook scoped to it); NotFound naming `cabinet`."""
+    with db.read() as s:
+        found = s.execute(select(Cabinet.id).where(Cabinet.slug == slug)).scalar_one_or_none()
+    if found is None:
+        raise NotFound(f"no cabinet {slug!r} (see `gateway cabinet list`)", field="cabinet")
+    return Tenant(int(found))
 
 
 def last_id(s: Session) -> int:

@@ -160,8 +160,9 @@ def raise_open_files_limit(
 
 class _Workers:
     """Worker processes (`gateway worker` files, `gateway sender` sends, `gateway imap run`
-    reads the IMAP sources, `gateway webhooks run` pushes events), each restarted when it dies, after a pause that grows while it
-    keeps dying (`RestartBackoff`); every death and restart is logged."""
+    reads the IMAP sources, `gateway webhooks run` pushes events), each restarted when it
+    dies, after a pause that grows while it keeps dying (`RestartBackoff`); every death and
+    restart is logged."""
 
     TICK = 0.2  # seconds between two looks at the workers
 

@@ -72,6 +72,7 @@ def webhooks_status(config_path: str | None, as_json: bool) -> None:
     gw = Context(config_path).gateway
     with gw.db.read() as s:
         states = webhook_deliveries.states(s, list(gw.config.webhooks))
+    columns = ["webhook", "cursor", "queued", "sending", "deferred", "delivered", "failed"]
     rows = [
         {
             "webhook": st.webhook,
@@ -88,8 +89,7 @@ def webhooks_status(config_path: str | None, as_json: bool) -> None:
     emit(
         rows,
         False,
-        ["webhook", "cursor", "queued", "sending", "deferred", "delivered", "failed"]
-        + ["oldest_waiting_event", "last_failure"],
+        [*columns, "oldest_waiting_event", "last_failure"],
     )
 
 

@@ -166,7 +166,7 @@ class Dispatcher:
         retry_at = None
         if not delivered:
             retry_at = hook.backoff().next_try(row.attempts, as_utc(row.created_at), now)
-            log.warning("webhook_not_delivered", webhook=hook.name, event=event.id, why=reason)
+            log.warning("webhook_not_delivered", webhook=hook.name, event_id=event.id, why=reason)
             if retry_at is None:
                 reason = f"gave up after {row.attempts} attempts; last: {reason}"
         try:

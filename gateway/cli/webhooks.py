@@ -56,7 +56,7 @@ def webhooks_list(config_path: str | None, as_json: bool) -> None:
             "name": h.name,
             "url": h.url,
             "cabinet": h.cabinet or "(all)",
-            "events": ", ".join(h.events),
+            "events": ", ".join(h.events) or "(all)",
             "allow_private": h.allow_private,
         }
         for h in gw.config.webhooks.values()

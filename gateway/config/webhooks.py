@@ -113,7 +113,7 @@ class WebhookConfig:
         example="aecconseil",
     )
     events: tuple[str, ...] = setting(
-        EVENT_TYPES, "The event types sent (the others are not).", check=_types
+        (), 'The event types sent, e.g. ["document.validated"]; empty: every type.', check=_types
     )
     allow_private: bool = setting(
         False,
@@ -133,6 +133,9 @@ class WebhookConfig:
         low=60,
         high=30 * 86400,
     )
+
+    def wants(self, event_type: str) -> bool:
+        return not self.events or event_type in self.events
 
     @property
     def host(self) -> str:

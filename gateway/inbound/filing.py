@@ -298,14 +298,8 @@ class Filer:
         message, outcome = p.message, p.outcome
         authentication = p.authentication.to_json() if p.authentication else None
         if p.quarantine is not None:
-            events.message_ended(
-                s,
-                events.MESSAGE_QUARANTINED,
-                message.id,
-                p.reached,
-                _about(message, p.extraction.subject, p.quarantine),
-                now,
-            )
+            about = _about(message, p.extraction.subject, p.quarantine)
+            events.message_ended(s, events.MESSAGE_QUARANTINED, message.id, p.reached, about, now)
             return inbound_queue.Finished(
                 message.id,
                 MessageStatus.QUARANTINED,
@@ -377,24 +371,7 @@ class Filer:
             bot_mails.append(bot_mail)
             outcome.bot_mailboxes.append(dest.address.address)
         if bot_mails:
-            s.flush()  # their ids, for the events
-            for bot_mail in bot_mails:
-                events.emit(
-                    s,
-                    events.BOT_MAIL_RECEIVED,
-                    cabinet_id=bot_mail.cabinet_id,
-                    company_id=bot_mail.company_id,
-                    subject=bot_mail.id,
-                    payload={
-                        "bot_mail_id": bot_mail.id,
-                        "recipient": bot_mail.recipient,
-                        "partner": bot_mail.partner,
-                        "mail_from": bot_mail.mail_from,
-                        "subject": bot_mail.subject,
-                        "inbound_message_id": message.id,
-                    },
-                    now=now,
-                )
+            events.bot_mails_received(s, bot_mails, message.id, now)
             # R6: forwarded to the cabinet's contact if it asked for it; queued in this
             # transaction, so a bot mail and its forward exist together or not at all.
             forwards.enqueue(s, bot_mails, now, p.extraction.message_id)
@@ -516,7 +493,6 @@ def _reached(destinations: list[Destination]) -> list[tuple[int, int | None]]:
 
 
 def _about(message: InboundMessage, subject: str | None, reason: str | None) -> dict[str, Any]:
-    """What a message event says of the message."""
     return {"mail_from": message.mail_from, "subject": subject, "reason": reason}
 
 

@@ -130,7 +130,7 @@ class Dispatcher:
                 wanted = [
                     (e.id, queue.ordering_of(e.cabinet_id, e.company_id))
                     for e in found
-                    if e.type in hook.config.events
+                    if hook.config.wants(e.type)
                 ]
                 queue.enqueue(s, hook.name, wanted, found[-1].id, self.clock.now())
                 read += len(found)

@@ -33,6 +33,7 @@ from gateway.clock import as_utc
 from gateway.storage.accounts import AccountError, NotFound
 from gateway.storage.db import Database
 from gateway.storage.models import (
+    BotMail,
     Cabinet,
     Company,
     Connection,
@@ -243,6 +244,34 @@ def document_filed(
             "inbound_message_id": document.inbound_message_id,
         },
         now=now,
+    )
+
+
+def bot_mails_received(
+    session: Session, bot_mails: Sequence[BotMail], message_id: int, now: datetime
+) -> None:
+    """`bot_mail.received`, one per bot mail just added (flushed here for their ids)."""
+    session.flush()
+    emit_many(
+        session,
+        [
+            NewEvent(
+                BOT_MAIL_RECEIVED,
+                b.cabinet_id,
+                b.company_id,
+                b.id,
+                {
+                    "bot_mail_id": b.id,
+                    "recipient": b.recipient,
+                    "partner": b.partner,
+                    "mail_from": b.mail_from,
+                    "subject": b.subject,
+                    "inbound_message_id": message_id,
+                },
+            )
+            for b in bot_mails
+        ],
+        now,
     )
 
 

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import select
 
+from gateway.cli.main import cli
 from gateway.clock import SystemClock
 from gateway.config import ConfigError, address_refusal
 from gateway.config.webhooks import EVENT_TYPES
@@ -374,3 +376,21 @@ def test_at_least_once_across_a_dispatcher_killed_mid_way(hooked, receiver, tmp_
         ]
         assert mine == sorted(mine)  # in order, a repeat right after its first sending
     assert set(statuses(hooked).values()) == {"delivered"}
+
+
+def test_the_cli_lists_the_webhooks_and_says_where_each_stands(hooked, receiver):
+    receiver.answer = lambda body: 500
+    emit(hooked, DUPONT, 1)
+    drain(hooked.webhook_dispatcher("w1"))
+    runner = CliRunner()
+    c = ["-c", str(hooked.config.path)]
+    listed = runner.invoke(cli, ["webhooks", "list", "--json", *c])
+    assert listed.exit_code == 0, listed.output
+    [hook] = json.loads(listed.output)
+    assert hook["name"] == "ged" and hook["url"].endswith("/hooks") and hook["events"] == "(all)"
+    status = runner.invoke(cli, ["webhooks", "status", *c])
+    assert status.exit_code == 0, status.output
+    assert "500 Internal Server Error" in status.output
+    [row] = webhook_deliveries_rows(hooked)
+    refused = runner.invoke(cli, ["webhooks", "retry", str(row.id), *c])
+    assert refused.exit_code == 1 and "deferred" in refused.output  # only a failed one

@@ -34,7 +34,7 @@ from gateway.storage.queues.base import (
     Leases,
     StateTable,
     TransitionError,
-    claim,
+    claim_for_worker,
     move_one,
     rows_changed,
 )
@@ -139,17 +139,7 @@ def claim_due(
     )
     claimable = and_(or_(waiting, stalled), first_in_line, w.webhook.in_(list(webhooks)))
     candidates = select(w.id).where(claimable).order_by(w.event_id).limit(limit)
-    claimed = claim(
-        session,
-        w,
-        candidates,
-        claimable,
-        status=SENDING,
-        claimed_by=worker,
-        lease_until=now + LEASE,
-        attempts=w.attempts + 1,
-    )
-    return [i for i, _ in claimed]
+    return claim_for_worker(session, w, None, candidates, claimable, SENDING, worker, now)
 
 
 @dataclass(frozen=True)

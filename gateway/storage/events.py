@@ -217,11 +217,6 @@ def cabinet_tenant(db: Database, slug: str) -> Tenant:
     return Tenant(int(found))
 
 
-def last_id(s: Session) -> int:
-    """The newest event's id (0: none yet)."""
-    return int(s.execute(select(OutboxEvent.id).order_by(OutboxEvent.id.desc())).scalar() or 0)
-
-
 def document_filed(
     session: Session, document: Document, folder: str, cabinet_id: int, now: datetime
 ) -> None:

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 
+import httpx
 import structlog
 from sqlalchemy.exc import OperationalError
 
@@ -43,15 +44,20 @@ from gateway.outbound.transport import (
     Transport,
 )
 from gateway.outbound.verp import BounceAddresses
+from gateway.outbound.webhooks import Dispatcher as WebhookDispatcher
+from gateway.outbound.webhooks import Hook, Resolver, resolve
 from gateway.routing.addresses import AddressGrammar
 from gateway.routing.partners import PartnerRegistry, load_registry
+from gateway.storage.accounts import NotFound
 from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database, SchemaError, one_line, safe_url
 from gateway.storage.directory import Directory
+from gateway.storage.events import cabinet_tenant
 from gateway.storage.oauth_tokens import StoredRefreshTokens
 from gateway.storage.processes import Heartbeat, process_name
 from gateway.storage.processes import take_back as take_back_node
 from gateway.storage.sealed import SecretBox
+from gateway.storage.tenancy import ALL
 
 log = structlog.get_logger("gateway.app")
 
@@ -259,6 +265,36 @@ class Gateway:
             worker_name=worker_name or self.process_name,
             partner_names={p.name: p.display_name for p in self.registry.partners},
             zone=self.config.filing.zone,
+        )
+
+    def webhook_hooks(self) -> list[Hook]:
+        """The configured webhooks, secrets read and cabinets found; a ConfigError naming
+        the setting otherwise."""
+        hooks = []
+        for config in self.config.webhooks.values():
+            tenant = ALL
+            if config.cabinet is not None:
+                try:
+                    tenant = cabinet_tenant(self.db, config.cabinet)
+                except NotFound as exc:
+                    raise ConfigError(f"webhooks.{config.name}.cabinet: {exc}") from exc
+            hooks.append(Hook(config, config.secret(), tenant))
+        return hooks
+
+    def webhook_dispatcher(
+        self,
+        worker_name: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        resolver: Resolver = resolve,
+    ) -> WebhookDispatcher:
+        """Events pushed to the configured webhooks (gateway/outbound/webhooks.py)."""
+        return WebhookDispatcher(
+            self.db,
+            self.webhook_hooks(),
+            self.clock,
+            worker_name or self.process_name,
+            transport=transport,
+            resolver=resolver,
         )
 
     def inbound_server(self) -> tuple[InboundServer, Spool]:

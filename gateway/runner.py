@@ -28,6 +28,7 @@ log = structlog.get_logger("gateway.runner")
 
 Pass = Callable[[], Awaitable[int]]  # one pass of a stage; how many items it took
 MAX_ERROR_PAUSE = 60.0  # seconds between passes while passes keep failing
+MAX_DOUBLINGS = 24  # 2**24 times the first wait: more than half a year from 1 s
 
 
 def in_thread(work: Callable[[], int]) -> Pass:
@@ -56,7 +57,9 @@ class Backoff:
             return None
         if self.lifetime is not None and now - first_queued >= self.lifetime:
             return None
-        delay = self.first * 2 ** max(attempts - 1, 0)
+        # The exponent is capped: past ~40 attempts `first * 2**n` overflows timedelta (the
+        # `maximum` is reached long before anyway).
+        delay = self.first * 2 ** min(max(attempts - 1, 0), MAX_DOUBLINGS)
         if self.maximum is not None:
             delay = min(delay, self.maximum)
         retry_at: datetime = now + delay

@@ -61,6 +61,7 @@ async def serve(
             "worker": config.filing.workers,
             "sender": config.outbound.workers,
             "imap run": 1 if config.imap_sources else 0,
+            "webhooks run": 1 if config.webhooks else 0,
         },
     )
     # Up first, so that /readyz says what is missing while the database is awaited.
@@ -159,8 +160,9 @@ def raise_open_files_limit(
 
 class _Workers:
     """Worker processes (`gateway worker` files, `gateway sender` sends, `gateway imap run`
-    reads the IMAP sources), each restarted when it dies, after a pause that grows while it
-    keeps dying (`RestartBackoff`); every death and restart is logged."""
+    reads the IMAP sources, `gateway webhooks run` pushes events), each restarted when it
+    dies, after a pause that grows while it keeps dying (`RestartBackoff`); every death and
+    restart is logged."""
 
     TICK = 0.2  # seconds between two looks at the workers
 

@@ -17,6 +17,9 @@ def test_backoff_doubles_up_to_its_maximum_and_gives_up_after_its_lifetime():
     delays = [(postfix.next_try(n, T0, T0) - T0).total_seconds() for n in range(1, 7)]
     assert delays == [300, 600, 1200, 2400, 4000, 4000]
     assert postfix.next_try(3, T0, T0 + timedelta(days=5)) is None
+    # Found by trying (a webhook retried hourly for two days): the 45th attempt's doubling
+    # overflowed timedelta and crashed the pass instead of waiting `maximum`.
+    assert postfix.next_try(120, T0, T0) == T0 + timedelta(seconds=4000)
 
 
 def test_backoff_moves_an_item_aside_after_max_attempts():

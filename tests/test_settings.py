@@ -61,6 +61,13 @@ def _data(table: Table, key: str, value: Any) -> dict[str, Any]:
         }
         source = {"host": "127.0.0.1", "user": "u", "oauth2": {**oauth, key: value}}
         return {"gateway": {"secrets_key_env": "KEY"}, "imap": {"sources": {"box": source}}}
+    if table.name == "webhooks.NAME":
+        hook = {"url": "https://ged.example/hooks", "secret_env": "WS", key: value}
+        if key == "secret_file":
+            del hook["secret_env"]
+        if key in ("retry_min_seconds", "retry_max_seconds"):  # either may take any value
+            hook = {"retry_min_seconds": 1, "retry_max_seconds": 86400, **hook}
+        return {"webhooks": {"box": hook}}
     if table.name == "outbound.smarthost":
         return {"outbound": {"smarthost": {"host": "relay.example.net", key: value}}}
     if table.name == "outbound":  # wide retry bounds, so that either may take any value

@@ -28,6 +28,7 @@ from gateway.cli import (
     service,
     status,
     tokens,
+    webhooks,
 )
 from gateway.cli.context import config_option
 from gateway.errors import GatewayError
@@ -83,5 +84,6 @@ for _command in (
     dkim.dkim,
     dns.dns,
     tokens.token,
+    webhooks.webhooks,
 ):
     cli.add_command(_command)

@@ -88,7 +88,7 @@ def worker(config_path: str | None, once: bool) -> None:
             gw.config.filing.poll_seconds,
             recover=heartbeat.release_claims,
         )
-        asyncio.run(_until_signalled(runner))
+        asyncio.run(until_signalled(runner))
 
 
 @click.command()
@@ -110,7 +110,7 @@ def sender(config_path: str | None, once: bool, interval: float) -> None:
         forwarder = gw.forwarder(dispatcher.transport)  # one connection pool for both
         runner = sending_runner(dispatcher, forwarder, interval, recover)
         try:
-            await (runner.drain() if once else _until_signalled(runner))
+            await (runner.drain() if once else until_signalled(runner))
         finally:
             await dispatcher.close()
 
@@ -121,7 +121,7 @@ def sender(config_path: str | None, once: bool, interval: float) -> None:
         asyncio.run(send(heartbeat.release_claims))
 
 
-async def _until_signalled(runner: Runner) -> None:
+async def until_signalled(runner: Runner) -> None:
     """Run `runner` until SIGTERM or SIGINT; it stops between two passes."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

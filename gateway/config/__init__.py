@@ -36,6 +36,7 @@ from gateway.config.settings import (
     SmtpConfig,
 )
 from gateway.config.trust import ClamavConfig, RspamdConfig, TrustConfig
+from gateway.config.webhooks import WebhookConfig, address_refusal
 
 __all__ = [
     "CONFIG_ENV",
@@ -60,6 +61,8 @@ __all__ = [
     "SmarthostConfig",
     "SmtpConfig",
     "TrustConfig",
+    "WebhookConfig",
+    "address_refusal",
     "default_toml",
     "load_config",
     "parse_config",

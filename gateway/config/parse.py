@@ -35,6 +35,7 @@ from gateway.config.settings import (
     SmtpConfig,
 )
 from gateway.config.trust import ClamavConfig, RspamdConfig, TrustConfig
+from gateway.config.webhooks import WebhookConfig
 from gateway.routing.addresses import split_address
 from gateway.routing.slugs import SLUG_RE
 
@@ -100,6 +101,7 @@ def parse_config(
                 "gateway.secrets_key_file (a key of 32 characters or more, e.g. from "
                 "`openssl rand -base64 32`, the same on every node)"
             )
+    webhooks = _webhooks(root.table("webhooks"), base)
     logging = _read(root.table("logging"), LoggingConfig, base)
     http = _read(root.table("http"), HttpConfig, base)
     api = _read(root.table("api"), ApiConfig, base)
@@ -122,6 +124,7 @@ def parse_config(
         outbound=outbound,
         sender_policy=sender_policy,
         imap_sources=imap_sources,
+        webhooks=webhooks,
         **top,
     )
 
@@ -172,6 +175,23 @@ def _imap(table: TableReader, base: Path, domains: tuple[str, ...]) -> dict[str,
             )
         sources[name] = _imap_source(sources_table.table(name), name, base, domains)
     return sources
+
+
+def _webhooks(table: TableReader, base: Path) -> dict[str, WebhookConfig]:
+    hooks: dict[str, WebhookConfig] = {}
+    for name in table.data:
+        if not SLUG_RE.fullmatch(name):
+            raise ConfigError(
+                f"webhooks.{name}: a webhook name is lower-case letters, digits and hyphens"
+            )
+        hook_table = table.table(name)
+        hooks[name] = hook = WebhookConfig(
+            name=name, **hook_table.values(WebhookConfig, base, "webhooks.NAME")
+        )
+        hook_table.finish()
+        hook.check()
+    table.finish()
+    return hooks
 
 
 def _imap_source(

@@ -34,6 +34,7 @@ from gateway.config.declare import (
 )
 from gateway.config.imap_oauth import ImapOAuth2Config
 from gateway.config.trust import ClamavConfig, RspamdConfig, TrustConfig
+from gateway.config.webhooks import WebhookConfig
 from gateway.mail.header_limits import HeaderLimits
 from gateway.routing.sender_policy import PolicyKind, SenderPolicy
 
@@ -637,6 +638,8 @@ class GatewayConfig:
     sender_policy: SenderPolicyConfig = field(default_factory=SenderPolicyConfig)
     # [imap.sources.NAME] tables, read by parse.py.
     imap_sources: Mapping[str, ImapSourceConfig] = field(default_factory=dict)
+    # [webhooks.NAME] tables, read by parse.py.
+    webhooks: Mapping[str, WebhookConfig] = field(default_factory=dict)
 
     @property
     def spool_path(self) -> Path:
@@ -738,6 +741,13 @@ TABLES: tuple[Table, ...] = (
         ImapOAuth2Config,
         "OAuth2 instead of a password (Microsoft 365, Google Workspace…).",
         example_name="factures",
+        optional=True,
+    ),
+    Table(
+        "webhooks.NAME",
+        WebhookConfig,
+        "Events pushed to a platform as signed POSTs; NAME: a-z, 0-9 and -.",
+        example_name="ged",
         optional=True,
     ),
     Table("sender_policy", SenderPolicyConfig, "Who may file mail: the global default."),

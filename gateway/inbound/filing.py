@@ -15,6 +15,7 @@ import hashlib
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import structlog
 from sqlalchemy import select
@@ -27,14 +28,14 @@ from gateway.config import FilingConfig
 from gateway.inbound.body_pdf import BodyPdfRenderer
 from gateway.inbound.filing_report import FilingReport, Placement, Prepared
 from gateway.inbound.folders import folder_path
-from gateway.inbound.recipients import Recipients
+from gateway.inbound.recipients import Destination, Recipients
 from gateway.inbound.sandbox import ExtractionSandbox, OverBudget
 from gateway.inbound.trust.checkpoint import Checkpoint, WaitForChecks
 from gateway.inbound.trust.screen import Wait
 from gateway.mail.dsn import BounceReport, parse_bounce
 from gateway.routing.partners import PartnerRegistry
 from gateway.runner import Backoff
-from gateway.storage import quarantine
+from gateway.storage import events, quarantine
 from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database
 from gateway.storage.folders import ensure_folder
@@ -194,6 +195,7 @@ class Filer:
             destinations,
             results,
         )
+        reached = _reached(destinations)
         if why_quarantined is not None:
             # Kept whole, with our results, until released or purged; nothing is filed.
             return Prepared(
@@ -210,6 +212,7 @@ class Filer:
                 results,
                 why_quarantined,
                 self.blobs.put(stamped),
+                reached=reached,
             )
         outcome = FilingReport()
         if self.body_pdf is not None:
@@ -261,6 +264,7 @@ class Filer:
             report,
             seconds,
             results,
+            reached=reached,
         )
 
     def _commit_counted(self, batch: list[Prepared]) -> None:
@@ -294,6 +298,8 @@ class Filer:
         message, outcome = p.message, p.outcome
         authentication = p.authentication.to_json() if p.authentication else None
         if p.quarantine is not None:
+            about = _about(message, p.extraction.subject, p.quarantine)
+            events.message_ended(s, events.MESSAGE_QUARANTINED, message.id, p.reached, about, now)
             return inbound_queue.Finished(
                 message.id,
                 MessageStatus.QUARANTINED,
@@ -344,6 +350,7 @@ class Filer:
                 s.flush()
                 filed_here[key] = document.id
                 in_message[key] = doc.filename
+                events.document_filed(s, document, place.path, company.cabinet_id, now)
                 # A document filed into a switched folder goes to the partner (R11).
                 record_placement(s, document, place.path, self.registry, now)
                 outcome.filed.append(f"{doc.filename} -> {company.slug}:{place.path}")
@@ -364,12 +371,16 @@ class Filer:
             bot_mails.append(bot_mail)
             outcome.bot_mailboxes.append(dest.address.address)
         if bot_mails:
+            events.bot_mails_received(s, bot_mails, message.id, now)
             # R6: forwarded to the cabinet's contact if it asked for it; queued in this
             # transaction, so a bot mail and its forward exist together or not at all.
             forwards.enqueue(s, bot_mails, now, p.extraction.message_id)
         for dest in p.bounces:
             assert dest.delivery_id is not None
             outcome.bounces.append(_apply_bounce(s, dest.delivery_id, p.bounce_report, now))
+        if outcome.status() is MessageStatus.REJECTED:
+            about = _about(message, p.extraction.subject, outcome.reason())
+            events.message_ended(s, events.MESSAGE_REJECTED, message.id, p.reached, about, now)
         return inbound_queue.Finished(
             message.id,
             outcome.status(),
@@ -466,6 +477,23 @@ def _apply_bounce(s: Session, delivery_id: int, report: BounceReport | None, now
     if not report.permanent:
         return deliveries.note_delay(s, delivery_id, words, now)
     return deliveries.bounce(s, delivery_id, words, now)
+
+
+def _reached(destinations: list[Destination]) -> list[tuple[int, int | None]]:
+    """(cabinet, company) of each accepted address of ours, once each."""
+    reached: dict[tuple[int, int | None], None] = {}
+    for d in destinations:
+        if not d.accepted:
+            continue
+        if d.company is not None:
+            reached[(d.company.cabinet_id, d.company.id)] = None
+        elif d.cabinet_id is not None:
+            reached[(d.cabinet_id, None)] = None
+    return list(reached)
+
+
+def _about(message: InboundMessage, subject: str | None, reason: str | None) -> dict[str, Any]:
+    return {"mail_from": message.mail_from, "subject": subject, "reason": reason}
 
 
 def _clip(value: str | None, limit: int) -> str | None:

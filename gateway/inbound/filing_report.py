@@ -89,3 +89,6 @@ class Prepared:
     quarantine: str | None = None  # why it is quarantined instead of filed
     quarantine_sha256: str | None = None  # its quarantined copy, in the blob store
     owned: bool = False
+    # (cabinet, company or None for a bot mailbox) of each address of ours it was sent to:
+    # who hears of its quarantine or rejection (gateway.storage.events.message_ended).
+    reached: list[tuple[int, int | None]] = field(default_factory=list)

@@ -18,6 +18,7 @@ from gateway.mail.names import sanitize_filename
 from gateway.mail.sniff import sniff_media_type
 from gateway.routing.addresses import AddressGrammar
 from gateway.routing.connections import ConnectionAddressError, parse_connection_address
+from gateway.storage import events
 from gateway.storage.accounts import AccountError, Conflict, NotFound, company_id_of
 from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database
@@ -142,6 +143,10 @@ def add_document(
         )
         s.add(document)
         s.flush()
+        cabinet_id = s.execute(
+            select(Company.cabinet_id).where(Company.id == company_id)
+        ).scalar_one()
+        events.document_filed(s, document, path, cabinet_id, now)
         deliveries = record_placement(s, document, path, grammar.partners, now)
     return document, deliveries
 

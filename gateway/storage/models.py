@@ -1,4 +1,9 @@
-"""Tables. The inbound stages talk through these durable rows, never through memory."""
+"""Tables. The inbound stages talk through these durable rows, never through memory.
+
+Why this module is long: it is the one declaration of the schema (every table, its
+constraints and states), which the migrations are checked against; split, the schema would
+be read in pieces.
+"""
 
 from __future__ import annotations
 
@@ -473,3 +478,69 @@ class AuditEntry(Base):
     object: Mapped[str] = mapped_column(String(500))  # the path the write named
     status: Mapped[int] = mapped_column(Integer)
     at: Mapped[datetime]
+
+
+# -- events (issue 13): the outbox, and its webhook deliveries --------------------------------
+
+# An integer that grows without wrapping: 64 bits on PostgreSQL; SQLite's INTEGER PRIMARY KEY
+# is its 64-bit rowid already (a BIGINT there would not autoincrement).
+EVENT_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class OutboxEvent(Base):
+    """Something a platform wants to hear about, written in the transaction of the change
+    it reports (gateway/storage/events.py): read by polling, pushed to webhooks."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_cabinet_id_id", "cabinet_id", "id"),)
+    id: Mapped[int] = mapped_column(EVENT_ID, primary_key=True, autoincrement=True)
+    type: Mapped[str] = mapped_column(String(32))
+    # None: a message no cabinet could be told from (refused before any address matched).
+    cabinet_id: Mapped[int | None] = mapped_column(ForeignKey("cabinets.id"))
+    company_id: Mapped[int | None] = mapped_column(ForeignKey("companies.id"))
+    subject_id: Mapped[int] = mapped_column(BigInteger)  # the document, delivery, bot mail…
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime]
+
+
+class WebhookStatus(StrEnum):
+    """A webhook delivery's state machine; see gateway/storage/queues/webhook_deliveries.py."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+
+
+class WebhookDelivery(Base):
+    """One event to one configured webhook (`[webhooks.NAME]`)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("webhook", "event_id"),
+        Index("ix_webhook_deliveries_order", "webhook", "ordering", "event_id"),
+        Index("ix_webhook_deliveries_status_due", "status", "due_at"),
+        one_of("webhook_deliveries", "status", WebhookStatus),
+    )
+    id: Mapped[int] = mapped_column(EVENT_ID, primary_key=True, autoincrement=True)
+    webhook: Mapped[str] = mapped_column(String(63))
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id"))
+    # Events of one company (or, without one, one cabinet) go out one after the other.
+    ordering: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    due_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str | None] = mapped_column(Text)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+
+
+class WebhookCursor(Base):
+    """The last event a webhook's dispatcher has queued deliveries for."""
+
+    __tablename__ = "webhook_cursors"
+    webhook: Mapped[str] = mapped_column(String(63), primary_key=True)
+    after: Mapped[int] = mapped_column(BigInteger)

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from gateway.clock import Clock
 from gateway.storage.db import Database, one_line
 from gateway.storage.models import GatewayProcess
-from gateway.storage.queues import deliveries, forwards, imap_checkpoints
+from gateway.storage.queues import deliveries, forwards, imap_checkpoints, webhook_deliveries
 from gateway.storage.queues import inbound as inbound_queue
 from gateway.storage.queues.base import LEASE, Leases
 
@@ -50,6 +50,7 @@ QUEUES: tuple[Leases, ...] = (
     deliveries.LEASES,
     forwards.LEASES,
     imap_checkpoints.LEASES,
+    webhook_deliveries.LEASES,
 )
 
 

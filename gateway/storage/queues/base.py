@@ -232,7 +232,7 @@ class History:
 def claim_for_worker(
     s: Session,
     model: Any,
-    history: History,
+    history: History | None,
     candidates: Select[Any],
     claimable: ColumnElement[bool],
     target: StrEnum,
@@ -241,7 +241,8 @@ def claim_for_worker(
 ) -> list[int]:
     """A worker's claim (`claim`): the rows move to `target`, held by `worker` for `LEASE`,
     one more attempt each, and the claim goes into the queue's history — a takeover (a row
-    whose holder stopped renewing its lease) with the previous holder, and logged."""
+    whose holder stopped renewing its lease) with the previous holder, and logged (a queue
+    without a history table: logged only)."""
     claimed = claim(
         s,
         model,
@@ -252,16 +253,17 @@ def claim_for_worker(
         lease_until=now + LEASE,
         attempts=model.attempts + 1,
     )
-    history.record(
-        s,
-        [
-            (i, None, target, f"taken over from {held} by {worker}")
-            if held and held != worker
-            else (i, None, target, f"claimed by {worker}")
-            for i, held in claimed
-        ],
-        now,
-    )
+    if history is not None:
+        history.record(
+            s,
+            [
+                (i, None, target, f"taken over from {held} by {worker}")
+                if held and held != worker
+                else (i, None, target, f"claimed by {worker}")
+                for i, held in claimed
+            ],
+            now,
+        )
     log_takeovers(model.__tablename__, claimed, worker)
     return [i for i, _ in claimed]
 

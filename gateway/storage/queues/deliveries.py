@@ -11,7 +11,9 @@ ran out is simply re-claimed from `sending`. `failed`, `bounced` and `skipped` c
 again by hand (`deliveries retry`). Every move is one guarded UPDATE (`… WHERE id … AND
 status = <expected>`, and `AND claimed_by = <worker>` for a sender's own moves): a row not in
 the expected state, or no longer held by that worker, is refused and nothing changes.
-Every move appends a `delivery_events` row, so a delivery's history can be read back.
+Every move appends a `delivery_events` row, so a delivery's history can be read back, and
+a move to sent, failed, bounced or skipped writes its event for the platform
+(`gateway.storage.events.deliveries_moved`) in the same transaction.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, or_, select, update
 from sqlalchemy.orm import Session
 
+from gateway.storage import events
 from gateway.storage.db import upsert_insert
 from gateway.storage.models import Connection, Delivery, DeliveryEvent, DeliveryStatus
 from gateway.storage.queues.base import (
@@ -92,6 +95,7 @@ def create(
     ).scalar_one_or_none()
     if delivery_id is not None:
         _event(session, delivery_id, now, None, status, detail)
+        events.deliveries_moved(session, [(delivery_id, status, reason)], now)
     return delivery_id
 
 
@@ -151,6 +155,7 @@ def transition(
             f"not {' or '.join(sorted(sources))}: cannot move it to {target}"
         )
     _event(session, delivery_id, now, current, target, detail)
+    events.deliveries_moved(session, [(delivery_id, target, values.get("reason", detail))], now)
 
 
 @dataclass(frozen=True)
@@ -211,6 +216,15 @@ def transition_many(
     HISTORY.record(
         session,
         [(m.delivery_id, source, m.target, m.detail) for m in moves if m.delivery_id in moved],
+        now,
+    )
+    events.deliveries_moved(
+        session,
+        [
+            (m.delivery_id, m.target, m.values.get("reason", m.detail))
+            for m in moves
+            if m.delivery_id in moved
+        ],
         now,
     )
     return [m for m in moves if m.delivery_id not in moved]

@@ -28,6 +28,7 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from gateway.storage import events
 from gateway.storage.models import (
     FINAL_STATUSES,
     InboundMessage,
@@ -69,7 +70,8 @@ LEASES = Leases(InboundMessage, InboundMessage.status == FILING)
 
 def enqueue(session: Session, rows: Sequence[dict[str, Any]]) -> list[int]:
     """Insert the rows of messages just made durable (`received`), or taken and refused at
-    intake (`rejected`: the row has a `reason`); their ids, in order."""
+    intake (`rejected`: the row has a `reason`, and a `message.rejected` event no cabinet
+    sees: no address of ours matched); their ids, in order."""
     result = session.execute(
         insert(InboundMessage).returning(InboundMessage.id, sort_by_parameter_order=True),
         [
@@ -81,7 +83,23 @@ def enqueue(session: Session, rows: Sequence[dict[str, Any]]) -> list[int]:
             for row in rows
         ],
     )
-    return [row[0] for row in result]
+    ids = [row[0] for row in result]
+    for i, row in zip(ids, rows, strict=True):
+        if row.get("reason"):
+            when = row["received_at"]
+            events.message_ended(
+                session, events.MESSAGE_REJECTED, i, [], _message_payload(row), when
+            )
+    return ids
+
+
+def _message_payload(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "mail_from": row.get("mail_from"),
+        "subject": row.get("subject"),
+        "reason": row.get("reason"),
+        "source": row.get("source"),
+    }
 
 
 def close_rejected(session: Session, message_ids: Sequence[int], now: datetime) -> None:

@@ -95,7 +95,7 @@ def test_mail_in_reaches_meg_signed_and_only_what_came_after_the_switch(
     connect_meg(out_gw, clock)
     place(out_gw, clock, tmp_path, "avant.pdf")
     clock.advance(minutes=1)
-    set_switch(out_gw.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    set_switch(out_gw.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now(), create_folder=True)
     clock.advance(minutes=1)
     server = RunningServer(out_gw).start()
     try:
@@ -129,7 +129,9 @@ def test_mail_in_reaches_meg_signed_and_only_what_came_after_the_switch(
 
 def _queued_document(gateway: Gateway, clock, tmp_path, name: str = "f.pdf") -> None:
     connect_meg(gateway, clock)
-    set_switch(gateway.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    set_switch(
+        gateway.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now(), create_folder=True
+    )
     clock.advance(minutes=1)  # 10:31: MEG's next run is 10:45
     place(gateway, clock, tmp_path, name)
 
@@ -222,7 +224,9 @@ def test_bot_partners_get_mail_from_the_bot_identity(out_gw, clock, partner_inbo
         "quickbooks+dupont-maconnerie@welyb.com",
         clock.now(),
     )
-    set_switch(out_gw.db, "dupont-maconnerie", ACHATS, "quickbooks", True, clock.now())
+    set_switch(
+        out_gw.db, "dupont-maconnerie", ACHATS, "quickbooks", True, clock.now(), create_folder=True
+    )
     clock.advance(minutes=1)
     place(out_gw, clock, tmp_path, "qb.pdf")
     run(out_gw, flush=True)

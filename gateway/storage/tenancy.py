@@ -14,7 +14,7 @@ from sqlalchemy import Select
 
 from gateway.storage.models import Company
 
-S = TypeVar("S", bound=Select[Any])
+S = TypeVar("S", bound=Select[*tuple[Any, ...]])
 
 
 @dataclass(frozen=True)

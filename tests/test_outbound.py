@@ -15,7 +15,6 @@ import sys
 from datetime import timedelta
 from email import policy
 
-import pytest
 from sqlalchemy import select
 
 from gateway.app import Gateway
@@ -23,24 +22,11 @@ from gateway.clock import as_utc
 from gateway.outbound.dkim import KeyStore
 from gateway.storage.connections import add_connection, add_document, set_switch
 from gateway.storage.models import Delivery
-from tests.conftest import dkim_verifies, relaying_gateway
-from tests.support import CaptureServer, RunningServer, file_all, message, pdf
+from tests.conftest import dkim_verifies
+from tests.support import RunningServer, file_all, message, pdf
 from tests.test_dkim import opendkim_results, opendkim_verify
 
 ACHATS = "Dossier comptable annuel/2026/Achats"
-
-
-@pytest.fixture
-def partner_inbox():
-    with CaptureServer() as capture:
-        yield capture
-
-
-@pytest.fixture
-def out_gw(tmp_path, database_url, clock, partner_inbox):
-    """A gateway relaying through the capture server, with DKIM keys for both domains."""
-    with relaying_gateway(tmp_path, database_url, clock, partner_inbox.port) as gateway:
-        yield gateway
 
 
 def run(gateway: Gateway, flush: bool = False, worker: str = "sender-1") -> int:

@@ -27,8 +27,7 @@ from gateway.storage.listings.outbound import list_deliveries, list_switches
 from gateway.storage.models import Cabinet, Delivery, Folder
 from gateway.storage.queues import deliveries as ledger_queue
 from gateway.storage.tenancy import Tenant
-from tests.conftest import relaying_gateway
-from tests.support import CaptureServer, pdf
+from tests.support import pdf
 from tests.test_outbound import ACHATS, delivery, place, run
 
 COMPANY = "dupont-maconnerie"
@@ -39,18 +38,6 @@ def _zip() -> bytes:
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("a.pdf", pdf("in zip"))
     return buf.getvalue()
-
-
-@pytest.fixture
-def partner_inbox():
-    with CaptureServer() as capture:
-        yield capture
-
-
-@pytest.fixture
-def out_gw(tmp_path, database_url, clock, partner_inbox):
-    with relaying_gateway(tmp_path, database_url, clock, partner_inbox.port) as gateway:
-        yield gateway
 
 
 def cli_run(config, *args: str):
@@ -92,6 +79,13 @@ def _meg_switched(config) -> None:
     assert on.exit_code == 0, on.output
 
 
+def _add(config, tmp_path, name: str, content: bytes, folder: str = ACHATS):
+    """`documents add` of one file."""
+    (tmp_path / name).write_bytes(content)
+    return cli_run(config, "documents", "add", "--company", COMPANY, "--folder", folder,
+                   str(tmp_path / name))  # fmt: skip
+
+
 def _ledger(config) -> list[dict]:
     return json.loads(cli_run(config, "deliveries", "list", "--json").output)
 
@@ -99,21 +93,14 @@ def _ledger(config) -> list[dict]:
 def test_documents_add_reports_skipped_deliveries_with_the_reason(gw, config_path, tmp_path):
     """Was: "1 delivery(ies) queued" for a ZIP MEG never takes."""
     _meg_switched(config_path)
-    (tmp_path / "archive.zip").write_bytes(_zip())
-    (tmp_path / "huge.pdf").write_bytes(pdf("big") + b"\0" * (10 * 1024 * 1024))
-    (tmp_path / "ok.pdf").write_bytes(pdf("ok"))
+    files = {
+        "archive.zip": _zip(),
+        "huge.pdf": pdf("big") + b"\0" * (10 * 1024 * 1024),
+        "ok.pdf": pdf("ok"),
+    }
     out = {
-        name: cli_run(
-            config_path,
-            "documents",
-            "add",
-            "--company",
-            COMPANY,
-            "--folder",
-            ACHATS + "/11",
-            str(tmp_path / name),
-        )
-        for name in ("archive.zip", "huge.pdf", "ok.pdf")
+        name: _add(config_path, tmp_path, name, data, ACHATS + "/11")
+        for name, data in files.items()
     }
     assert all(r.exit_code == 0 for r in out.values())
     assert "queued" not in out["archive.zip"].output
@@ -130,17 +117,7 @@ def test_retry_of_a_skipped_delivery_that_still_breaks_the_limits_is_refused(
 ):
     """Was: `deliveries retry` queued it again and the sender sent the ZIP."""
     _meg_switched(config_path)
-    (tmp_path / "archive.zip").write_bytes(_zip())
-    cli_run(
-        config_path,
-        "documents",
-        "add",
-        "--company",
-        COMPANY,
-        "--folder",
-        ACHATS,
-        str(tmp_path / "archive.zip"),
-    )
+    _add(config_path, tmp_path, "archive.zip", _zip())
     [d] = _ledger(config_path)
     result = cli_run(config_path, "deliveries", "retry", str(d["id"]))
     assert result.exit_code == 1
@@ -284,17 +261,7 @@ def test_connection_update_corrects_a_typo_and_refuses_a_bad_address(gw, config_
 
 def test_deleting_a_connection_removes_its_switches_and_skips_what_waits(gw, config_path, tmp_path):
     _meg_switched(config_path)
-    (tmp_path / "f.pdf").write_bytes(pdf("f"))
-    cli_run(
-        config_path,
-        "documents",
-        "add",
-        "--company",
-        COMPANY,
-        "--folder",
-        ACHATS,
-        str(tmp_path / "f.pdf"),
-    )
+    _add(config_path, tmp_path, "f.pdf", pdf("f"))
     result = cli_run(config_path, "connection", "delete", "--company", COMPANY, "--partner", "meg")
     assert result.exit_code == 0, result.output
     assert "1 waiting delivery(ies) skipped" in result.output
@@ -315,17 +282,7 @@ def test_deleting_a_connection_removes_its_switches_and_skips_what_waits(gw, con
 
 def test_another_cabinet_sees_none_of_it(gw, config_path, clock, tmp_path):
     _meg_switched(config_path)
-    (tmp_path / "f.pdf").write_bytes(pdf("f"))
-    cli_run(
-        config_path,
-        "documents",
-        "add",
-        "--company",
-        COMPANY,
-        "--folder",
-        ACHATS,
-        str(tmp_path / "f.pdf"),
-    )
+    _add(config_path, tmp_path, "f.pdf", pdf("f"))
     add_cabinet(gw.db, "autre", "Autre", None, clock.now())
     add_company(gw.db, gw.grammar, "autre-sarl", "autre", None, "12-31", clock.now())
     with gw.db.read() as s:

@@ -36,12 +36,16 @@ class DeliveryLedger:
     events: list[DeliveryEventRow]
 
 
+def _not_found(delivery_id: int) -> NotFound:
+    return NotFound(
+        f"no delivery #{delivery_id} (see `gateway deliveries list`)", field="delivery_id"
+    )
+
+
 def get_delivery(db: Database, delivery_id: int, tenant: Tenant = ALL) -> DeliveryRow:
     rows = list_deliveries(db, tenant=tenant, delivery_id=delivery_id)
     if not rows:
-        raise NotFound(
-            f"no delivery #{delivery_id} (see `gateway deliveries list`)", field="delivery_id"
-        )
+        raise _not_found(delivery_id)
     return rows[0]
 
 
@@ -78,9 +82,7 @@ def retry_delivery(
             )
         ).scalar_one_or_none()
         if visible is None:
-            raise NotFound(
-                f"no delivery #{delivery_id} (see `gateway deliveries list`)", field="delivery_id"
-            )
+            raise _not_found(delivery_id)
         problem = send_problems(s, [delivery_id], registry).get(delivery_id)
         if problem:
             raise Conflict(

@@ -99,7 +99,7 @@ class Setup:
                 p.db, p.grammar, p.blobs, COMPANY, ACHATS + "/11", path, p.clock.now()
             )
             path.unlink()
-            ids += deliveries
+            ids += deliveries.ids
         self.placed += n
         if len(ids) != n:
             raise RuntimeError(f"{n} documents placed but {len(ids)} deliveries queued")
@@ -127,7 +127,7 @@ def prepare(home: Path, sink_port: int) -> Setup:
     )
     add_connection(gateway.db, gateway.grammar, COMPANY, "meg", "meg+macon-dupont@welyb.fr", now())
     KeyStore(config.dkim_path).save(generate_key("welyb.fr", "bench"))
-    set_switch(gateway.db, COMPANY, ACHATS, "meg", True, now())
+    set_switch(gateway.db, COMPANY, ACHATS, "meg", True, now(), create_folder=True)
     time.sleep(0.01)  # documents are placed strictly after the switch (R10)
     files = home / "files"
     files.mkdir()

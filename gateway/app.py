@@ -236,7 +236,7 @@ class Gateway:
             blobs=self.blobs,
             clock=self.clock,
             worker_name=worker_name or self.process_name,
-            partner_names={p.name: p.display_name for p in self.registry.partners},
+            registry=self.registry,
             signing_pool=SigningPool(signer, processes) if processes else None,
         )
 

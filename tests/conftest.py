@@ -27,7 +27,7 @@ from gateway.storage.accounts import add_cabinet, add_company
 from tests.clamd import ClamdDaemon, running_clamd
 from tests.dns_server import DnsServer
 from tests.rspamd import RspamdServer, running_rspamd, shared_hs_cache
-from tests.support import DEFAULT_NOW, FixedClock, RunningServer
+from tests.support import DEFAULT_NOW, CaptureServer, FixedClock, RunningServer
 
 BASE_POSTGRES_URL = make_url(
     os.environ.get(
@@ -209,6 +209,22 @@ def relaying_gateway(
         yield gateway
     finally:
         gateway.db.dispose()
+
+
+@pytest.fixture
+def partner_inbox() -> Iterator[CaptureServer]:
+    """A capture server on a free port playing the partner's inbox (smarthost mode)."""
+    with CaptureServer() as capture:
+        yield capture
+
+
+@pytest.fixture
+def out_gw(
+    tmp_path: Path, database_url: str, clock: FixedClock, partner_inbox: CaptureServer
+) -> Iterator[Gateway]:
+    """A gateway relaying through the capture server, with DKIM keys for both domains."""
+    with relaying_gateway(tmp_path, database_url, clock, partner_inbox.port) as gateway:
+        yield gateway
 
 
 def dkim_verifies(gateway: Gateway, data: bytes) -> bool:

@@ -12,13 +12,18 @@ from sqlalchemy.exc import IntegrityError
 from gateway.app import Gateway
 from gateway.storage import events
 from gateway.storage.accounts import add_cabinet, add_company
-from gateway.storage.connections import add_connection, add_document, set_switch
 from gateway.storage.db import head_revision
+from gateway.storage.folders import ensure_folder
 from gateway.storage.models import (
     Base,
     BotMailForward,
+    Company,
+    Connection,
     Delivery,
+    DeliveryEvent,
+    Document,
     InboundMessage,
+    Switch,
 )
 from tests.conftest import load, write_config
 from tests.test_queues import _forward
@@ -49,16 +54,7 @@ def test_status_checks_are_added_to_a_database_that_has_rows(
         add_company(
             gw.db, gw.grammar, "dupont-maconnerie", "aecconseil", "Dupont", "12-31", clock.now()
         )
-        add_connection(
-            gw.db, gw.grammar, "dupont-maconnerie", "meg", "meg+macon-dupont@welyb.fr", clock.now()
-        )
-        set_switch(gw.db, "dupont-maconnerie", "A classer", "meg", True, clock.now())
-        clock.advance(minutes=1)
-        path = tmp_path / "f.pdf"
-        path.write_bytes(b"%PDF-1.4 facture")
-        add_document(
-            gw.db, gw.grammar, gw.blobs, "dupont-maconnerie", "A classer", path, clock.now()
-        )
+        _outbound_rows_at_0004(gw, clock)
         _forward(gw, clock)  # an inbound message, its bot mail and a queued forward
         before = _counts(gw)
         monkeypatch.undo()
@@ -74,6 +70,53 @@ def test_status_checks_are_added_to_a_database_that_has_rows(
                 s.execute(update(model).values(status="lost"))
     finally:
         gw.db.dispose()
+
+
+def _outbound_rows_at_0004(gw: Gateway, clock) -> None:
+    """A connection, a switch, a document and its queued delivery, written as the 0004
+    schema holds them (Core inserts: today's models have columns added since)."""
+    now = clock.now()
+    with gw.db.write() as s:
+        company_id = s.execute(select(Company.id)).scalar_one()
+        folder_id = ensure_folder(s, company_id, "A classer", now)
+
+        def insert(model, **values) -> int:
+            table = model.__table__
+            return s.execute(table.insert().values(**values).returning(table.c.id)).scalar_one()
+
+        connection_id = insert(
+            Connection,
+            company_id=company_id,
+            partner="meg",
+            entered_address="meg+macon-dupont@welyb.fr",
+            destination="macon-dupont@factures-meg.fr",
+            created_at=now,
+        )
+        insert(
+            Switch, connection_id=connection_id, folder_id=folder_id, is_on=True, turned_on_at=now
+        )
+        document_id = insert(
+            Document,
+            company_id=company_id,
+            folder_id=folder_id,
+            filename="f.pdf",
+            media_type="application/pdf",
+            size=16,
+            sha256="0" * 64,
+            source="upload",
+            origin="upload",
+            placed_at=now,
+        )
+        delivery_id = insert(
+            Delivery,
+            document_id=document_id,
+            connection_id=connection_id,
+            status="queued",
+            due_at=now,
+            attempts=0,
+            created_at=now,
+        )
+        insert(DeliveryEvent, delivery_id=delivery_id, at=now, to_status="queued")
 
 
 def _gateway(*args: str) -> subprocess.CompletedProcess[str]:

@@ -327,7 +327,7 @@ def test_metrics_count_the_ledger_by_partner_and_the_oldest_waiting(gw, clock, t
     add_connection(
         gw.db, gw.grammar, "dupont-maconnerie", "meg", "meg+macon-dupont@welyb.fr", clock.now()
     )
-    set_switch(gw.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    set_switch(gw.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now(), create_folder=True)
     clock.advance(minutes=1)
     upload(gw, clock, tmp_path, "a.pdf", pdf("ledger a"))
     clock.advance(minutes=10)

@@ -15,7 +15,6 @@ import sys
 from datetime import timedelta
 from email import policy
 
-import pytest
 from sqlalchemy import select
 
 from gateway.app import Gateway
@@ -23,24 +22,11 @@ from gateway.clock import as_utc
 from gateway.outbound.dkim import KeyStore
 from gateway.storage.connections import add_connection, add_document, set_switch
 from gateway.storage.models import Delivery
-from tests.conftest import dkim_verifies, relaying_gateway
-from tests.support import CaptureServer, RunningServer, file_all, message, pdf
+from tests.conftest import dkim_verifies
+from tests.support import RunningServer, file_all, message, pdf
 from tests.test_dkim import opendkim_results, opendkim_verify
 
 ACHATS = "Dossier comptable annuel/2026/Achats"
-
-
-@pytest.fixture
-def partner_inbox():
-    with CaptureServer() as capture:
-        yield capture
-
-
-@pytest.fixture
-def out_gw(tmp_path, database_url, clock, partner_inbox):
-    """A gateway relaying through the capture server, with DKIM keys for both domains."""
-    with relaying_gateway(tmp_path, database_url, clock, partner_inbox.port) as gateway:
-        yield gateway
 
 
 def run(gateway: Gateway, flush: bool = False, worker: str = "sender-1") -> int:
@@ -95,7 +81,7 @@ def test_mail_in_reaches_meg_signed_and_only_what_came_after_the_switch(
     connect_meg(out_gw, clock)
     place(out_gw, clock, tmp_path, "avant.pdf")
     clock.advance(minutes=1)
-    set_switch(out_gw.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    set_switch(out_gw.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now(), create_folder=True)
     clock.advance(minutes=1)
     server = RunningServer(out_gw).start()
     try:
@@ -129,7 +115,9 @@ def test_mail_in_reaches_meg_signed_and_only_what_came_after_the_switch(
 
 def _queued_document(gateway: Gateway, clock, tmp_path, name: str = "f.pdf") -> None:
     connect_meg(gateway, clock)
-    set_switch(gateway.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    set_switch(
+        gateway.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now(), create_folder=True
+    )
     clock.advance(minutes=1)  # 10:31: MEG's next run is 10:45
     place(gateway, clock, tmp_path, name)
 
@@ -222,7 +210,9 @@ def test_bot_partners_get_mail_from_the_bot_identity(out_gw, clock, partner_inbo
         "quickbooks+dupont-maconnerie@welyb.com",
         clock.now(),
     )
-    set_switch(out_gw.db, "dupont-maconnerie", ACHATS, "quickbooks", True, clock.now())
+    set_switch(
+        out_gw.db, "dupont-maconnerie", ACHATS, "quickbooks", True, clock.now(), create_folder=True
+    )
     clock.advance(minutes=1)
     place(out_gw, clock, tmp_path, "qb.pdf")
     run(out_gw, flush=True)

@@ -47,12 +47,15 @@ def deliveries(gw) -> list[Delivery]:
 def upload(gw, clock, tmp_path, name: str, content: bytes, folder: str = ACHATS + "/11"):
     path = tmp_path / name
     path.write_bytes(content)
-    return add_document(gw.db, gw.grammar, gw.blobs, "dupont-maconnerie", folder, path, clock.now())
+    doc, placed = add_document(
+        gw.db, gw.grammar, gw.blobs, "dupont-maconnerie", folder, path, clock.now()
+    )
+    return doc, placed.ids
 
 
 def test_mail_filed_below_a_switched_folder_is_queued_for_the_partners_next_run(meg, clock):
     """R9 (sub-folders inherit), R11 (SMTP is a modality), R12 (MEG every 15 min)."""
-    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now(), create_folder=True)
     clock.advance(minutes=1)  # 10:31
     arrive(
         meg,
@@ -70,7 +73,7 @@ def test_documents_placed_before_the_switch_are_never_sent(meg, clock, tmp_path)
     """R10: not retroactive."""
     before, _ = upload(meg, clock, tmp_path, "avant.pdf", pdf("avant"))
     clock.advance(minutes=5)
-    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now(), create_folder=True)
     clock.advance(minutes=5)
     after, created = upload(meg, clock, tmp_path, "apres.pdf", pdf("apres"))
     assert [d.document_id for d in deliveries(meg)] == [after.id] and len(created) == 1
@@ -79,7 +82,7 @@ def test_documents_placed_before_the_switch_are_never_sent(meg, clock, tmp_path)
 
 def test_a_move_into_a_switched_folder_is_a_placement(meg, clock, tmp_path):
     """R11: uploads and moves count like mail."""
-    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now(), create_folder=True)
     clock.advance(minutes=1)
     doc, created = upload(
         meg,
@@ -91,29 +94,37 @@ def test_a_move_into_a_switched_folder_is_a_placement(meg, clock, tmp_path):
     )
     assert created == []
     clock.advance(minutes=1)
-    _, created = move_document(meg.db, meg.grammar, doc.id, ACHATS + "/11", clock.now())
-    assert len(created) == 1
+    _, placed = move_document(meg.db, meg.grammar, doc.id, ACHATS + "/11", clock.now())
+    assert len(placed.queued) == 1
     # Moving it again inside the switched tree makes no second delivery.
     _, again = move_document(meg.db, meg.grammar, doc.id, ACHATS + "/12", clock.now())
-    assert again == [] and len(deliveries(meg)) == 1
+    assert again.ids == [] and len(deliveries(meg)) == 1
 
 
 def test_switch_off_then_on_counts_from_the_latest_activation(meg, clock, tmp_path):
-    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now(), create_folder=True)
     clock.advance(minutes=1)
     set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", False, clock.now())
     clock.advance(minutes=1)
     _, off = upload(meg, clock, tmp_path, "off.pdf", pdf("off"))
     clock.advance(minutes=1)
-    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now(), create_folder=True)
     clock.advance(minutes=1)
     _, on = upload(meg, clock, tmp_path, "on.pdf", pdf("on"))
     assert off == [] and len(on) == 1
 
 
 def test_parent_and_child_switched_make_one_delivery(meg, clock, tmp_path):
-    set_switch(meg.db, "dupont-maconnerie", "Dossier comptable annuel", "meg", True, clock.now())
-    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    set_switch(
+        meg.db,
+        "dupont-maconnerie",
+        "Dossier comptable annuel",
+        "meg",
+        True,
+        clock.now(),
+        create_folder=True,
+    )
+    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now(), create_folder=True)
     clock.advance(minutes=1)
     _, created = upload(meg, clock, tmp_path, "one.pdf", pdf("one"))
     assert len(created) == 1
@@ -135,7 +146,7 @@ def _zip() -> bytes:
 )
 def test_partner_limits_skip_with_a_reason(meg, clock, tmp_path, name, content, reason):
     """R14: MEG takes no ZIP and at most 10 MB; skipped, with the reason, never dropped."""
-    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now(), create_folder=True)
     clock.advance(minutes=1)
     upload(meg, clock, tmp_path, name, content)
     [d] = deliveries(meg)
@@ -152,7 +163,9 @@ def test_myunisoft_runs_hourly(gw, clock, tmp_path):
         "myunisoft+aecconseil+67-45-ACH@welyb.fr",
         clock.now(),
     )
-    set_switch(gw.db, "dupont-maconnerie", ACHATS, "myunisoft", True, clock.now())
+    set_switch(
+        gw.db, "dupont-maconnerie", ACHATS, "myunisoft", True, clock.now(), create_folder=True
+    )
     clock.advance(minutes=1)
     upload(gw, clock, tmp_path, "m.pdf", pdf("mu"))
     [d] = deliveries(gw)
@@ -161,11 +174,11 @@ def test_myunisoft_runs_hourly(gw, clock, tmp_path):
 
 def test_switch_needs_a_connection(gw, clock):
     with pytest.raises(AccountError, match="no connection to meg"):
-        set_switch(gw.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+        set_switch(gw.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now(), create_folder=True)
 
 
 def test_transitions_are_guarded_and_recorded(meg, clock, tmp_path):
-    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now(), create_folder=True)
     clock.advance(minutes=1)
     upload(meg, clock, tmp_path, "t.pdf", pdf("t"))
     [d] = deliveries(meg)
@@ -192,7 +205,7 @@ def test_transitions_are_guarded_and_recorded(meg, clock, tmp_path):
 def test_transition_many_is_guarded_per_row_and_keeps_each_rows_values(meg, clock, tmp_path):
     """The sender's batch recording: one UPDATE per kind of move, yet each row gets its own
     reply and due time, and a row not in `sending` is refused without touching the rest."""
-    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now(), create_folder=True)
     clock.advance(minutes=1)
     for n in range(5):
         upload(meg, clock, tmp_path, f"m{n}.pdf", pdf(f"many {n}"))

@@ -62,7 +62,7 @@ def _delivery(gw: Any, clock: Any, tmp_path: Any, n: int = 1) -> list[int]:
     add_connection(
         gw.db, gw.grammar, "dupont-maconnerie", "meg", "meg+macon-dupont@welyb.fr", clock.now()
     )
-    set_switch(gw.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    set_switch(gw.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now(), create_folder=True)
     clock.advance(minutes=1)
     ids: list[int] = []
     for i in range(n):
@@ -71,7 +71,7 @@ def _delivery(gw: Any, clock: Any, tmp_path: Any, n: int = 1) -> list[int]:
         _, created = add_document(
             gw.db, gw.grammar, gw.blobs, "dupont-maconnerie", ACHATS + "/11", path, clock.now()
         )
-        ids.extend(created)
+        ids.extend(created.ids)
     return ids
 
 

@@ -273,7 +273,7 @@ def test_release_files_it_and_a_switched_partner_receives_it(
             KeyStore(gw.config.dkim_path).save(generate_key(domain, "s2026"))
         set_policy(gw, "authenticated")
         connect_meg(gw, clock)
-        set_switch(gw.db, COMPANY, ACHATS, "meg", True, clock.now())
+        set_switch(gw.db, COMPANY, ACHATS, "meg", True, clock.now(), create_folder=True)
         clock.advance(minutes=1)
         send(server, "billing@bank.example", mail("Bank <billing@bank.example>"))
         file_all(gw)

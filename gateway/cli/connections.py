@@ -9,7 +9,12 @@ import click
 
 from gateway.cli.context import Context, config_option, json_option
 from gateway.cli.output import emit
-from gateway.storage.connections import add_connection, set_switch
+from gateway.storage.connections import (
+    add_connection,
+    delete_connection,
+    set_switch,
+    update_connection,
+)
 from gateway.storage.listings.outbound import list_connections, list_switches
 
 
@@ -33,6 +38,38 @@ def connection_add(config_path: str | None, company_slug: str, partner: str, add
     )
 
 
+@connection.command("update")
+@config_option
+@click.option("--company", "company_slug", required=True)
+@click.option("--partner", required=True)
+@click.option("--address", required=True, help="The corrected address.")
+def connection_update(
+    config_path: str | None, company_slug: str, partner: str, address: str
+) -> None:
+    """Correct the address entered for a connection; checked and parsed again."""
+    gw = Context(config_path).gateway
+    c = update_connection(gw.db, gw.grammar, company_slug, partner, address)
+    sender = c.sender or "the gateway's sender"
+    click.echo(
+        f"{company_slug}'s connection to {c.partner} updated: documents go to "
+        f"{c.destination}, from {sender}"
+    )
+
+
+@connection.command("delete")
+@config_option
+@click.option("--company", "company_slug", required=True)
+@click.option("--partner", required=True)
+def connection_delete(config_path: str | None, company_slug: str, partner: str) -> None:
+    """Delete a connection: its switches go, its waiting deliveries are skipped."""
+    gw = Context(config_path).gateway
+    skipped = delete_connection(gw.db, gw.grammar, company_slug, partner, gw.clock.now())
+    click.echo(
+        f"{company_slug}'s connection to {partner} deleted, with its switches"
+        + (f"; {len(skipped)} waiting delivery(ies) skipped" if skipped else "")
+    )
+
+
 @connection.command("list")
 @config_option
 @json_option
@@ -53,13 +90,22 @@ def switch() -> None:
 @click.option("--company", "company_slug", required=True)
 @click.option("--folder", "folder_path", required=True)
 @click.option("--partner", required=True)
-def switch_on(config_path: str | None, company_slug: str, folder_path: str, partner: str) -> None:
+@click.option("--create-folder", is_flag=True, help="Create FOLDER if the company has none.")
+def switch_on(
+    config_path: str | None,
+    company_slug: str,
+    folder_path: str,
+    partner: str,
+    create_folder: bool,
+) -> None:
     """From now on, documents placed in FOLDER or below go to PARTNER (R9, R10)."""
     gw = Context(config_path).gateway
-    set_switch(gw.db, company_slug, folder_path, partner, True, gw.clock.now())
+    row = set_switch(
+        gw.db, company_slug, folder_path, partner, True, gw.clock.now(), create_folder=create_folder
+    )
     click.echo(
-        f"{partner} switched on for {company_slug}:{folder_path} and its sub-folders; "
-        "documents already there are not sent"
+        f"{partner} switched on for {company_slug}:{row.folder} and its sub-folders "
+        f"since {row.turned_on_at}; documents already there are not sent"
     )
 
 

@@ -10,9 +10,9 @@ import click
 
 from gateway.cli.context import Context, config_option, json_option
 from gateway.cli.output import emit
+from gateway.storage.ledger import retry_delivery
 from gateway.storage.listings.outbound import list_deliveries
 from gateway.storage.models import DeliveryStatus
-from gateway.storage.queues.deliveries import TransitionError, retry
 
 
 @click.group()
@@ -38,13 +38,10 @@ def deliveries_list(
 @config_option
 @click.argument("delivery_id", type=int)
 def deliveries_retry(config_path: str | None, delivery_id: int) -> None:
-    """Queue a failed, bounced or skipped delivery again, due now."""
+    """Queue a failed, bounced or skipped delivery again, due now (if it may be sent: the
+    partner's limits and the switched folder are checked again)."""
     gw = Context(config_path).gateway
-    try:
-        with gw.db.write() as s:
-            retry(s, delivery_id, gw.clock.now())
-    except TransitionError as exc:
-        raise click.ClickException(str(exc)) from exc
+    retry_delivery(gw.db, gw.registry, delivery_id, gw.clock.now())
     click.echo(f"delivery {delivery_id} queued again")
 
 

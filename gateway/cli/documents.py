@@ -56,12 +56,13 @@ def documents_add(
     """Place files in a company's folder by hand (an upload, R11)."""
     gw = Context(config_path).gateway
     for file in files:
-        document, deliveries = add_document(
+        document, placed = add_document(
             gw.db, gw.grammar, gw.blobs, company_slug, folder_path, file, gw.clock.now()
         )
+        said = placed.summary()
         click.echo(
             f"document #{document.id} {document.filename} placed in {folder_path}"
-            + (f"; {len(deliveries)} delivery(ies) queued" if deliveries else "")
+            + (f"; {said}" if said else "")
         )
 
 
@@ -72,8 +73,6 @@ def documents_add(
 def documents_move(config_path: str | None, document_id: int, folder_path: str) -> None:
     """Move a document to another folder (a move into a switched folder is a placement)."""
     gw = Context(config_path).gateway
-    _, deliveries = move_document(gw.db, gw.grammar, document_id, folder_path, gw.clock.now())
-    click.echo(
-        f"document #{document_id} moved to {folder_path}"
-        + (f"; {len(deliveries)} delivery(ies) queued" if deliveries else "")
-    )
+    _, placed = move_document(gw.db, gw.grammar, document_id, folder_path, gw.clock.now())
+    said = placed.summary()
+    click.echo(f"document #{document_id} moved to {folder_path}" + (f"; {said}" if said else ""))

@@ -9,6 +9,10 @@ outcome with a guarded transition:
     permanent -> failed, with the partner's words (R17)
     temporary -> deferred, due again after back-off (300 s doubling to 4000 s, as Postfix),
                  failed once the delivery is older than the lifetime (5 days)
+
+Just after the claim, the rules are asked again (placement.send_problems): a delivery whose
+document now breaks the partner's limits (R14), was moved out of the switched folder, or
+whose switch or connection went away before the run is `skipped` with the reason, not sent.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from gateway.outbound.settle import settle
 from gateway.outbound.transport import SendOutcome, Transport
 from gateway.priority import run_at_idle_priority
 from gateway.routing.addresses import split_address
+from gateway.routing.partners import PartnerRegistry
 from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database
 from gateway.storage.models import (
@@ -40,6 +45,7 @@ from gateway.storage.models import (
     DeliveryStatus,
     Document,
 )
+from gateway.storage.placement import send_problems
 from gateway.storage.queues import deliveries
 
 log = structlog.get_logger("gateway.outbound")
@@ -86,7 +92,7 @@ class Dispatcher:
         blobs: BlobStore,
         clock: Clock,
         worker_name: str,
-        partner_names: dict[str, str],
+        registry: PartnerRegistry,
         signing_pool: SigningPool | None = None,
     ) -> None:
         self.db = db
@@ -98,7 +104,8 @@ class Dispatcher:
         self.blobs = blobs
         self.clock = clock
         self.worker_name = worker_name
-        self.partner_names = partner_names  # registry name -> display name
+        self.registry = registry
+        self.partner_names = {p.name: p.display_name for p in registry.partners}
         # Composing and signing are CPU work; in a process pool they run beside the event
         # loop instead of sharing its GIL. None: a thread of this process.
         self.signing_pool = signing_pool
@@ -118,16 +125,33 @@ class Dispatcher:
     ) -> list[int]:
         """Take deliveries to send now; `flush` ignores the schedule (`postqueue -f`) and
         takes ids above `after` only, so one flush tries each delivery once."""
+        return self._claim(flush, partner, limit, after)[1]
+
+    def _claim(
+        self, flush: bool, partner: str | None, limit: int, after: int
+    ) -> tuple[list[int], list[int]]:
+        """The ids claimed and, among them, those to send (the others were found
+        unsendable and are skipped)."""
+        now = self.clock.now()
         with self.db.write() as s:
-            return deliveries.claim_due(
+            claimed = deliveries.claim_due(
                 s,
                 self.worker_name,
-                self.clock.now(),
+                now,
                 limit=limit,
                 flush=flush,
                 partner=partner,
                 after=after,
             )
+            problems = send_problems(s, claimed, self.registry)
+            if problems:
+                moves = [
+                    deliveries.Move(d, DeliveryStatus.SKIPPED, why, {"reason": why})
+                    for d, why in problems.items()
+                ]
+                deliveries.transition_many(s, SENDING, moves, now, claimant=self.worker_name)
+                log.info("skipped_at_send", deliveries=problems)
+        return claimed, [d for d in claimed if d not in problems]
 
     async def run_once(self, *, flush: bool = False, partner: str | None = None) -> int:
         """Send everything due now; with `flush`, everything waiting, each tried once (a
@@ -178,8 +202,11 @@ class Dispatcher:
         then raises by awaiting this task; a cancelled producer has no consumer left)."""
         try:
             after = 0
-            while jobs := await asyncio.to_thread(self._next_batch, flush, partner, after):
-                after = max(job.delivery_id for job in jobs)
+            while True:
+                claimed, jobs = await asyncio.to_thread(self._next_batch, flush, partner, after)
+                if not claimed:
+                    break
+                after = max(claimed)
                 for start in range(0, len(jobs), PREPARE_CHUNK):
                     chunk = jobs[start : start + PREPARE_CHUNK]
                     for job, prepared in zip(chunk, await self._prepare(chunk), strict=True):
@@ -188,7 +215,7 @@ class Dispatcher:
                                 "compose_failed", delivery_id=job.delivery_id, error=str(prepared)
                             )
                         await ready.put((job, prepared))
-                if len(jobs) < CLAIM_LIMIT:
+                if len(claimed) < CLAIM_LIMIT:
                     break
         except asyncio.CancelledError:
             raise
@@ -197,9 +224,11 @@ class Dispatcher:
             raise
         await ready.put(None)
 
-    def _next_batch(self, flush: bool, partner: str | None, after: int) -> list[Job]:
-        ids = self.claim(flush=flush, partner=partner, after=after)
-        return self.jobs(ids) if ids else []
+    def _next_batch(
+        self, flush: bool, partner: str | None, after: int
+    ) -> tuple[list[int], list[Job]]:
+        claimed, ids = self._claim(flush, partner, CLAIM_LIMIT, after)
+        return claimed, self.jobs(ids) if ids else []
 
     async def _prepare(self, jobs: list[Job]) -> list[tuple[str, bytes] | Exception]:
         now, name = self.clock.now(), self.config.sender_name

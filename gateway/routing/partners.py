@@ -120,10 +120,13 @@ class Partner:
         """Why a document may not go to this partner (R14), or None."""
         if media_type in self.refused_types:
             return f"{self.display_name} does not take {media_type} documents"
-        if self.max_document_bytes is not None and size > self.max_document_bytes:
+        limit = self.max_document_bytes
+        if limit is not None and size > limit:
+            # The exact byte figure: "10 Mo" could be read as 10,000,000 or 10 × 1024².
+            mib = f" ({limit // 1024**2} MiB)" if limit % 1024**2 == 0 else ""
             return (
-                f"{self.display_name} takes documents up to {self.max_document_bytes:,} bytes; "
-                f"this one is {size:,}"
+                f"{self.display_name} takes documents up to {limit:,} bytes{mib}; "
+                f"this one is {size:,} bytes"
             )
         return None
 

@@ -259,6 +259,9 @@ class Connection(Base):
     destination: Mapped[str] = mapped_column(String(320))
     sender: Mapped[str | None] = mapped_column(String(320))  # None: the gateway's sender
     created_at: Mapped[datetime]
+    # Deleted connections stay, so that the ledger keeps what was sent (R13); adding the
+    # partner again brings the row back with the new address.
+    deleted_at: Mapped[datetime | None]
 
 
 class Switch(Base):

@@ -25,6 +25,7 @@ from gateway.storage.listings.documents import (
     folder_tree,
     list_documents_page,
 )
+from gateway.storage.placement import Placement
 
 router = APIRouter()
 
@@ -64,8 +65,14 @@ class DocumentDetail(Document):
     deliveries: list[Delivery]
 
 
+class Skipped(BaseModel):
+    id: int
+    reason: str = Field(description="the partner's rule it breaks (R14), or why it is withdrawn")
+
+
 class Placed(Document):
     deliveries: list[int] = Field(description="deliveries this placement queued (R11)")
+    skipped: list[Skipped] = Field(description="deliveries it made but will not send, and why")
 
 
 class Move(Strict):
@@ -120,7 +127,7 @@ def upload(
     file: Annotated[UploadFile, File(description="the document's bytes and its name")],
 ) -> Placed:
     """Place a file in a company's folder (an upload is a placement, R11)."""
-    document, deliveries = add_document(
+    document, placed = add_document(
         gw.db,
         gw.grammar,
         gw.blobs,
@@ -131,7 +138,7 @@ def upload(
         filename=file.filename or "document",
         tenant=who.tenant,
     )
-    return _placed(gw, who, document.id, deliveries)
+    return _placed(gw, who, document.id, placed)
 
 
 @router.get("/documents/{document_id}", tags=["documents"], responses=refusals(404))
@@ -161,10 +168,10 @@ def content(document_id: Id, who: Reader, gw: Gw) -> FileResponse:
 @router.post("/documents/{document_id}/move", tags=["documents"], responses=refusals(404, 422))
 def move(document_id: Id, body: Move, who: Writer, gw: Gw) -> Placed:
     """Move to another folder of its company (into a switched folder: a placement)."""
-    _, deliveries = move_document(
+    _, placed = move_document(
         gw.db, gw.grammar, document_id, body.folder, gw.clock.now(), tenant=who.tenant
     )
-    return _placed(gw, who, document_id, deliveries)
+    return _placed(gw, who, document_id, placed)
 
 
 @router.get("/companies/{slug}/folders", tags=["documents"], responses=refusals(404))
@@ -175,8 +182,10 @@ def folders(slug: str, who: Reader, gw: Gw) -> list[Folder]:
     ]
 
 
-def _placed(gw: Gateway, who: Caller, document_id: Id, deliveries: list[int]) -> Placed:
+def _placed(gw: Gateway, who: Caller, document_id: int, placed: Placement) -> Placed:
     row = document_detail(gw.db, document_id, who.tenant).document
     return Placed(
-        **Document.model_validate(row, from_attributes=True).model_dump(), deliveries=deliveries
+        **Document.model_validate(row, from_attributes=True).model_dump(),
+        deliveries=placed.queued,
+        skipped=[Skipped(id=i, reason=r) for i, r in placed.skipped],
     )

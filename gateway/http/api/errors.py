@@ -20,7 +20,7 @@ from sqlalchemy.exc import DataError, OperationalError
 
 from gateway.storage.accounts import AccountError, Conflict, NotFound
 from gateway.storage.db import one_line
-from gateway.storage.queues.base import TransitionError
+from gateway.storage.queues.inbound import TransitionError
 
 
 def error(status: int, message: str, field: str | None = None, **more: Any) -> JSONResponse:

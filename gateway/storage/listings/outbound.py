@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from gateway.storage.db import Database
 from gateway.storage.models import Company, Connection, Delivery, Document, Folder, Switch
+from gateway.storage.tenancy import ALL, Tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,11 +23,12 @@ class ConnectionRow:
     created_at: datetime
 
 
-def list_connections(db: Database) -> list[ConnectionRow]:
-    """Every connection, oldest first."""
-    query = (
+def list_connections(db: Database, tenant: Tenant = ALL) -> list[ConnectionRow]:
+    """Every connection (not deleted), oldest first."""
+    query = tenant.companies(
         select(Connection, Company.slug)
         .join(Company, Connection.company_id == Company.id)
+        .where(Connection.deleted_at.is_(None))
         .order_by(Connection.id)
     )
     with db.read() as s:
@@ -54,9 +56,9 @@ class SwitchRow:
     turned_off_at: datetime | None
 
 
-def list_switches(db: Database) -> list[SwitchRow]:
+def list_switches(db: Database, tenant: Tenant = ALL) -> list[SwitchRow]:
     """Every switch, on or off, oldest first."""
-    query = (
+    query = tenant.companies(
         select(Switch, Connection.partner, Company.slug, Folder.path)
         .join(Connection, Switch.connection_id == Connection.id)
         .join(Company, Connection.company_id == Company.id)
@@ -93,16 +95,22 @@ class DeliveryRow:
 
 
 def list_deliveries(
-    db: Database, company_slug: str | None = None, status: str | None = None
+    db: Database,
+    company_slug: str | None = None,
+    status: str | None = None,
+    tenant: Tenant = ALL,
+    delivery_id: int | None = None,
 ) -> list[DeliveryRow]:
-    """The delivery ledger, oldest first; optionally one company's, or in one status."""
-    query = (
+    """The delivery ledger, oldest first; optionally one company's, in one status, or one."""
+    query = tenant.companies(
         select(Delivery, Connection, Company.slug, Document.filename)
         .join(Connection, Delivery.connection_id == Connection.id)
         .join(Company, Connection.company_id == Company.id)
         .join(Document, Delivery.document_id == Document.id)
         .order_by(Delivery.id)
     )
+    if delivery_id is not None:
+        query = query.where(Delivery.id == delivery_id)
     if company_slug:
         query = query.where(Company.slug == company_slug)
     if status:

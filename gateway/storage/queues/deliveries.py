@@ -4,7 +4,16 @@
        │         │          │ ╲
        │         │          │  ╲──> failed            (5xx from the partner, or given up)
        │         │          └────> deferred ──> sending (retried after back-off)
-       └─────────┴──> skipped                          (the partner's limits, R14)
+       └─────────┴──────────┴──────────┴──> skipped   (may not be sent: see below)
+
+`skipped` is every "not sent, and not the partner's doing", with the reason in words: the
+document breaks the partner's limits (R14), was moved out of the switched folder before the
+run ("moved out of the switched folder before the run"), the switch was turned off, or the
+connection deleted. One state rather than a `cancelled` beside it: to the firm it is the
+same thing (the document did not go, here is why, retry once it is put right), and the
+rules that decide it are asked again wherever a delivery could go out: at a placement or a
+move, at `deliveries retry` and by the sender after claiming (gateway/storage/placement.py
+`send_problems`). So a waiting or claimed delivery can become `skipped` too.
 
 `sending` goes back to `queued` only when a lease is reclaimed by hand; a worker whose lease
 ran out is simply re-claimed from `sending`. `failed`, `bounced` and `skipped` can be queued
@@ -50,8 +59,9 @@ STATES = StateTable(
     "",
     {
         Q: {SENDING, SKIPPED},
-        SENDING: {SENT, DEFERRED, FAILED, Q},  # back to queued: a lease reclaimed
-        DEFERRED: {SENDING, FAILED},
+        # back to queued: a lease reclaimed; skipped: found unsendable after the claim
+        SENDING: {SENT, DEFERRED, FAILED, Q, SKIPPED},
+        DEFERRED: {SENDING, FAILED, SKIPPED},
         SENT: {BOUNCED},
         FAILED: {Q},
         BOUNCED: {Q},

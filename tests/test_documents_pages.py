@@ -162,7 +162,7 @@ def test_another_cabinets_documents_are_absent(gw, clock, tmp_path):
 
 def test_detail_names_the_message_folder_and_delivery_statuses(gw, clock, tmp_path):
     add_connection(gw.db, gw.grammar, COMPANY, "meg", "meg+macon-dupont@welyb.fr", clock.now())
-    set_switch(gw.db, COMPANY, "Achats", "meg", True, clock.now())
+    set_switch(gw.db, COMPANY, "Achats", "meg", True, clock.now(), create_folder=True)
     clock.advance(minutes=1)
     document = put(gw, clock, tmp_path, "f.pdf", "Achats/11")
     detail = document_detail(gw.db, document.id)

@@ -94,7 +94,7 @@ def test_a_rolled_back_change_leaves_no_event(gw, clock, tmp_path):
     add_connection(
         gw.db, gw.grammar, "dupont-maconnerie", "meg", "meg+macon-dupont@welyb.fr", clock.now()
     )
-    set_switch(gw.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    set_switch(gw.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now(), create_folder=True)
     clock.advance(minutes=1)
     upload(gw, clock, tmp_path, "a.pdf", pdf("a"))
     with gw.db.read() as s:
@@ -121,7 +121,7 @@ def test_delivery_moves_emit_validated_failed_bounced_and_skipped(gw, clock, tmp
     add_connection(
         gw.db, gw.grammar, "dupont-maconnerie", "meg", "meg+macon-dupont@welyb.fr", clock.now()
     )
-    set_switch(gw.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now())
+    set_switch(gw.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now(), create_folder=True)
     clock.advance(minutes=1)
     docs = [upload(gw, clock, tmp_path, f"{n}.pdf", pdf(n))[0] for n in ("ok", "ko", "back")]
     # MEG takes 10,485,760 bytes at most (R14): skipped at once.

@@ -7,13 +7,16 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.errors import GatewayError
+from gateway.storage.accounts import AccountError
 from gateway.storage.db import upsert_insert
 from gateway.storage.models import Folder
 
 
-class FolderPathError(GatewayError, ValueError):
-    """A folder path that cannot be stored; the message says why."""
+class FolderPathError(AccountError):
+    """A folder path that cannot be stored; the message says why (the field: `folder`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="folder")
 
 
 def normalise_path(path: str) -> str:

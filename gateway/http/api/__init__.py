@@ -12,7 +12,8 @@ change when a listing gains a column, and they say every moment with its offset.
 - access.py: tokens and scopes, tenancy, rate limits, body limits, the audit log of writes;
 - errors.py: every refusal as `{"error", "field"}` with its 4xx;
 - accounts.py: /cabinets, /companies; documents.py: /documents, folder trees;
-  mail.py: /bot-mail, /messages, /quarantine; status.py: /status.
+  mail.py: /bot-mail, /messages, /quarantine; outbound.py: /connections, switches,
+  /deliveries, /events; status.py: /status.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from gateway.app import Gateway
-from gateway.http.api import accounts, documents, errors, mail, status
+from gateway.http.api import accounts, documents, errors, mail, outbound, status
 from gateway.http.api.access import BodyLimit, RateLimits, audit_writes
 
 VERSION = "v1"
@@ -46,7 +47,7 @@ def api_app(gw: Gateway) -> FastAPI:
     app.state.rate_limits = RateLimits(gw.config.api.rate_per_second, gw.config.api.rate_burst)
     errors.install(app)
     app.middleware("http")(audit_writes())
-    for module in (accounts, documents, mail, status):
+    for module in (accounts, documents, mail, outbound, status):
         app.include_router(module.router)
     app.add_middleware(
         BodyLimit, max_json=gw.config.api.max_json_bytes, max_upload=gw.config.api.max_upload_bytes

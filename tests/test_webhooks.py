@@ -421,3 +421,31 @@ def test_the_cli_lists_the_webhooks_and_says_where_each_stands(hooked, receiver)
     [row] = webhook_deliveries_rows(hooked)
     refused = runner.invoke(cli, ["webhooks", "retry", str(row.id), *c])
     assert refused.exit_code == 1 and "deferred" in refused.output  # only a failed one
+
+
+def test_a_row_whose_lease_ran_out_in_a_batch_is_not_sent_after_its_later_events(
+    hooked, receiver, clock
+):
+    """w1 claims a row per company and POSTs them one after the other; while its first POST
+    hangs past the leases, w2 takes over and sends DUPONT's 2 then 3. w1 then must not send
+    its 2 (a repeat after a later event of its company): it checks its lease before each POST."""
+    emit(hooked, MARTIN, 1)
+    emit(hooked, DUPONT, 2)
+    emit(hooked, DUPONT, 3)
+    w1, w2 = hooked.webhook_dispatcher("w1"), hooked.webhook_dispatcher("w2")
+    hung: list[int] = []
+
+    def answer(body: dict[str, Any]) -> int:
+        if not hung:  # w1's first POST: hangs past the leases, meanwhile w2 runs
+            hung.append(body["data"]["id"])
+            clock.advance(seconds=31)
+            drain(w2)
+        return 200
+
+    receiver.answer = answer
+    drain(w1)
+    ids = receiver.event_ids()
+    assert hung == [1] and set(ids) == {1, 2, 3}
+    dupont = [i for i in ids if i != 1]
+    assert dupont == [2, 3]
+    assert set(statuses(hooked).values()) == {"delivered"}

@@ -47,6 +47,8 @@ class Receiver:
         self.received: list[tuple[dict[str, str], bytes]] = []
         self.answer: Callable[[dict[str, Any]], int] = lambda body: 200
         self.delay = 0.0
+        self.in_flight = 0  # connections open (their requests recorded once handled)
+        self.lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -62,7 +64,20 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            # A connection is counted from its accepting (before its thread starts) to its
+            # closing: a client's requests (kept alive) are all recorded by then.
+            def process_request(self, request: Any, client_address: Any) -> None:
+                with receiver.lock:
+                    receiver.in_flight += 1
+                super().process_request(request, client_address)
+
+            def shutdown_request(self, request: Any) -> None:
+                super().shutdown_request(request)
+                with receiver.lock:
+                    receiver.in_flight -= 1
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -73,6 +88,13 @@ class Receiver:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def wait_idle(self, seconds: float = 10) -> None:
+        """Until every connection is closed: each request on it recorded, none to come."""
+        deadline = time.monotonic() + seconds
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not self.in_flight
 
     def bodies(self) -> list[dict[str, Any]]:
         return [json.loads(body) for _, body in self.received]
@@ -360,6 +382,11 @@ def test_at_least_once_across_a_dispatcher_killed_mid_way(hooked, receiver, tmp_
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
+    # The dead process's last POST may still be inside the receiver (its `delay`), to be
+    # recorded after it; the leases run out 30 s later, long after the receiver is done:
+    # wait for that before faking those 30 s with the clock, or that POST would be recorded
+    # after the new process's later ones (the receiver records at the end, not on arrival).
+    receiver.wait_idle()
     got_before = len(receiver.received)
     assert got_before < 12  # killed mid-way
     # Started again later: a new process takes over what the dead one held.
@@ -394,3 +421,31 @@ def test_the_cli_lists_the_webhooks_and_says_where_each_stands(hooked, receiver)
     [row] = webhook_deliveries_rows(hooked)
     refused = runner.invoke(cli, ["webhooks", "retry", str(row.id), *c])
     assert refused.exit_code == 1 and "deferred" in refused.output  # only a failed one
+
+
+def test_a_row_whose_lease_ran_out_in_a_batch_is_not_sent_after_its_later_events(
+    hooked, receiver, clock
+):
+    """w1 claims a row per company and POSTs them one after the other; while its first POST
+    hangs past the leases, w2 takes over and sends DUPONT's 2 then 3. w1 then must not send
+    its 2 (a repeat after a later event of its company): it checks its lease before each POST."""
+    emit(hooked, MARTIN, 1)
+    emit(hooked, DUPONT, 2)
+    emit(hooked, DUPONT, 3)
+    w1, w2 = hooked.webhook_dispatcher("w1"), hooked.webhook_dispatcher("w2")
+    hung: list[int] = []
+
+    def answer(body: dict[str, Any]) -> int:
+        if not hung:  # w1's first POST: hangs past the leases, meanwhile w2 runs
+            hung.append(body["data"]["id"])
+            clock.advance(seconds=31)
+            drain(w2)
+        return 200
+
+    receiver.answer = answer
+    drain(w1)
+    ids = receiver.event_ids()
+    assert hung == [1] and set(ids) == {1, 2, 3}
+    dupont = [i for i in ids if i != 1]
+    assert dupont == [2, 3]
+    assert set(statuses(hooked).values()) == {"delivered"}

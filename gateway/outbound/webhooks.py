@@ -9,6 +9,14 @@ and records the outcome. At least once: a dispatcher that dies between the POST 
 record leaves a `sending` row that is taken over when its lease runs out, and sent again —
 the receiver de-duplicates on `webhook-id` (the event's id, the same at every attempt).
 
+In order per company, repeats included: a repeat of an event is sent only before any later
+event of its company (its ordering). A row is claimed only when no earlier row of its line
+is pending, and each POST starts only once its lease is renewed (`queue.hold`): a row
+whose lease ran out while the batch's earlier POSTs went (a stalled process, a heartbeat
+lost) may have been taken over, sent, and its line moved on — it is dropped, not sent late.
+A POST under way when its holder dies was sent before the takeover's repeat (30 s later):
+a receiver that handles it later than that sees it out of order.
+
 Standard Webhooks (https://www.standardwebhooks.com): headers `webhook-id`,
 `webhook-timestamp` (Unix seconds) and `webhook-signature` = `v1,` + base64 of
 HMAC-SHA256(secret, "{id}.{timestamp}.{body}"); the signed timestamp lets the receiver
@@ -154,6 +162,11 @@ class Dispatcher:
 
     def _send(self, row: WebhookDelivery, event: events.EventRow) -> None:
         hook = self.hooks[row.webhook]
+        with self.db.write() as s:
+            held = queue.hold(s, self.worker_name, row.id, self.clock.now())
+        if not held:  # taken over (or about to be): its new holder sends it, in its line
+            log.warning("webhook_lease_lost", webhook=hook.name, delivery_id=row.id)
+            return
         body = json.dumps(
             {"type": event.type, "timestamp": _iso(event.created_at), "data": event.to_json()},
             separators=(",", ":"),

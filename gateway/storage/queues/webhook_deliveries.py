@@ -142,6 +142,22 @@ def claim_due(
     return claim_for_worker(session, w, None, candidates, claimable, SENDING, worker, now)
 
 
+def hold(session: Session, worker: str, delivery_id: int, now: datetime) -> bool:
+    """Renew `worker`'s lease on a `sending` row just before its POST; False when the row is
+    no longer `worker`'s (its lease ran out while the batch's earlier POSTs went, or it was
+    taken over): then it must not be sent, its new holder may have sent later events of its
+    line already. A lease write, not a status write."""
+    w = WebhookDelivery
+    renewed = (
+        update(w)
+        .where(
+            w.id == delivery_id, w.status == SENDING, w.claimed_by == worker, w.lease_until > now
+        )
+        .values(lease_until=now + LEASE)
+    )
+    return rows_changed(session, renewed) == 1
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What became of one send: delivered, or not (then `retry_at`, or None: given up)."""

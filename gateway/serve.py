@@ -69,7 +69,8 @@ async def serve(
     closing = None
     if operations is not None:
         listener, url = operations
-        announce(f"gateway: health and metrics on {url} (/healthz, /readyz, /metrics)")
+        api = ", /api/v1" if gw.config.api.enabled else ""
+        announce(f"gateway: health and metrics on {url} (/healthz, /readyz, /metrics{api})")
         closing = asyncio.create_task(_close_when(stop, listener))
     try:
         if not await asyncio.to_thread(gw.open_storage_when_available, stopping.wait):

@@ -34,7 +34,7 @@ from gateway.storage import events
 from gateway.storage.accounts import AccountError, Conflict, NotFound, company_id_of
 from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database
-from gateway.storage.folders import FolderPathError, ensure_folder, normalise_path
+from gateway.storage.folders import ensure_folder, normalise_path
 from gateway.storage.listings.outbound import SwitchRow
 from gateway.storage.models import (
     Company,
@@ -246,7 +246,7 @@ def add_document(
     name = filename if filename is not None else file.name if isinstance(file, Path) else None
     if not name:
         raise AccountError("the file needs a name", field="filename")
-    path = document_folder(folder)
+    path = normalise_path(folder)
     with db.read() as s:
         company_id_of(s, company, tenant)  # before storing anything
     if isinstance(file, Path) or hasattr(file, "read"):
@@ -300,7 +300,7 @@ def move_document(
     """Move a document; a move into a switched folder counts as a placement (R11), and its
     waiting deliveries to partners whose switch no longer covers it are skipped: the firm is
     correcting a misfiling before the partner's run."""
-    path = document_folder(folder)
+    path = normalise_path(folder)
     with db.write() as s:
         found = s.execute(
             tenant.companies(
@@ -328,11 +328,3 @@ def move_document(
         withdraw_waiting(s, list(waiting), grammar.partners, now)
         placed = record_placement(s, document, path, grammar.partners, now)
     return document, placed
-
-
-def document_folder(folder: str) -> str:
-    """A folder path as given for a document, normalised; a bad one names the field."""
-    try:
-        return normalise_path(folder)
-    except FolderPathError as exc:
-        raise AccountError(str(exc), field="folder") from exc

@@ -49,13 +49,15 @@ from gateway.outbound.webhooks import Hook, Resolver, resolve
 from gateway.routing.addresses import AddressGrammar
 from gateway.routing.partners import PartnerRegistry, load_registry
 from gateway.storage.accounts import NotFound
-from gateway.storage.blobs import BlobStore
+from gateway.storage.blobs import BlobStore, FolderBlobStore, ObjectBlobStore
 from gateway.storage.db import Database, SchemaError, one_line, safe_url
 from gateway.storage.directory import Directory
 from gateway.storage.events import cabinet_tenant
 from gateway.storage.oauth_tokens import StoredRefreshTokens
+from gateway.storage.objects import ObjectStore
 from gateway.storage.processes import Heartbeat, process_name
 from gateway.storage.processes import take_back as take_back_node
+from gateway.storage.rawmail import FolderSegments, ObjectSegments, RawMail, Segments
 from gateway.storage.sealed import SecretBox
 from gateway.storage.tenancy import ALL
 
@@ -110,8 +112,27 @@ class Gateway:
         return AddressGrammar(self.config.domains, self.config.filing.journals, self.registry)
 
     @cached_property
+    def objects(self) -> ObjectStore | None:
+        """The S3-compatible object store documents and raw mail go to (`[storage] backend =
+        "s3"`); None on the local folder."""
+        return None
+
+    @cached_property
     def blobs(self) -> BlobStore:
-        return BlobStore(self.config.blobs_path)
+        if self.objects is not None:
+            return ObjectBlobStore(self.objects)
+        return FolderBlobStore(self.config.blobs_path)
+
+    @cached_property
+    def raw_mail(self) -> RawMail:
+        """Where the spool's segments are read back from (filing, forwards, the API)."""
+        return self.segments(self.config.node_name)
+
+    def segments(self, writer_name: str) -> Segments:
+        """A segment store for one spool writer; `writer_name` goes into its segments' names."""
+        if self.objects is not None:
+            return ObjectSegments(self.objects, writer_name)
+        return FolderSegments(self.config.spool_path, writer_name)
 
     def recipients(self) -> Recipients:
         return Recipients(self.grammar, Directory(self.db), self.bounce_addresses())
@@ -176,7 +197,7 @@ class Gateway:
             recipients=self.recipients(),
             registry=self.registry,
             blobs=self.blobs,
-            spool_directory=self.config.spool_path,
+            raw_mail=self.raw_mail,
             clock=self.clock,
             worker_name=worker_name or self.process_name,
             checkpoint=Checkpoint(self.screen(), self.sender_policies()),
@@ -260,7 +281,7 @@ class Gateway:
             envelope_sender=f"postmaster@{self.config.domains[0]}",
             transport=transport if transport is not None else self.outbound_transport(),
             signer=DkimSigner(KeyStore(self.config.dkim_path).all()),
-            spool_directory=self.config.spool_path,
+            raw_mail=self.raw_mail,
             clock=self.clock,
             worker_name=worker_name or self.process_name,
             partner_names={p.name: p.display_name for p in self.registry.partners},
@@ -299,7 +320,7 @@ class Gateway:
 
     def inbound_server(self) -> tuple[InboundServer, Spool]:
         """The SMTP server and its spool; call inside the event loop that will run them."""
-        spool = Spool(SpoolWriter(self.db, self.config.spool_path, self.config.node_name))
+        spool = Spool(SpoolWriter(self.db, self.segments(self.config.node_name)))
         handler = InboundHandler(
             recipients=self.recipients(),
             spool=spool,
@@ -363,7 +384,7 @@ class Gateway:
     ) -> list[MailboxPoller]:
         """One poller per folder of `source`; they share one spool writer (one segment)."""
         connector = connector or self.imap_connector(source)
-        writer = SpoolWriter(self.db, self.config.spool_path, f"{self.config.node_name}-imap")
+        writer = SpoolWriter(self.db, self.segments(f"{self.config.node_name}-imap"))
         recipients = self.recipients()
         return [
             MailboxPoller(

@@ -18,7 +18,7 @@ from tests.support import FixedClock, file_all, message, pdf
 
 def arrive(gw: Gateway, rcpts: list[str], content: bytes, clock: FixedClock) -> int:
     """Store a message through the same spool the SMTP server uses."""
-    writer = SpoolWriter(gw.db, gw.config.spool_path, "test")
+    writer = SpoolWriter(gw.db, gw.segments("test"))
     try:
         [row_id] = writer.store_batch(
             [

@@ -317,14 +317,14 @@ def test_quarantined_mail_is_purged_after_the_retention_and_its_record_stays(
         send(server, "billing@bank.example", mail("Bank <billing@bank.example>"))
         file_all(gw)
         kept = the_message(gw).quarantine_sha256
-        assert kept is not None and gw.blobs.path(kept).exists()
+        assert kept is not None and gw.blobs.exists(kept)
         clock.advance(days=gw.config.trust.quarantine_retention_days, minutes=61)
         file_all(gw)  # the workers purge hourly
     message = the_message(gw)
     assert message.status == MessageStatus.DISCARDED
     assert message.reason is not None and "dmarc=fail" in message.reason  # the record
     assert message.authentication is not None
-    assert not gw.blobs.path(kept).exists()
+    assert not gw.blobs.exists(kept)
 
 
 # -- malware: a real clamd ----------------------------------------------------------------------

@@ -68,9 +68,7 @@ def quarantine_show(config_path: str | None, as_json: bool, queue_id: str) -> No
         "recipients": ", ".join(m.rcpt_tos),
         "subject": m.subject,
         "authenticated": results.summary() if results else "not checked",
-        "copy": (
-            f"{gw.blobs.path(detail.quarantine_sha256)}" if detail.quarantine_sha256 else None
-        ),
+        "copy": (gw.blobs.where(detail.quarantine_sha256) if detail.quarantine_sha256 else None),
     }
     for name, value in fields.items():
         click.echo(f"{name + ':':15} {cell(value)}")

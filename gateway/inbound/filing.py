@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import time
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -50,7 +49,7 @@ from gateway.storage.placement import record_placement
 from gateway.storage.queues import deliveries, forwards
 from gateway.storage.queues import inbound as inbound_queue
 from gateway.storage.queues.inbound import TransitionError
-from gateway.storage.rawmail import read_spooled
+from gateway.storage.rawmail import RawMail
 
 log = structlog.get_logger("gateway.filing")
 
@@ -67,7 +66,7 @@ class Filer:
         recipients: Recipients,
         registry: PartnerRegistry,
         blobs: BlobStore,
-        spool_directory: Path,
+        raw_mail: RawMail,
         clock: Clock,
         worker_name: str,
         checkpoint: Checkpoint,
@@ -81,7 +80,7 @@ class Filer:
         self.recipients = recipients
         self.registry = registry
         self.blobs = blobs
-        self.spool_directory = spool_directory
+        self.raw_mail = raw_mail
         self.clock = clock
         self.worker_name = worker_name
         # 30 s doubling; moved aside (`held`) after `max_attempts` tries.
@@ -179,9 +178,7 @@ class Filer:
         database's write lock (one writer at a time on SQLite, shared with the SMTP server's
         commits) is held for a few inserts only."""
         started = time.perf_counter()
-        raw = read_spooled(
-            self.spool_directory, message.spool_segment, message.spool_offset, message.size
-        )
+        raw = self.raw_mail.read(message.spool_segment, message.spool_offset, message.size)
         destinations = [self.recipients.resolve(r) for r in message.rcpt_tos]
         results, stamped = self.checkpoint.authenticate(message, raw, destinations)
         with metrics.EXTRACTION_SECONDS.time():

@@ -13,10 +13,11 @@ of MB of its mail (measured: a 20 KB message's acknowledgement 15-36x slower whi
 sent 1 MB messages over 20 connections; benchmarks/abuse.py). Taking the oldest first keeps
 every message moving, however many small ones keep arriving.
 
-Segments are append-only files `spool/<YYYY-MM-DD>/<node>-<pid>-<n>.seg`. A row is inserted
-only after the bytes it points at are on disk, so a row never points at missing data; bytes
-written without a row (a crash between fsync and commit) were never acknowledged and the
-sender retries. Segments are kept: the raw message is always kept (R4).
+Where a group's bytes go is the segment store's business (gateway/storage/rawmail.py: files
+in the node's folder, or one object per group in S3-compatible storage). A row is inserted
+only after the bytes it points at are durable, so a row never points at missing data; bytes
+written without a row (a crash between the write and the commit) were never acknowledged and
+the sender retries. Segments are kept: the raw message is always kept (R4).
 """
 
 from __future__ import annotations
@@ -24,23 +25,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import secrets
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import BinaryIO
 
 from sqlalchemy.orm import Session
 
-from gateway.storage.blobs import fsync_dir
 from gateway.storage.db import Database
+from gateway.storage.objects import ObjectStoreError
 from gateway.storage.queues import inbound as inbound_queue
+from gateway.storage.rawmail import Segments
 
-SEGMENT_MAX_BYTES = 64 * 1024 * 1024
 HELO_COLUMN_LENGTH = 255  # inbound_messages.helo
 
 
@@ -77,27 +75,25 @@ BatchHook = Callable[[Session, list[int]], None]
 
 
 class SpoolWriter:
-    """Synchronous part: appends a batch to the current segment, fsyncs, inserts, commits."""
+    """Synchronous part: stores a batch's bytes in its segment store (durably), then inserts
+    the rows and commits."""
 
-    def __init__(self, db: Database, directory: Path, node_name: str) -> None:
+    def __init__(self, db: Database, segments: Segments) -> None:
         self.db = db
-        self.directory = directory
-        self.node_name = "".join(c if c.isalnum() or c in "-_" else "_" for c in node_name)
+        self.segments = segments
         self._lock = threading.Lock()
-        self._file: BinaryIO | None = None
-        self._segment: str = ""
-        self._segment_day: str = ""
-        self._counter = 0
 
     def store_batch(self, arrivals: Sequence[Arrival], also: BatchHook | None = None) -> list[int]:
         """Durably store every arrival; returns their row ids in order."""
         with self._lock:
             try:
-                placed = self._append(arrivals)
-            except OSError:
-                # Disk full, I/O error: what was half-written is never referenced; start
-                # the next batch in a fresh segment rather than after unknown bytes.
-                self._close_segment()
+                placed = self.segments.append(
+                    arrivals[0].received_at, [a.content for a in arrivals]
+                )
+            except (OSError, ObjectStoreError):
+                # Disk full, I/O error, object store down: what was half-written is never
+                # referenced; the next batch starts somewhere fresh.
+                self.segments.abandon()
                 raise
             rows = [
                 {
@@ -127,50 +123,9 @@ class SpoolWriter:
                     also(session, ids)
                 return ids
 
-    def _append(self, arrivals: Sequence[Arrival]) -> list[tuple[str, int]]:
-        placed: list[tuple[str, int]] = []
-        day = arrivals[0].received_at.strftime("%Y-%m-%d")
-        f = self._current_file(day)
-        for a in arrivals:
-            if f.tell() > SEGMENT_MAX_BYTES:
-                f = self._rotate(day)
-            placed.append((self._segment, f.tell()))
-            f.write(a.content)
-        f.flush()
-        os.fsync(f.fileno())
-        return placed
-
-    def _current_file(self, day: str) -> BinaryIO:
-        if self._file is None or day != self._segment_day:
-            return self._rotate(day)
-        return self._file
-
-    def _rotate(self, day: str) -> BinaryIO:
-        if self._file is not None:
-            self._file.close()
-        folder = self.directory / day
-        new_folder = not folder.exists()
-        folder.mkdir(parents=True, exist_ok=True)
-        self._counter += 1
-        name = f"{self.node_name}-{os.getpid()}-{secrets.token_hex(4)}-{self._counter}.seg"
-        self._file = open(folder / name, "ab")  # noqa: SIM115 - kept open across batches
-        self._segment = f"{day}/{name}"
-        self._segment_day = day
-        # The new directory entries must be durable too, or a crash could lose the file.
-        fsync_dir(folder)
-        if new_folder:
-            fsync_dir(self.directory)
-        return self._file
-
     def close(self) -> None:
         with self._lock:
-            self._close_segment()
-
-    def _close_segment(self) -> None:
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.close()
-            self._file = None
+            self.segments.close()
 
 
 # The bytes one group commit carries at most (see the module's docstring).
@@ -226,8 +181,9 @@ class Spool:
                 self._executor, self.writer.store_batch, [a for a, _ in batch]
             )
         except Exception as exc:  # nothing of the group was acknowledged
-            if len(batch) == 1:
-                _settle(batch[0][1], exc)
+            if len(batch) == 1 or _not_about_one_message(exc):
+                for _, future in batch:
+                    _settle(future, exc)
                 return
             for arrival, future in batch:
                 try:
@@ -267,6 +223,13 @@ def next_batch(pending: list[Waiting]) -> tuple[list[Waiting], list[Waiting]]:
         taken.add(index)
     batch = [p for i, p in enumerate(pending) if i in taken]
     return batch, [p for i, p in enumerate(pending) if i not in taken]
+
+
+def _not_about_one_message(exc: Exception) -> bool:
+    """The object store failing (down, refusing our credentials): storing each message alone
+    would only repeat it, one timeout each, so the whole group answers 451 now. (A full disk
+    is not this: a large message may not fit where the small ones of its group do.)"""
+    return isinstance(exc, ObjectStoreError)
 
 
 def _settle(future: asyncio.Future[int], outcome: int | BaseException) -> None:

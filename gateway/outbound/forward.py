@@ -53,7 +53,6 @@ from datetime import UTC, datetime, tzinfo
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from email.utils import format_datetime
-from pathlib import Path
 
 import structlog
 from sqlalchemy import select
@@ -80,7 +79,7 @@ from gateway.storage.db import Database
 from gateway.storage.models import BotMail, BotMailForward, Cabinet, ForwardStatus, InboundMessage
 from gateway.storage.queues import forwards
 from gateway.storage.queues.forwards import TransitionError, forward_message_id
-from gateway.storage.rawmail import read_spooled
+from gateway.storage.rawmail import RawMail
 
 log = structlog.get_logger("gateway.forward")
 
@@ -249,7 +248,7 @@ class Forwarder:
         envelope_sender: str,
         transport: Transport,
         signer: Signer,
-        spool_directory: Path,
+        raw_mail: RawMail,
         clock: Clock,
         worker_name: str,
         partner_names: dict[str, str],
@@ -261,7 +260,7 @@ class Forwarder:
         self.envelope_sender = envelope_sender
         self.transport = transport
         self.signer = signer
-        self.spool_directory = spool_directory
+        self.raw_mail = raw_mail
         self.clock = clock
         self.worker_name = worker_name
         self.partner_names = partner_names  # registry name -> display name
@@ -309,7 +308,7 @@ class Forwarder:
 
     def compose(self, job: ForwardJob) -> tuple[str, bytes]:
         """(From domain, unsigned bytes) of a job's forward; signing comes after, last."""
-        raw = read_spooled(self.spool_directory, job.spool_segment, job.spool_offset, job.size)
+        raw = self.raw_mail.read(job.spool_segment, job.spool_offset, job.size)
         mail = ForwardedMail(
             forward_id=job.forward_id,
             bot_address=job.bot_address,

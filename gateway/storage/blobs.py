@@ -1,17 +1,35 @@
-"""The document store on disk: content-addressed by sha256, written durably."""
+"""The document store: content-addressed by sha256, written durably before any row points at
+a document. Two backends behind one interface: a local folder (the embedded default, one node)
+and S3-compatible object storage (`ObjectBlobStore`, stateless nodes: no folder shared between
+them). `[storage] backend` chooses; gateway/app.py builds the one configured.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import secrets
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
+
+from gateway.storage.objects import ObjectMissing, ObjectStore
 
 CHUNK = 1 << 20  # bytes read or written at a time: a large file never sits whole in memory
 HEAD = 1 << 16  # bytes of a file kept to sniff its media type (gateway/mail/sniff.py reads 8 KiB)
+# A streamed upload is hashed into a node-local temporary file (its key is its hash, known
+# only at the end); up to this size it stays in memory.
+SPOOLED_IN_MEMORY = 8 << 20
+
+
+class _Writable(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
+class BlobMissing(LookupError):
+    """No bytes for that sha256 in the store."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +39,42 @@ class StoredBlob:
     head: bytes  # its first HEAD bytes
 
 
-class BlobStore:
+class BlobStore(Protocol):
+    def put(self, content: bytes) -> str:
+        """Store `content` (once: same bytes, same object), durably. Returns its sha256."""
+        ...
+
+    def put_file(self, file: Path | BinaryIO) -> StoredBlob:
+        """Store a file (a path or an open binary file), copied a chunk at a time."""
+        ...
+
+    def put_stream(self, chunks: Iterable[bytes]) -> StoredBlob:
+        """Store the concatenated `chunks`, never held whole in memory."""
+        ...
+
+    def get(self, sha256: str) -> bytes:
+        """The bytes (BlobMissing when there are none)."""
+        ...
+
+    def chunks(self, sha256: str) -> Iterator[bytes]:
+        """A blob's bytes a chunk at a time (a download that never holds the whole file);
+        BlobMissing is raised before the first chunk when there are none."""
+        ...
+
+    def exists(self, sha256: str) -> bool: ...
+
+    def delete(self, sha256: str) -> None:
+        """Remove a blob no row points at any more (a purged quarantined copy)."""
+        ...
+
+    def where(self, sha256: str) -> str:
+        """Where the bytes are, for people (a path, an s3:// URL)."""
+        ...
+
+
+class FolderBlobStore:
+    """Blobs as files `root/ab/cd/<sha256>`, fsynced and renamed into place."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
 
@@ -29,61 +82,130 @@ class BlobStore:
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
     def put(self, content: bytes) -> str:
-        """Store `content` (once: same bytes, same file) and fsync it. Returns its sha256."""
         return self.put_stream([content]).sha256
 
     def put_file(self, file: Path | BinaryIO) -> StoredBlob:
-        """Store a file (a path or an open binary file), copied a chunk at a time."""
         if isinstance(file, Path):
             with open(file, "rb") as f:
                 return self.put_stream(_chunks(f))
         return self.put_stream(_chunks(file))
 
     def put_stream(self, chunks: Iterable[bytes]) -> StoredBlob:
-        """Store the concatenated `chunks`, hashing while copying into a temporary file in
-        the store, which is then fsynced and renamed into place (same bytes, same file)."""
+        """Hash while copying into a temporary file in the store, which is then fsynced and
+        renamed into place (same bytes, same file)."""
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".upload.{secrets.token_hex(8)}.tmp"
-        digest = hashlib.sha256()
-        size = 0
-        head = bytearray()
         try:
             with open(tmp, "wb") as f:
-                for chunk in chunks:
-                    digest.update(chunk)
-                    size += len(chunk)
-                    if len(head) < HEAD:
-                        head += chunk[: HEAD - len(head)]
-                    f.write(chunk)
+                stored = _copy_hashing(chunks, f)
                 f.flush()
                 os.fsync(f.fileno())
-            sha = digest.hexdigest()
-            final = self.path(sha)
+            final = self.path(stored.sha256)
             if final.exists():
-                return StoredBlob(sha, size, bytes(head))
+                return stored
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)  # atomic: a reader never sees half a file
             fsync_dir(final.parent)
-            return StoredBlob(sha, size, bytes(head))
+            return stored
         finally:
             tmp.unlink(missing_ok=True)
 
     def get(self, sha256: str) -> bytes:
-        return self.path(sha256).read_bytes()
+        try:
+            return self.path(sha256).read_bytes()
+        except FileNotFoundError:
+            raise BlobMissing(sha256) from None
 
     def chunks(self, sha256: str) -> Iterator[bytes]:
-        """A blob's bytes a chunk at a time (a download that never holds the whole file)."""
-        with open(self.path(sha256), "rb") as f:
-            yield from _chunks(f)
+        try:
+            f = open(self.path(sha256), "rb")  # noqa: SIM115 - closed by the generator
+        except FileNotFoundError:
+            raise BlobMissing(sha256) from None
+        return _closing_chunks(f)
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
 
     def delete(self, sha256: str) -> None:
-        """Remove a blob no row points at any more (a purged quarantined copy)."""
         self.path(sha256).unlink(missing_ok=True)
+
+    def where(self, sha256: str) -> str:
+        return str(self.path(sha256))
+
+
+class ObjectBlobStore:
+    """Blobs as objects `documents/ab/cd/<sha256>` in S3-compatible storage. A PUT that
+    returned is durable (the store's promise); the same bytes PUT twice are one object."""
+
+    def __init__(self, objects: ObjectStore) -> None:
+        self.objects = objects
+
+    @staticmethod
+    def key(sha256: str) -> str:
+        return f"documents/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+    def put(self, content: bytes) -> str:
+        sha = hashlib.sha256(content).hexdigest()
+        self.objects.put(self.key(sha), content)
+        return sha
+
+    def put_file(self, file: Path | BinaryIO) -> StoredBlob:
+        if isinstance(file, Path):
+            with open(file, "rb") as f:
+                return self.put_stream(_chunks(f))
+        return self.put_stream(_chunks(file))
+
+    def put_stream(self, chunks: Iterable[bytes]) -> StoredBlob:
+        # The key is the hash, known only once everything is read: copy into a node-local
+        # temporary file (memory while small) while hashing, then upload it in parts.
+        with tempfile.SpooledTemporaryFile(max_size=SPOOLED_IN_MEMORY) as f:
+            stored = _copy_hashing(chunks, f)
+            f.seek(0)
+            self.objects.put_file(self.key(stored.sha256), f, stored.size)  # type: ignore[arg-type]
+        return stored
+
+    def get(self, sha256: str) -> bytes:
+        try:
+            return self.objects.get(self.key(sha256))
+        except ObjectMissing:
+            raise BlobMissing(sha256) from None
+
+    def chunks(self, sha256: str) -> Iterator[bytes]:
+        if not self.exists(sha256):
+            raise BlobMissing(sha256)
+        return self.objects.stream(self.key(sha256), CHUNK)
+
+    def exists(self, sha256: str) -> bool:
+        return self.objects.exists(self.key(sha256))
+
+    def delete(self, sha256: str) -> None:
+        self.objects.delete(self.key(sha256))
+
+    def where(self, sha256: str) -> str:
+        return self.objects.describe(self.key(sha256))
+
+
+def _copy_hashing(chunks: Iterable[bytes], out: _Writable) -> StoredBlob:
+    digest = hashlib.sha256()
+    size = 0
+    head = bytearray()
+    for chunk in chunks:
+        digest.update(chunk)
+        size += len(chunk)
+        if len(head) < HEAD:
+            head += chunk[: HEAD - len(head)]
+        out.write(chunk)
+    return StoredBlob(digest.hexdigest(), size, bytes(head))
 
 
 def _chunks(f: BinaryIO) -> Iterator[bytes]:
     while chunk := f.read(CHUNK):
         yield chunk
+
+
+def _closing_chunks(f: BinaryIO) -> Iterator[bytes]:
+    with f:
+        yield from _chunks(f)
 
 
 def fsync_dir(directory: Path) -> None:

@@ -6,7 +6,6 @@ belong to the inbound queue (gateway/storage/queues/inbound.py)."""
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -15,7 +14,7 @@ from gateway.storage.accounts import NotFound
 from gateway.storage.db import Database
 from gateway.storage.models import BotMail, InboundMessage
 from gateway.storage.queues import inbound as inbound_queue
-from gateway.storage.rawmail import read_spooled
+from gateway.storage.rawmail import RawMail
 from gateway.storage.tenancy import ALL, Tenant
 
 
@@ -43,7 +42,7 @@ def release_message(db: Database, queue_id: str, now: datetime, by: str) -> None
 
 
 def bot_mail_message(
-    db: Database, spool_directory: Path, bot_mail_id: int, tenant: Tenant = ALL
+    db: Database, raw_mail: RawMail, bot_mail_id: int, tenant: Tenant = ALL
 ) -> bytes:
     """The message a bot identity received, as it arrived (the cabinet's own only)."""
     with db.read() as s:
@@ -60,4 +59,4 @@ def bot_mail_message(
             raise NotFound(f"no bot mail #{bot_mail_id}", field="id")
         message = row[1]
         where = (message.spool_segment, message.spool_offset, message.size)
-    return read_spooled(spool_directory, *where)
+    return raw_mail.read(*where)

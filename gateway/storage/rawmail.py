@@ -1,14 +1,158 @@
-"""Reading a raw message back from the spool (R4: the raw message is always kept).
+"""Where raw messages live (R4: the raw message is always kept): spool segments.
 
-The inbound spool (`gateway/inbound/spool.py`) appends messages to segment files under the
-storage folder; each `inbound_messages` row says where its bytes are (segment, offset,
-size). The filing stage reads them to extract documents, the forwarder to attach the
-original to a bot-mail forward: so reading lives here, below both stages.
+The inbound spool (`gateway/inbound/spool.py`) stores each group commit's messages in a
+segment; each `inbound_messages` row says where its bytes are (segment, offset, size). The
+filing stage reads them to extract documents, the forwarder to attach the original to a bot
+mail forward, the API to show a bot mail: so segments live here, below every stage.
+
+Two backends, as for documents (gateway/storage/blobs.py):
+
+- `FolderSegments` — the embedded default: append-only files
+  `spool/<YYYY-MM-DD>/<node>-<pid>-<random>-<n>.seg` under the node's storage folder, fsynced
+  before the rows commit; a segment grows across groups up to SEGMENT_MAX_BYTES.
+- `ObjectSegments` — stateless nodes: each group commit is one object
+  `spool/<YYYY-MM-DD>/<node>-<pid>-<random>-<n>.seg` in S3-compatible storage, PUT before the
+  rows commit (an S3 PUT that returned is durable), read back with ranged GETs. Objects are
+  immutable, so a segment cannot grow: one per group. Why an object per group and not the
+  bytes in PostgreSQL: see benchmarks/rawmail_store.py and the README ("Stateless nodes").
+
+Either way a row is inserted only after the bytes it points at are durable, so a row never
+points at missing data; bytes stored without a row (a crash between the write and the commit)
+were never acknowledged and the sender retries.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from gateway.storage.blobs import fsync_dir
+from gateway.storage.objects import ObjectMissing, ObjectStore
+
+SEGMENT_MAX_BYTES = 64 * 1024 * 1024
+
+
+class RawMail(Protocol):
+    def read(self, segment: str, offset: int, size: int) -> bytes:
+        """The `size` bytes at `offset` of `segment` (OSError when they are not all there)."""
+        ...
+
+
+class Segments(RawMail, Protocol):
+    """Where one writer (one spool) puts its groups; used from one thread at a time."""
+
+    def append(self, day: datetime, contents: Sequence[bytes]) -> list[tuple[str, int]]:
+        """Store `contents` durably; (segment, offset) of each, in order."""
+        ...
+
+    def abandon(self) -> None:
+        """After a failed append: what was half-written is never referenced; the next group
+        starts somewhere fresh rather than after unknown bytes."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def segment_name(node_name: str, counter: int) -> str:
+    return f"{node_name}-{os.getpid()}-{secrets.token_hex(4)}-{counter}.seg"
+
+
+def safe_node_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+class FolderSegments:
+    def __init__(self, directory: Path, node_name: str) -> None:
+        self.directory = directory
+        self.node_name = safe_node_name(node_name)
+        self._file: BinaryIO | None = None
+        self._segment = ""
+        self._segment_day = ""
+        self._counter = 0
+
+    def read(self, segment: str, offset: int, size: int) -> bytes:
+        return read_spooled(self.directory, segment, offset, size)
+
+    def append(self, day: datetime, contents: Sequence[bytes]) -> list[tuple[str, int]]:
+        placed: list[tuple[str, int]] = []
+        day_name = day.strftime("%Y-%m-%d")
+        f = self._current_file(day_name)
+        for content in contents:
+            if f.tell() > SEGMENT_MAX_BYTES:
+                f = self._rotate(day_name)
+            placed.append((self._segment, f.tell()))
+            f.write(content)
+        f.flush()
+        os.fsync(f.fileno())
+        return placed
+
+    def _current_file(self, day: str) -> BinaryIO:
+        if self._file is None or day != self._segment_day:
+            return self._rotate(day)
+        return self._file
+
+    def _rotate(self, day: str) -> BinaryIO:
+        if self._file is not None:
+            self._file.close()
+        folder = self.directory / day
+        new_folder = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        self._counter += 1
+        name = segment_name(self.node_name, self._counter)
+        self._file = open(folder / name, "ab")  # noqa: SIM115 - kept open across batches
+        self._segment = f"{day}/{name}"
+        self._segment_day = day
+        # The new directory entries must be durable too, or a crash could lose the file.
+        fsync_dir(folder)
+        if new_folder:
+            fsync_dir(self.directory)
+        return self._file
+
+    def abandon(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+
+
+class ObjectSegments:
+    PREFIX = "spool/"
+
+    def __init__(self, objects: ObjectStore, node_name: str) -> None:
+        self.objects = objects
+        self.node_name = safe_node_name(node_name)
+        self._counter = 0
+
+    def read(self, segment: str, offset: int, size: int) -> bytes:
+        try:
+            return self.objects.get_range(self.PREFIX + segment, offset, size)
+        except ObjectMissing as exc:
+            raise OSError(f"spool segment {segment} is missing from the object store") from exc
+
+    def append(self, day: datetime, contents: Sequence[bytes]) -> list[tuple[str, int]]:
+        self._counter += 1
+        segment = f"{day.strftime('%Y-%m-%d')}/{segment_name(self.node_name, self._counter)}"
+        placed = []
+        offset = 0
+        for content in contents:
+            placed.append((segment, offset))
+            offset += len(content)
+        self.objects.put(self.PREFIX + segment, b"".join(contents))
+        return placed
+
+    def abandon(self) -> None:
+        pass  # nothing half-written is ever visible: a failed PUT stores nothing
+
+    def close(self) -> None:
+        pass
 
 
 def read_spooled(directory: Path, segment: str, offset: int, size: int) -> bytes:

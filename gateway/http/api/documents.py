@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from gateway.app import Gateway
 from gateway.http.api.access import Gw, Reader, Writer
 from gateway.http.api.schemas import Id, Moment, Strict, refusals
-from gateway.storage.accounts import NotFound
 from gateway.storage.api_tokens import Caller
 from gateway.storage.connections import add_document, move_document
 from gateway.storage.listings.documents import (
@@ -155,14 +155,23 @@ def document(document_id: Id, who: Reader, gw: Gw) -> DocumentDetail:
     tags=["documents"],
     # Its own media type, whatever the document is.
     responses={**refusals(404), 200: {"content": {"*/*": {"schema": {"type": "string"}}}}},
-    response_class=FileResponse,
+    response_class=StreamingResponse,
 )
-def content(document_id: Id, who: Reader, gw: Gw) -> FileResponse:
-    """The document's bytes, streamed, with its name and media type."""
-    row, path = document_content(gw.db, gw.blobs, document_id, who.tenant)
-    if not path.is_file():
-        raise NotFound(f"document #{document_id}: its bytes are missing from the store")
-    return FileResponse(path, media_type=row.media_type, filename=row.filename)
+def content(document_id: Id, who: Reader, gw: Gw) -> StreamingResponse:
+    """The document's bytes, streamed from the blob store, with its name and media type."""
+    row, chunks = document_content(gw.db, gw.blobs, document_id, who.tenant)
+    # As Starlette's FileResponse names a file (RFC 6266; RFC 5987 beyond ASCII).
+    quoted = quote(row.filename)
+    disposition = (
+        f'attachment; filename="{row.filename}"'
+        if quoted == row.filename
+        else f"attachment; filename*=utf-8''{quoted}"
+    )
+    return StreamingResponse(
+        chunks,
+        media_type=row.media_type,
+        headers={"content-disposition": disposition, "content-length": str(row.size)},
+    )
 
 
 @router.post("/documents/{document_id}/move", tags=["documents"], responses=refusals(404, 422))

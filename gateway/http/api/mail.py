@@ -101,7 +101,7 @@ def bot_mail(who: Reader, gw: Gw, cabinet: str | None = None) -> list[BotMail]:
 )
 def bot_mail_read(bot_mail_id: Id, who: Reader, gw: Gw) -> Response:
     """The message as it arrived (message/rfc822)."""
-    raw = bot_mail_message(gw.db, gw.config.spool_path, bot_mail_id, who.tenant)
+    raw = bot_mail_message(gw.db, gw.raw_mail, bot_mail_id, who.tenant)
     return Response(raw, media_type="message/rfc822")
 
 

@@ -6,17 +6,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Select, func, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from gateway.storage.accounts import AccountError, NotFound, company_id_of
-from gateway.storage.blobs import BlobStore
+from gateway.storage.blobs import BlobMissing, BlobStore
 from gateway.storage.db import Database
 from gateway.storage.folders import normalise_path
 from gateway.storage.models import (
@@ -193,12 +192,15 @@ def document_detail(db: Database, document_id: int, tenant: Tenant = ALL) -> Doc
 
 def document_content(
     db: Database, blobs: BlobStore, document_id: int, tenant: Tenant = ALL
-) -> tuple[DocumentRow, Path]:
-    """A document and the file holding its bytes, to be sent a chunk at a time
-    (`BlobStore.chunks(row.sha256)`, or the path itself), never read whole."""
+) -> tuple[DocumentRow, Iterator[bytes]]:
+    """A document and its bytes, a chunk at a time, never read whole; NotFound when the
+    bytes are missing from the store (said before the first chunk)."""
     with db.read() as s:
         row = _one(s, document_id, tenant)
-    return row, blobs.path(row.sha256)
+    try:
+        return row, blobs.chunks(row.sha256)
+    except BlobMissing:
+        raise NotFound(f"document #{document_id}: its bytes are missing from the store") from None
 
 
 # -- cursors ----------------------------------------------------------------------------------

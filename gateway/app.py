@@ -54,7 +54,7 @@ from gateway.storage.db import Database, SchemaError, one_line, safe_url
 from gateway.storage.directory import Directory
 from gateway.storage.events import cabinet_tenant
 from gateway.storage.oauth_tokens import StoredRefreshTokens
-from gateway.storage.objects import ObjectStore
+from gateway.storage.objects import ObjectStore, ObjectStoreUnavailable
 from gateway.storage.processes import Heartbeat, process_name
 from gateway.storage.processes import take_back as take_back_node
 from gateway.storage.rawmail import FolderSegments, ObjectSegments, RawMail, Segments
@@ -158,13 +158,17 @@ class Gateway:
         raise SchemaError(problem)
 
     def open_storage_when_available(self, wait: Callable[[float], bool]) -> bool:
-        """`open_storage`, for a long-running process: while the database does not answer,
-        say so in one line and try again after `wait(seconds)` — 1 s, doubling up to 30 s.
-        False when `wait` says to stop first (a SIGTERM while waiting)."""
+        """`open_storage`, for a long-running process: while the database or the object
+        store does not answer, say so in one line and try again after `wait(seconds)` — 1 s,
+        doubling up to 30 s. False when `wait` says to stop first (a SIGTERM while waiting).
+        An object store that refuses us (credentials, bucket) is an ObjectStoreMisconfigured
+        raised at once: waiting would not mend it."""
         delay = 1.0
         while True:
             try:
                 self.open_storage()
+                if self.objects is not None:
+                    self.objects.check()
                 return True
             except OperationalError as e:
                 log.warning(
@@ -173,14 +177,17 @@ class Gateway:
                     error=one_line(e),
                     retry_in=delay,
                 )
+            except ObjectStoreUnavailable as e:
+                log.warning("object_store_unavailable", error=str(e), retry_in=delay)
             if wait(delay):
                 return False
             delay = min(delay * 2, MAX_STORAGE_WAIT)
 
     def _make_folders(self) -> None:
         self.config.storage_path.mkdir(parents=True, exist_ok=True)
-        self.config.spool_path.mkdir(parents=True, exist_ok=True)
-        self.config.blobs_path.mkdir(parents=True, exist_ok=True)
+        if self.objects is None:  # else the bytes are objects; the folder is this node's own
+            self.config.spool_path.mkdir(parents=True, exist_ok=True)
+            self.config.blobs_path.mkdir(parents=True, exist_ok=True)
 
     def extraction_limits(self) -> ExtractionLimits:
         return ExtractionLimits.from_config(self.config.extraction)

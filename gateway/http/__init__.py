@@ -45,7 +45,7 @@ async def start_listener(
         for name, client in (("clamd", screen.malware), ("rspamd", screen.spam))
         if client is not None
     ]
-    readiness = Readiness(config, gw.db, probe, children, gw.clock, scanners)
+    readiness = Readiness(config, gw.db, probe, children, gw.clock, scanners, gw.objects)
     registry = metrics_registry(metrics_directory, gw.db, gw.clock, config.imap_folders)
     api = api_app(gw) if config.api.enabled else None
     listener = OperationsListener(

@@ -1,7 +1,8 @@
 """What /readyz asks: can this node take mail and do its work now?
 
 - database: a fresh connection answers a query within the timeout (`DatabaseProbe`);
-- storage: a file can be created in the storage, spool and documents folders;
+- storage: a file can be created in the storage, spool and documents folders; with
+  `[storage] backend = "s3"`, the bucket answers with our credentials;
 - workers: every worker process `serve` supervises is running (`Children`, passed in by
   serve, which knows them);
 - clamd, rspamd, when switched on: the scanner answers its ping (a scanner that does not
@@ -30,6 +31,7 @@ from gateway.clock import Clock, as_utc
 from gateway.config import GatewayConfig
 from gateway.storage.db import Database, one_line
 from gateway.storage.listings.inbound import ImapFolderRow, imap_folder_states
+from gateway.storage.objects import ObjectStore
 from gateway.storage.probe import DatabaseProbe
 
 T = TypeVar("T")
@@ -66,8 +68,10 @@ class Readiness:
         children: Children,
         clock: Clock,
         scanners: Sequence[tuple[str, Callable[[], None]]] = (),
+        objects: ObjectStore | None = None,
     ) -> None:
         self.config = config
+        self.objects = objects
         self.scanners = scanners  # (name, ping): the ping raises when it gets no answer
         self.db = db
         self.probe = probe
@@ -92,6 +96,12 @@ class Readiness:
         return Check("database", False, problem or self._no_answer())
 
     async def _storage(self) -> Check:
+        objects = self.objects
+        if objects is not None:
+            problem = await self._in_thread("storage", lambda: _ping_problem(objects.check))
+            if problem is None:
+                return Check("storage", True, f"{objects.describe('')} answers")
+            return Check("storage", False, problem or self._no_answer())
         folders = [self.config.storage_path, self.config.spool_path, self.config.blobs_path]
         problem = await self._in_thread("storage", lambda: _unwritable(folders))
         if problem is None:

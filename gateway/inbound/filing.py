@@ -45,6 +45,7 @@ from gateway.storage.models import (
     InboundMessage,
     MessageStatus,
 )
+from gateway.storage.objects import ObjectStoreUnavailable
 from gateway.storage.placement import record_placement
 from gateway.storage.queues import deliveries, forwards
 from gateway.storage.queues import inbound as inbound_queue
@@ -55,6 +56,7 @@ log = structlog.get_logger("gateway.filing")
 
 RETRY_FIRST = timedelta(seconds=30)
 PURGE_EVERY = timedelta(hours=1)
+STORE_RETRY = 10  # seconds before a message that found the object store down is tried again
 
 
 class Filer:
@@ -130,6 +132,9 @@ class Filer:
                 prepared.append(self._prepare(message))
             except WaitForChecks as waiting:
                 self._wait(message, waiting.wait)
+            except ObjectStoreUnavailable as exc:
+                # Not the message's fault: it waits for the store without using up a try.
+                self._wait(message, Wait(f"waiting for the object store: {exc}", STORE_RETRY))
             except OverBudget as exc:
                 # It would blow the budget again: held at once, with the reason.
                 log.warning("extraction_over_budget", queue_id=message.queue_id, why=str(exc))

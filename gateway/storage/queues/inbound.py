@@ -305,8 +305,9 @@ def wait_for_checks(
     authentication: dict[str, Any] | None = None,
 ) -> bool:
     """Not a failure: the checks could not conclude yet (a DNS temperror to retry once, a
-    scanner unreachable). Released until `retry_at` without using up an attempt, with the
-    results so far; False if the worker no longer holds the row."""
+    scanner unreachable), or the object store does not answer. Released until `retry_at`
+    without using up an attempt, with the results so far; False if the worker no longer
+    holds the row."""
     values: dict[str, Any] = {"attempts": InboundMessage.attempts - 1}
     if authentication is not None:
         values["authentication"] = authentication

@@ -69,7 +69,7 @@ FEATURES = {
         "retries": "urllib3 Retry passed in",
         "path-style": "yes (default for non-AWS hosts)",
         "endpoint": "yes (host:port, secure=False)",
-        "typed errors": "S3Error with code; urllib3 errors raw",
+        "typed errors": "S3Error with code (application/xml only); urllib3 errors raw",
         "multipart": "put_object(part_size) / fget/get_object streams",
         "thread-safe": "yes (documented)",
     },

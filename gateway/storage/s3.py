@@ -1,14 +1,16 @@
 """The ObjectStore on an S3-compatible server (MinIO, Garage, Ceph, Scaleway, OVH, AWS…).
 
 The client is `minio` (the MinIO Python SDK), chosen by measurement
-(`benchmarks/s3_clients.py`, against `rclone serve s3` on loopback, 20 KB objects, one run):
-minio did ~1.6x boto3's PUTs and ~1.7x its GETs a second (serial; ~2x from 4 threads), ~2x
-its ranged GETs, and streamed 50 MB up and down with the least peak memory (+40 MB against
-boto3's +62 MB); its errors carry the S3 error code (`S3Error.code`), which `check()` needs
-to tell bad credentials from a missing bucket. obstore was the fastest (2-3x minio) and
-lightest to import, but its ranged GET fails against rclone ("non-partial response") and its
-errors do not expose the S3 code. boto3 also needs checksum validation turned off before a
-ranged GET works against rclone, and is the slowest of the three here.
+(`benchmarks/s3_clients.py`, against `rclone serve s3` on loopback, 20 KB objects; two runs):
+minio did 1.6-2.3x boto3's PUTs a second (serial), 1.8-1.9x its GETs, 2x its ranged GETs,
+and ~2x both from 4 threads; it streamed 50 MB up and down with the least peak memory
+(+40 MB against boto3's +54-62 MB; boto3 uploads the parts faster, from 10 threads). Its
+errors carry the S3 error code, which `check()` needs to tell bad credentials from a missing
+bucket. obstore was the fastest (GETs 3x minio) and lightest to import, but its ranged GET
+fails against rclone ("non-partial response") and its errors do not expose the S3 code.
+boto3 (1.36+) also fails ranged GETs against rclone until its checksum validation is turned
+off, and is the slowest of the three here. minio's one quirk: it reads the error code only
+from an `application/xml` body, and rclone says `text/xml`, so `_answer` reads both.
 
 Requests go through a urllib3 pool built here: bounded connect and read timeouts
 (`timeout_seconds`) and a few retries (connection errors, timeouts, 5xx, for the methods

@@ -27,6 +27,7 @@ from gateway.storage.accounts import add_cabinet, add_company
 from tests.clamd import ClamdDaemon, running_clamd
 from tests.dns_server import DnsServer
 from tests.rspamd import RspamdServer, running_rspamd, shared_hs_cache
+from tests.s3_server import S3Server, running_s3
 from tests.support import DEFAULT_NOW, CaptureServer, FixedClock, RunningServer
 
 BASE_POSTGRES_URL = make_url(
@@ -273,3 +274,17 @@ def rspamd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RspamdSe
         tmp_path_factory.mktemp("rspamd"), hs_cache_dir=shared_hs_cache()
     ) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One real S3 server (`rclone serve s3`, tests/s3_server.py) for the whole run; a test
+    that stops it uses `s3_server.stopped()`, which brings it back on the same port."""
+    with running_s3(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    """A new, empty bucket on that server, for this test alone."""
+    return s3_server.make_bucket(f"test-{uuid.uuid4().hex[:16]}")

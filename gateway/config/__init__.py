@@ -35,6 +35,7 @@ from gateway.config.settings import (
     SmarthostConfig,
     SmtpConfig,
 )
+from gateway.config.storage import S3Config
 from gateway.config.trust import ClamavConfig, RspamdConfig, TrustConfig
 from gateway.config.webhooks import WebhookConfig, address_refusal
 
@@ -57,6 +58,7 @@ __all__ = [
     "LoggingConfig",
     "OutboundConfig",
     "RspamdConfig",
+    "S3Config",
     "SenderPolicyConfig",
     "SmarthostConfig",
     "SmtpConfig",

@@ -34,6 +34,7 @@ from gateway.config.settings import (
     SmarthostConfig,
     SmtpConfig,
 )
+from gateway.config.storage import S3Config
 from gateway.config.trust import ClamavConfig, RspamdConfig, TrustConfig
 from gateway.config.webhooks import WebhookConfig
 from gateway.routing.addresses import split_address
@@ -86,6 +87,8 @@ def parse_config(
     for name in ("gateway", "database", "storage"):
         table = root.table(name)
         top.update(table.values(GatewayConfig, base))
+        if name == "storage":
+            top["storage_s3"] = _s3(table, top["storage_backend"], base)
         table.finish()
     smtp = _smtp(root.table("smtp"), base)
     filing = _read(root.table("filing"), FilingConfig, base)
@@ -134,6 +137,20 @@ def _read(table: TableReader, cls: type[T], base: Path) -> T:
     config = cls(**table.values(cls, base))
     table.finish()
     return config
+
+
+def _s3(storage: TableReader, backend: str, base: Path) -> S3Config | None:
+    """[storage.s3]: read when backend = "s3" (its required keys then say so); present
+    with the local backend, it would be silently ignored, so it is refused."""
+    table = storage.table("s3")
+    if backend != "s3":
+        if table.data:
+            raise ConfigError(
+                'storage.s3: set, but storage.backend is "local"; set backend = "s3" to use '
+                "it, or remove the table"
+            )
+        return None
+    return _read(table, S3Config, base)
 
 
 def _smtp(table: TableReader, base: Path) -> SmtpConfig:

@@ -33,6 +33,7 @@ from gateway.config.declare import (
     setting,
 )
 from gateway.config.imap_oauth import ImapOAuth2Config
+from gateway.config.storage import S3Config
 from gateway.config.trust import ClamavConfig, RspamdConfig, TrustConfig
 from gateway.config.webhooks import WebhookConfig
 from gateway.mail.header_limits import HeaderLimits
@@ -592,6 +593,16 @@ class GatewayConfig:
         table="storage",
         key="path",
     )
+    storage_backend: Literal["local", "s3"] = setting(
+        "local",
+        "Where documents and raw mail go: local (the folder `path`, shared by every node) or "
+        "s3 (the bucket of [storage.s3]; nodes then keep nothing of their own).",
+        choices=("local", "s3"),
+        table="storage",
+        key="backend",
+    )
+    # [storage.s3], read by parse.py: set when backend = "s3".
+    storage_s3: S3Config | None = None
     node_name: str = computed(
         socket.gethostname,
         "This node's name in spool files and claims; must differ between nodes.",
@@ -720,6 +731,12 @@ TABLES: tuple[Table, ...] = (
     Table("gateway", GatewayConfig, "The mail domains served and this node."),
     Table("database", GatewayConfig, "Where the state lives."),
     Table("storage", GatewayConfig, "Where the bytes live."),
+    Table(
+        "storage.s3",
+        S3Config,
+        'S3-compatible object storage, when backend = "s3".',
+        optional=True,
+    ),
     Table("smtp", SmtpConfig, "The SMTP server mail arrives at."),
     Table("filing", FilingConfig, "Filing documents into the companies' folders."),
     Table("outbound", OutboundConfig, "Sending documents to partner tools (R12-R17)."),

@@ -58,6 +58,7 @@ from gateway.storage.objects import ObjectStore, ObjectStoreUnavailable
 from gateway.storage.processes import Heartbeat, process_name
 from gateway.storage.processes import take_back as take_back_node
 from gateway.storage.rawmail import FolderSegments, ObjectSegments, RawMail, Segments
+from gateway.storage.s3 import S3Objects
 from gateway.storage.sealed import SecretBox
 from gateway.storage.tenancy import ALL
 
@@ -114,8 +115,11 @@ class Gateway:
     @cached_property
     def objects(self) -> ObjectStore | None:
         """The S3-compatible object store documents and raw mail go to (`[storage] backend =
-        "s3"`); None on the local folder."""
-        return None
+        "s3"`); None on the local folder. Its credentials are read here: a ConfigError naming
+        the setting when they are missing."""
+        if self.config.storage_s3 is None:
+            return None
+        return S3Objects.from_config(self.config.storage_s3)
 
     @cached_property
     def blobs(self) -> BlobStore:

@@ -26,6 +26,7 @@ import sysconfig
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 from minio import Minio
@@ -165,3 +166,27 @@ def running_s3(base: Path) -> Iterator[S3Server]:
         yield server
     finally:
         server.close()
+
+
+def s3_storage(server: S3Server, bucket: str, folder: Path) -> dict[str, dict[str, Any]]:
+    """The `write_config` sections of a node whose documents and raw mail go to `bucket`:
+    its keys in an AWS credentials file of its own (`folder/s3-credentials`), as a node
+    given them by a secret mount would have them, and `folder/storage` its own folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    credentials = folder / "s3-credentials"
+    credentials.write_text(
+        f"[default]\naws_access_key_id = {server.access_key}\n"
+        f"aws_secret_access_key = {server.secret_key}\n",
+        encoding="utf-8",
+    )
+    return {
+        "storage": {"path": str(folder / "storage"), "backend": "s3"},
+        "storage.s3": {
+            "endpoint": server.endpoint,
+            "bucket": bucket,
+            "region": server.region,
+            "prefix": "gateway/",
+            "credentials_file": str(credentials),
+            "timeout_seconds": 2,
+        },
+    }

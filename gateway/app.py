@@ -3,8 +3,6 @@ one `Gateway` and passes its parts down."""
 
 from __future__ import annotations
 
-import os
-import secrets
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,6 +34,7 @@ from gateway.inbound.trust.rspamd import Rspamd
 from gateway.inbound.trust.screen import Screen
 from gateway.outbound.dispatch import Dispatcher, SigningPool
 from gateway.outbound.dkim import DkimSigner, KeyStore
+from gateway.outbound.dkim_keys import DatabaseKeyStore, DkimKeys, import_folder_keys
 from gateway.outbound.forward import Forwarder
 from gateway.outbound.transport import (
     DirectMxTransport,
@@ -60,6 +59,11 @@ from gateway.storage.processes import take_back as take_back_node
 from gateway.storage.rawmail import FolderSegments, ObjectSegments, RawMail, Segments
 from gateway.storage.s3 import S3Objects
 from gateway.storage.sealed import SecretBox
+from gateway.storage.shared_secrets import (
+    SharedSecrets,
+    verp_secret_in_database,
+    verp_secret_in_folder,
+)
 from gateway.storage.tenancy import ALL
 
 log = structlog.get_logger("gateway.app")
@@ -239,15 +243,32 @@ class Gateway:
         )
 
     def bounce_addresses(self) -> BounceAddresses:
-        """VERP addresses on our first domain, keyed by a secret kept in the storage folder
-        (created once, shared by every node through the shared storage)."""
-        path = self.config.storage_path / "bounce.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(secrets.token_bytes(32))
-        return BounceAddresses(path.read_bytes(), self.config.domains[0])
+        """VERP addresses on our first domain, keyed by a secret every node shares: in the
+        database with a secrets key, else in the storage folder (gateway/storage/
+        shared_secrets.py)."""
+        if self.shared_secrets is None:
+            secret = verp_secret_in_folder(self.config.storage_path)
+        else:
+            secret = verp_secret_in_database(self.shared_secrets, self.config.storage_path)
+        return BounceAddresses(secret, self.config.domains[0])
+
+    @cached_property
+    def shared_secrets(self) -> SharedSecrets | None:
+        """The database's shared secrets when a secrets key is configured, else None."""
+        if not self.config.secrets_in_database:
+            return None
+        return SharedSecrets(self.db, self.secret_box, self.clock)
+
+    @cached_property
+    def dkim_keys(self) -> DkimKeys:
+        """The DKIM keys: in the database with a secrets key (the storage folder's imported
+        there the first time), else in the storage folder."""
+        folder = KeyStore(self.config.dkim_path)
+        if self.shared_secrets is None:
+            return folder
+        database = DatabaseKeyStore(self.shared_secrets)
+        import_folder_keys(folder, database)
+        return database
 
     def dispatcher(
         self, transport: Transport | None = None, worker_name: str | None = None
@@ -256,7 +277,7 @@ class Gateway:
         out = self.config.outbound
         if transport is None:
             transport = self.outbound_transport()
-        signer = DkimSigner(KeyStore(self.config.dkim_path).all())
+        signer = DkimSigner(self.dkim_keys.all())
         processes = out.signing_processes
         return Dispatcher(
             db=self.db,
@@ -291,7 +312,7 @@ class Gateway:
             gateway_sender=self.config.gateway_sender,
             envelope_sender=f"postmaster@{self.config.domains[0]}",
             transport=transport if transport is not None else self.outbound_transport(),
-            signer=DkimSigner(KeyStore(self.config.dkim_path).all()),
+            signer=DkimSigner(self.dkim_keys.all()),
             raw_mail=self.raw_mail,
             clock=self.clock,
             worker_name=worker_name or self.process_name,

@@ -34,7 +34,7 @@ def dns_records(config_path: str | None, as_json: bool) -> None:
     gw = Context(config_path).gateway
     rows = [
         {"domain": r.domain, "name": r.name, "type": r.type, "value": r.value}
-        for r in expected_records(gw.config, KeyStore(gw.config.dkim_path))
+        for r in expected_records(gw.config, gw.dkim_keys)
     ]
     emit(rows, as_json, ["name", "type", "value"])
 
@@ -83,9 +83,11 @@ def dns_check(
 def _dns_check(config_path: str | None, as_json: bool, make_lookup: Callable[[], DnsLookup]) -> int:
     """`dns check` with the resolver handed in (tests pass a fake); returns the exit code."""
     # Only the configuration and the key store: checking DNS has no business creating or
-    # migrating the database, as Context.gateway would.
-    config = Context(config_path).config()
-    expected = expected_records(config, KeyStore(config.dkim_path))
+    # migrating the database, as Context.gateway would, unless the keys are in it.
+    context = Context(config_path)
+    config = context.config()
+    keys = context.gateway.dkim_keys if config.secrets_in_database else KeyStore(config.dkim_path)
+    expected = expected_records(config, keys)
     try:
         lookup = make_lookup()
     except DnsLookupError as exc:  # no resolver configured on this machine

@@ -614,8 +614,9 @@ class GatewayConfig:
     secrets_key_env: str | None = setting(
         None,
         "Environment variable holding the key that encrypts the secrets the gateway keeps in "
-        "its database (rotated OAuth2 refresh tokens); at least 32 characters, the same on "
-        "every node.",
+        "its database (rotated OAuth2 refresh tokens; with a key set, the VERP secret and the "
+        "DKIM private keys too, instead of the storage folder); at least 32 characters, the "
+        "same on every node.",
         default_text="unset",
         example="GATEWAY_SECRETS_KEY",
         table="gateway",
@@ -674,6 +675,12 @@ class GatewayConfig:
     @property
     def dkim_path(self) -> Path:
         return self.storage_path / "dkim"
+
+    @property
+    def secrets_in_database(self) -> bool:
+        """A secrets key is configured: the VERP secret and the DKIM keys live in the database
+        (gateway/storage/shared_secrets.py), not in the storage folder."""
+        return self.secrets_key_env is not None or self.secrets_key_file is not None
 
     def secrets_key(self) -> str:
         """The key that encrypts secrets kept in the database, read now; a ConfigError that

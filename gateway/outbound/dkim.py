@@ -89,7 +89,7 @@ def _keygen_hint(domain: str) -> str:
     )
 
 
-def _normalize_domain(domain: str) -> str:
+def normalize_domain(domain: str) -> str:
     """Lower-case ASCII form (IDNA for internationalized names), no trailing dot."""
     name = domain.strip().rstrip(".").lower()
     if not name.isascii():
@@ -119,7 +119,7 @@ class DkimKey:
     private_key_pem: bytes
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "domain", _normalize_domain(self.domain))
+        object.__setattr__(self, "domain", normalize_domain(self.domain))
         _check_selector(self.selector)
         if self.algorithm not in ALGORITHMS:
             raise DkimError(
@@ -184,14 +184,31 @@ def dns_txt_value(key: DkimKey) -> str:
     return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode('ascii')}"
 
 
+def key_file_name(key: DkimKey) -> str:
+    """`<selector>.<rsa|ed25519>.pem`: the key's name within its domain, in the folder and
+    in the database (gateway/outbound/dkim_keys.py) alike."""
+    return f"{key.selector}.{_FILE_KIND[key.algorithm]}.pem"
+
+
+def parse_key_file_name(file_name: str) -> tuple[str, str] | None:
+    """(selector, algorithm) of a name `key_file_name` made; None for any other name (a
+    temporary file, something left there by hand)."""
+    parts = file_name.rsplit(".", 2)
+    if file_name.startswith(".") or len(parts) != 3 or parts[2] != "pem":
+        return None
+    algorithm = _KIND_ALGORITHM.get(parts[1])
+    return None if algorithm is None else (parts[0], algorithm)
+
+
 class KeyStore:
-    """Keys on disk: <root>/<domain>/<selector>.<rsa|ed25519>.pem, mode 0600."""
+    """Keys on disk: <root>/<domain>/<selector>.<rsa|ed25519>.pem, mode 0600; where they
+    live when no secrets key is configured (gateway/storage/shared_secrets.py)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
     def path_for(self, key: DkimKey) -> Path:
-        return self.root / key.domain / f"{key.selector}.{_FILE_KIND[key.algorithm]}.pem"
+        return self.root / key.domain / key_file_name(key)
 
     def save(self, key: DkimKey, *, overwrite: bool = False) -> Path:
         """Write the key where `keys_for` finds it. Never replaces a key by accident: a
@@ -226,23 +243,19 @@ class KeyStore:
 
     def keys_for(self, domain: str) -> list[DkimKey]:
         """All keys of `domain`, RSA first (then by selector); [] when it has none."""
-        directory = self.root / _normalize_domain(domain)
+        directory = self.root / normalize_domain(domain)
         if not directory.is_dir():
             return []
         keys = []
         for path in directory.iterdir():
-            parts = path.name.rsplit(".", 2)
-            if path.name.startswith(".") or len(parts) != 3 or parts[2] != "pem":
-                continue
-            algorithm = _KIND_ALGORITHM.get(parts[1])
-            if algorithm is None or not path.is_file():
+            named = parse_key_file_name(path.name)
+            if named is None or not path.is_file():
                 continue
             try:
-                keys.append(DkimKey(directory.name, parts[0], algorithm, path.read_bytes()))
+                keys.append(DkimKey(directory.name, *named, path.read_bytes()))
             except DkimError as exc:
                 raise DkimError(f"{path}: {exc}") from None
-        keys.sort(key=lambda k: (ALGORITHMS.index(k.algorithm), k.selector))
-        return keys
+        return sort_keys(keys)
 
     def all(self) -> list[DkimKey]:
         """Every key of every domain, domains in name order."""
@@ -254,6 +267,11 @@ class KeyStore:
             if directory.is_dir() and not directory.name.startswith(".")
             for key in self.keys_for(directory.name)
         ]
+
+
+def sort_keys(keys: list[DkimKey]) -> list[DkimKey]:
+    """A domain's keys in signing order: RSA first, then by selector."""
+    return sorted(keys, key=lambda k: (ALGORITHMS.index(k.algorithm), k.selector))
 
 
 # --- canonicalization (RFC 6376 §3.4.2, §3.4.4) -------------------------------------------
@@ -390,7 +408,7 @@ class DkimSigner:
         (RSA first, then ed25519). relaxed/relaxed, `t=` now, From oversigned. The message
         bytes follow unchanged (CRLF line endings expected). DkimError if the domain has
         no key, the message has no From, or it is not CRLF text."""
-        wanted = _normalize_domain(domain)
+        wanted = normalize_domain(domain)
         signing_keys = self._by_domain.get(wanted)
         if not signing_keys:
             raise DkimError(f"no DKIM key for domain {wanted}: {_keygen_hint(wanted)}")

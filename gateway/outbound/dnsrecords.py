@@ -51,7 +51,8 @@ from gateway.dns import DnsLookup as DnsLookup
 from gateway.dns import DnsLookupError as DnsLookupError
 from gateway.dns import DnspythonLookup as DnspythonLookup
 from gateway.dns import LookupFailure as LookupFailure
-from gateway.outbound.dkim import KeyStore, dns_record_name, dns_txt_value
+from gateway.outbound.dkim import dns_record_name, dns_txt_value
+from gateway.outbound.dkim_keys import DkimKeys
 
 Purpose = Literal["mx", "spf", "dkim", "dmarc"]
 
@@ -68,7 +69,7 @@ class DnsRecord:
     placeholder: bool = False  # DKIM row of a domain without a key: `value` says what to do
 
 
-def expected_records(config: GatewayConfig, keys: KeyStore) -> list[DnsRecord]:
+def expected_records(config: GatewayConfig, keys: DkimKeys) -> list[DnsRecord]:
     """MX, SPF, DKIM (per stored key, or a placeholder) and DMARC of every served domain."""
     mx = config.smtp.hostname
     records: list[DnsRecord] = []

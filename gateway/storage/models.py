@@ -384,6 +384,16 @@ class OAuthRefreshToken(Base):
     saved_at: Mapped[datetime]
 
 
+class GatewaySecret(Base):
+    """A secret every node of the gateway shares (gateway/storage/shared_secrets.py): the VERP
+    secret, the DKIM private keys. Sealed with the gateway's secrets key, bound to `name`."""
+
+    __tablename__ = "gateway_secrets"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # "verp", "dkim/…"
+    sealed: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+
+
 class ImapOutcome(StrEnum):
     """What became of a message taken from an IMAP folder."""
 

@@ -168,11 +168,21 @@ def running_s3(base: Path) -> Iterator[S3Server]:
         server.close()
 
 
-def s3_storage(server: S3Server, bucket: str, folder: Path) -> dict[str, dict[str, Any]]:
+# The key every node of a test shares (`[gateway] secrets_key_file`): a stateless node keeps
+# its VERP secret and DKIM keys sealed in the database.
+SECRETS_KEY = "test-secrets-key-" + "k" * 32
+
+
+def s3_storage(
+    server: S3Server, bucket: str, folder: Path, **gateway: Any
+) -> dict[str, dict[str, Any]]:
     """The `write_config` sections of a node whose documents and raw mail go to `bucket`:
     its keys in an AWS credentials file of its own (`folder/s3-credentials`), as a node
-    given them by a secret mount would have them, and `folder/storage` its own folder."""
+    given them by a secret mount would have them, the secrets key in `folder/secrets-key`,
+    `folder/storage` its own folder; `gateway`: more of its [gateway] keys."""
     folder.mkdir(parents=True, exist_ok=True)
+    secrets_key = folder / "secrets-key"
+    secrets_key.write_text(SECRETS_KEY, encoding="utf-8")
     credentials = folder / "s3-credentials"
     credentials.write_text(
         f"[default]\naws_access_key_id = {server.access_key}\n"
@@ -180,6 +190,7 @@ def s3_storage(server: S3Server, bucket: str, folder: Path) -> dict[str, dict[st
         encoding="utf-8",
     )
     return {
+        "gateway": {"secrets_key_file": str(secrets_key), **gateway},
         "storage": {"path": str(folder / "storage"), "backend": "s3"},
         "storage.s3": {
             "endpoint": server.endpoint,

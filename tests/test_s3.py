@@ -262,7 +262,10 @@ def test_a_server_that_accepts_but_never_answers_times_out(
 
 def _s3(tmp_path: Path, **s3: Any) -> S3Config:
     table = {"endpoint": "http://127.0.0.1:9000", "bucket": "docs"} | s3
-    config = parse_config({"storage": {"backend": "s3", "s3": table}}, base=tmp_path)
+    keyed = {"secrets_key_env": "GATEWAY_SECRETS_KEY"}  # what a stateless node needs
+    config = parse_config(
+        {"storage": {"backend": "s3", "s3": table}, "gateway": keyed}, base=tmp_path
+    )
     assert config.storage_s3 is not None
     return config.storage_s3
 
@@ -309,6 +312,11 @@ def test_settings_defaults(tmp_path: Path) -> None:
             'storage.s3: set, but storage.backend is "local"',
         ),
         ({"backend": "S3"}, "storage.backend: 'local' or 's3'; got 'S3'"),
+        (
+            {"backend": "s3", "s3": {"endpoint": "http://h", "bucket": "docs"}},
+            'storage.backend = "s3": nodes keep nothing of their own, so the VERP secret and '
+            "the DKIM keys are kept encrypted in the database: set gateway.secrets_key_env",
+        ),
     ],
 )
 def test_settings_errors_name_the_key(

@@ -73,7 +73,8 @@ def _data(table: Table, key: str, value: Any) -> dict[str, Any]:
     if table.name == "storage.s3" or (key, value) == ("backend", "s3"):
         s3 = {"endpoint": "http://127.0.0.1:9000", "bucket": "docs"}
         s3 |= {key: value} if table.name == "storage.s3" else {}
-        return {"storage": {"backend": "s3", "s3": s3}}
+        keyed = {"secrets_key_env": "GATEWAY_SECRETS_KEY"}  # what a stateless node needs
+        return {"storage": {"backend": "s3", "s3": s3}, "gateway": keyed}
     if table.name == "outbound":  # wide retry bounds, so that either may take any value
         return {"outbound": {"retry_min_seconds": 1, "retry_max_seconds": 86400, key: value}}
     return {table.name: {key: value}}

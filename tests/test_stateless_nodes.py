@@ -156,11 +156,10 @@ def test_one_of_two_stateless_nodes_killed_and_its_folder_lost_the_other_files_i
         nodes[name] = write_config(
             folder,
             database_url,
-            gateway={"domains": ["welyb.fr"], "node_name": name},
             smtp={"port": port},
             filing={"workers": 1},
             outbound={"workers": 0},
-            **s3_storage(s3_server, s3_bucket, folder),
+            **s3_storage(s3_server, s3_bucket, folder, domains=["welyb.fr"], node_name=name),
         )
     config_a, config_b = nodes["node-a"], nodes["node-b"]
     _install(config_a)

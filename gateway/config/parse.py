@@ -90,13 +90,22 @@ def parse_config(
         if name == "storage":
             top["storage_s3"] = _s3(table, top["storage_backend"], base)
         table.finish()
+    keyless = top["secrets_key_env"] is None and top["secrets_key_file"] is None
+    if top["storage_backend"] == "s3" and keyless:
+        # A stateless node keeps nothing of its own: the VERP secret and the DKIM keys must
+        # be where every node reads them, sealed in the database.
+        raise ConfigError(
+            'storage.backend = "s3": nodes keep nothing of their own, so the VERP secret and '
+            "the DKIM keys are kept encrypted in the database: set gateway.secrets_key_env or "
+            "gateway.secrets_key_file (a key of 32 characters or more, e.g. from "
+            "`openssl rand -base64 32`, the same on every node)"
+        )
     smtp = _smtp(root.table("smtp"), base)
     filing = _read(root.table("filing"), FilingConfig, base)
     extraction = _read(root.table("extraction"), ExtractionConfig, base)
     outbound = _outbound(root.table("outbound"), base)
     imap_sources = _imap(root.table("imap"), base, top["domains"])
     for source in imap_sources.values():
-        keyless = top["secrets_key_env"] is None and top["secrets_key_file"] is None
         if source.oauth2 is not None and source.oauth2.uses_refresh_token and keyless:
             raise ConfigError(
                 f"imap.sources.{source.name}.oauth2: a refresh token is rotated and kept "

@@ -27,6 +27,7 @@ import yaml
 from sqlalchemy import make_url
 
 from gateway.config import TABLES, parse_config
+from tests.s3_server import S3Server
 from tests.support import message
 from tests.test_serve import free_port
 
@@ -94,6 +95,18 @@ def data(tmp_path: Path) -> Path:
     text = (DOCKER / "gateway.toml").read_text(encoding="utf-8")
     (tmp_path / "gateway.toml").write_text(text.replace("/data", str(folder)), encoding="utf-8")
     return folder
+
+
+@pytest.fixture
+def bucket_of_node(s3_server: S3Server, s3_bucket: str) -> dict[str, str]:
+    """What stands for compose.yaml's `s3` service here: a real S3 server (rclone) and a
+    bucket, with its keys, in place of the example's."""
+    return {
+        "GATEWAY_STORAGE_S3_ENDPOINT": s3_server.endpoint,
+        "GATEWAY_STORAGE_S3_BUCKET": s3_bucket,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+    }
 
 
 def node_environment(data: Path, **overrides: str) -> dict[str, str]:
@@ -172,10 +185,12 @@ def test_the_dockerfile_passes_hadolint() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_the_image_serves_as_compose_configures_a_node(data: Path, database_url: str) -> None:
-    """On PostgreSQL as compose.yaml runs it (`migrate` first, then the nodes), and on the
-    embedded default (`docker run` with no database named), which migrates itself."""
-    env = node_environment(data)
+def test_the_image_serves_as_compose_configures_a_node(
+    data: Path, database_url: str, bucket_of_node: dict[str, str], s3_server: S3Server
+) -> None:
+    """On PostgreSQL as compose.yaml runs it (`migrate` first, then the nodes), and with no
+    database named (SQLite in the image's /data), which migrates itself."""
+    env = node_environment(data, **bucket_of_node)
     if database_url.startswith("sqlite"):
         del env["GATEWAY_DATABASE_URL"]
     else:
@@ -190,9 +205,14 @@ def test_the_image_serves_as_compose_configures_a_node(data: Path, database_url:
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
             assert smtp.ehlo()[0] == 250
         assert acknowledged(port)
-        # The node's name (GATEWAY_NODE_NAME) names its spool segments, in the image's storage.
-        segments = list((data / "storage" / "spool").rglob("*.seg"))
-        assert segments and all(s.name.startswith("node1-") for s in segments)
+        # The node's name (GATEWAY_NODE_NAME) names its spool segments, in the bucket; its
+        # own folder holds none.
+        listed = s3_server.client().list_objects(
+            bucket_of_node["GATEWAY_STORAGE_S3_BUCKET"], prefix="spool/", recursive=True
+        )
+        segments = [o.object_name.rsplit("/", 1)[-1] for o in listed]
+        assert segments and all(s.startswith("node1-") for s in segments)
+        assert not list((data / "storage").rglob("*.seg"))
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(30) == 0
     assert (data / "gateway.db").exists() == database_url.startswith("sqlite")
@@ -249,8 +269,8 @@ def test_the_healthcheck_fails_in_one_line_when_nothing_answers() -> None:
 
 
 @pytest.mark.skipif(not HTTP_DECLARED, reason="no [http] listener (/readyz) on this branch yet")
-def test_the_healthcheck_passes_on_a_live_serve(data: Path) -> None:
-    env = node_environment(data)
+def test_the_healthcheck_passes_on_a_live_serve(data: Path, bucket_of_node: dict[str, str]) -> None:
+    env = node_environment(data, **bucket_of_node)
     del env["GATEWAY_DATABASE_URL"]  # the embedded default: ready without a migration step
     with running(image_command(), env) as serve:
         wait_listening(serve)
@@ -279,12 +299,31 @@ def test_compose_runs_two_nodes_on_one_postgresql_configured_by_environment(
         configs[name] = parse_config(image_file, base=tmp_path, environ=image_environment() | env)
         # The image's HEALTHCHECK (/readyz) is kept, and the schema is migrated first.
         assert not node.get("healthcheck", {}).get("disable", False)
-        assert node["depends_on"] == {"migrate": {"condition": "service_completed_successfully"}}
-        assert f"storage:{configs[name].storage_path}" in node["volumes"]
+        assert node["depends_on"] == {
+            "migrate": {"condition": "service_completed_successfully"},
+            "bucket": {"condition": "service_completed_successfully"},
+        }
+        # Stateless: nothing mounted; the bytes in the bucket, the secrets in the database.
+        assert "volumes" not in node
+        assert configs[name].storage_backend == "s3" and configs[name].secrets_in_database
+        assert configs[name].secrets_key_env == "GATEWAY_SECRETS_KEY"
+        assert len(env["GATEWAY_SECRETS_KEY"]) >= 32
     one, two = configs.values()
     assert one.node_name != two.node_name
     assert one.database_url == two.database_url
-    assert one.storage_path == two.storage_path and "storage" in compose()["volumes"]
+    assert one.storage_s3 == two.storage_s3 and one.storage_s3 is not None
+    assert len({str(n["environment"]["GATEWAY_SECRETS_KEY"]) for n in nodes().values()}) == 1
+    # The store is the s3 service, with its root keys; the bucket service makes the bucket.
+    s3, bucket = services["s3"], services["bucket"]
+    assert one.storage_s3.endpoint == "http://s3:9000"  # the service's name, MinIO's port
+    assert "objects:/data" in s3["volumes"] and s3["command"] == ["server", "/data"]
+    keys = {k: str(v) for k, v in nodes()["node1"]["environment"].items()}
+    assert (keys["AWS_ACCESS_KEY_ID"], keys["AWS_SECRET_ACCESS_KEY"]) == (
+        s3["environment"]["MINIO_ROOT_USER"],
+        s3["environment"]["MINIO_ROOT_PASSWORD"],
+    )
+    assert f"mb --ignore-existing s3/{one.storage_s3.bucket}" in bucket["command"][0]
+    assert bucket["depends_on"] == {"s3": {"condition": "service_healthy"}}
     # The URL is the postgres service's, with its user, password and database.
     url, pg = make_url(one.database_url), services["postgres"]
     assert url.host == "postgres" and url.drivername == "postgresql+psycopg"

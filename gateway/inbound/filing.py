@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,14 @@ log = structlog.get_logger("gateway.filing")
 
 RETRY_FIRST = timedelta(seconds=30)
 PURGE_EVERY = timedelta(hours=1)
+# Messages of one batch prepared at once, in threads: most of a message's preparation is
+# waiting (DNS answers for authentication, fsyncs of its blobs, the extraction child, SQL
+# reads), and these waits overlap; the extraction child still takes one message at a time.
+PREPARING_AT_ONCE = 4
+# Messages claimed per pass: one write transaction for all of them (benchmarks/pipeline.py:
+# 50 files ~10% faster than 20 and uses less CPU a message; the lease is renewed by the
+# worker's heartbeat, so a longer batch loses nothing).
+BATCH = 50
 
 
 class Filer:
@@ -88,17 +97,18 @@ class Filer:
         self.backoff = Backoff(first=RETRY_FIRST, max_attempts=config.max_attempts)
         self._folders: dict[tuple[int, str], int] = {}
         self._next_purge: datetime | None = None
+        self._preparing = ThreadPoolExecutor(PREPARING_AT_ONCE, thread_name_prefix="filing")
 
     # -- claiming -------------------------------------------------------------------------
 
-    def claim(self, limit: int = 20) -> list[int]:
+    def claim(self, limit: int = BATCH) -> list[int]:
         """Take up to `limit` messages waiting for filing; one guarded UPDATE, safe to race."""
         with self.db.write() as s:
             return inbound_queue.claim_waiting(s, self.worker_name, self.clock.now(), limit)
 
     # -- filing ---------------------------------------------------------------------------
 
-    def run_once(self, limit: int = 20) -> int:
+    def run_once(self, limit: int = BATCH) -> int:
         """File what is waiting now, as one batch; returns how many messages it took."""
         self._purge_when_due()
         ids = self.claim(limit)
@@ -125,19 +135,7 @@ class Filer:
     def _file_batch(self, messages: list[InboundMessage]) -> None:
         """Prepare each message (no lock held), then write them all in one transaction:
         one commit (one fsync) for the batch instead of one per message."""
-        prepared: list[Prepared] = []
-        for message in messages:
-            try:
-                prepared.append(self._prepare(message))
-            except WaitForChecks as waiting:
-                self._wait(message, waiting.wait)
-            except OverBudget as exc:
-                # It would blow the budget again: held at once, with the reason.
-                log.warning("extraction_over_budget", queue_id=message.queue_id, why=str(exc))
-                self._hold(message, exc)
-            except Exception as exc:
-                log.exception("filing_failed", queue_id=message.queue_id, attempt=message.attempts)
-                self._release_after_failure(message, exc)
+        prepared = [p for p in self._preparing.map(self._try_prepare, messages) if p]
         if not prepared:
             return
         try:
@@ -166,6 +164,22 @@ class Filer:
                 )
             else:
                 log.warning("lease_lost", queue_id=p.message.queue_id)
+
+    def _try_prepare(self, message: InboundMessage) -> Prepared | None:
+        """`_prepare`, or None when the message is not to be written now: waiting for the
+        checks, held over its budget, or released after a failure (each recorded here)."""
+        try:
+            return self._prepare(message)
+        except WaitForChecks as waiting:
+            self._wait(message, waiting.wait)
+        except OverBudget as exc:
+            # It would blow the budget again: held at once, with the reason.
+            log.warning("extraction_over_budget", queue_id=message.queue_id, why=str(exc))
+            self._hold(message, exc)
+        except Exception as exc:
+            log.exception("filing_failed", queue_id=message.queue_id, attempt=message.attempts)
+            self._release_after_failure(message, exc)
+        return None
 
     def _file_alone(self, message: InboundMessage) -> None:
         try:

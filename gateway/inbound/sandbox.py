@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import resource
 import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -57,8 +58,15 @@ class Sandbox:
         self.warm_up = warm_up  # run in the child before it is given a message
         self._child: BaseProcess | None = None
         self._connection: Connection | None = None
+        # The child works on one message at a time: the filer's threads take turns, and a
+        # message's time budget starts when its turn does.
+        self._turn = threading.Lock()
 
     def run(self, raw: bytes) -> object:
+        with self._turn:
+            return self._run(raw)
+
+    def _run(self, raw: bytes) -> object:
         budget = self.budget
         connection = self._send(raw)
         if not connection.poll(budget.timeout_seconds):

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sqlite3
 import statistics
@@ -202,7 +203,8 @@ def prepare_gateway(home: Path, filing_workers: int) -> tuple[Path, int]:
     port = free_port()
     text = config.read_text().replace("port = 2525", f"port = {port}")
     text = text.replace('level = "info"', 'level = "warning"')
-    config.write_text(text.replace("workers = 1", f"workers = {filing_workers}"))
+    # Every stage's workers (filing, sending) alike, as before filing's default became 2.
+    config.write_text(re.sub(r"^workers = \d+$", f"workers = {filing_workers}", text, flags=re.M))
     gateway("cabinet", "add", "aecconseil", config=config)
     gateway("company", "add", "dupont-maconnerie", "--cabinet", "aecconseil", config=config)
     return config, port

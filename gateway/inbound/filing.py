@@ -198,8 +198,7 @@ class Filer:
         )
         destinations = [self.recipients.resolve(r) for r in message.rcpt_tos]
         results, stamped = self.checkpoint.authenticate(message, raw, destinations)
-        with metrics.EXTRACTION_SECONDS.time():
-            extraction = self.sandbox.extract(stamped)
+        extraction = self.sandbox.extract(stamped)  # timed by the sandbox, from its turn
         why_quarantined = self.checkpoint.quarantine_reason(
             message,
             raw,

@@ -27,9 +27,9 @@ from gateway import metrics
 from gateway.clock import Clock, as_utc
 from gateway.config import FilingConfig
 from gateway.inbound.body_pdf import BodyPdfRenderer
-from gateway.inbound.filing_report import FilingReport, Placement, Prepared
+from gateway.inbound.filing_report import FilingReport, Placement, Prepared, reached_by
 from gateway.inbound.folders import folder_path
-from gateway.inbound.recipients import Destination, Recipients
+from gateway.inbound.recipients import Recipients
 from gateway.inbound.sandbox import ExtractionSandbox, OverBudget
 from gateway.inbound.trust.checkpoint import Checkpoint, WaitForChecks
 from gateway.inbound.trust.screen import Wait
@@ -208,7 +208,7 @@ class Filer:
             destinations,
             results,
         )
-        reached = _reached(destinations)
+        reached = reached_by(destinations)
         if why_quarantined is not None:
             # Kept whole, with our results, until released or purged; nothing is filed.
             return Prepared(
@@ -490,19 +490,6 @@ def _apply_bounce(s: Session, delivery_id: int, report: BounceReport | None, now
     if not report.permanent:
         return deliveries.note_delay(s, delivery_id, words, now)
     return deliveries.bounce(s, delivery_id, words, now)
-
-
-def _reached(destinations: list[Destination]) -> list[tuple[int, int | None]]:
-    """(cabinet, company) of each accepted address of ours, once each."""
-    reached: dict[tuple[int, int | None], None] = {}
-    for d in destinations:
-        if not d.accepted:
-            continue
-        if d.company is not None:
-            reached[(d.company.cabinet_id, d.company.id)] = None
-        elif d.cabinet_id is not None:
-            reached[(d.cabinet_id, None)] = None
-    return list(reached)
 
 
 def _about(message: InboundMessage, subject: str | None, reason: str | None) -> dict[str, Any]:

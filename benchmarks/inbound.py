@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sqlite3
 import statistics
@@ -54,12 +55,14 @@ async def load(
     connections: int,
     mail_from: str = "fournisseur@example.org",
     from_data: bool = False,
+    rcpts: list[str] | None = None,
 ) -> tuple[float, list[float]]:
-    """Send every message; returns (elapsed seconds, acknowledgement latencies in s): from
-    MAIL to the 250 after the data, or with `from_data` from the DATA command to that 250."""
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for m in messages:
-        queue.put_nowait(m)
+    """Send every message (the i-th to `rcpts[i]`, else to RCPT); returns (elapsed seconds,
+    acknowledgement latencies in s): from MAIL to the 250 after the data, or with
+    `from_data` from the DATA command to that 250."""
+    queue: asyncio.Queue[tuple[bytes, str]] = asyncio.Queue()
+    for i, m in enumerate(messages):
+        queue.put_nowait((m, rcpts[i] if rcpts else RCPT))
     latencies: list[float] = []
 
     async def client() -> None:
@@ -68,18 +71,18 @@ async def load(
         try:
             while True:
                 try:
-                    data = queue.get_nowait()
+                    data, rcpt = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
                 started = time.perf_counter()
                 if from_data:  # each step raises on a refusal
                     await smtp.mail(mail_from)
-                    await smtp.rcpt(RCPT)
+                    await smtp.rcpt(rcpt)
                     started = time.perf_counter()
                     await smtp.data(data)
                 else:
                     # aiosmtplib raises on any refusal; a refused recipient shows in `errors`.
-                    errors, _ = await smtp.sendmail(mail_from, [RCPT], data)
+                    errors, _ = await smtp.sendmail(mail_from, [rcpt], data)
                     if errors:
                         raise RuntimeError(f"not accepted: {errors}")
                 latencies.append(time.perf_counter() - started)
@@ -95,7 +98,7 @@ async def load(
 def run_load(
     port: int, messages: list[bytes], connections: int, **options: Any
 ) -> tuple[float, list[float]]:
-    """`load` on a fresh event loop; `options`: its mail_from and from_data."""
+    """`load` on a fresh event loop; `options`: its mail_from, from_data and rcpts."""
     install_loop()
     return asyncio.run(load(port, messages, connections, **options))
 
@@ -148,15 +151,17 @@ def gateway(*args: str, config: Path) -> None:
     )
 
 
-def measure_bare(messages: list[bytes], connections: int) -> tuple[float, list[float]]:
+def measure_bare(
+    messages: list[bytes], connections: int, **options: Any
+) -> tuple[float, list[float]]:
     port = free_port()
     bare = subprocess.Popen(
         [sys.executable, __file__, "--bare-server", str(port)], stderr=subprocess.DEVNULL
     )
     try:
         wait_port(port)
-        run_load(port, messages[:200], connections)  # warm-up
-        return run_load(port, messages, connections)
+        run_load(port, messages[:200], connections, **options)  # warm-up
+        return run_load(port, messages, connections, **options)
     finally:
         bare.terminate()
         bare.wait(10)
@@ -198,7 +203,8 @@ def prepare_gateway(home: Path, filing_workers: int) -> tuple[Path, int]:
     port = free_port()
     text = config.read_text().replace("port = 2525", f"port = {port}")
     text = text.replace('level = "info"', 'level = "warning"')
-    config.write_text(text.replace("workers = 1", f"workers = {filing_workers}"))
+    # Every stage's workers (filing, sending) alike, as before filing's default became 2.
+    config.write_text(re.sub(r"^workers = \d+$", f"workers = {filing_workers}", text, flags=re.M))
     gateway("cabinet", "add", "aecconseil", config=config)
     gateway("company", "add", "dupont-maconnerie", "--cabinet", "aecconseil", config=config)
     return config, port

@@ -310,7 +310,7 @@ def test_readyz_answers_while_serve_waits_for_the_database(tmp_path, clock):
         failing = json.loads(body)["failing"]
         assert status == 503
         assert failing[0].startswith("database: OperationalError: ")
-        assert "workers: not running: worker, sender" in failing
+        assert "workers: not running: worker, worker, sender" in failing  # filing.workers = 2
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:

@@ -238,7 +238,11 @@ class FilingConfig:
         check=checks.journals,
     )
     workers: int = setting(
-        1, "Filing worker processes `serve` starts beside it (0: none here).", low=0, high=16
+        2,
+        "Filing worker processes `serve` starts beside it (0: none here); one per core "
+        "(the default fits two cores).",
+        low=0,
+        high=16,
     )
     poll_seconds: float = setting(
         0.2, "Seconds an idle filing worker waits before it looks for new mail again."

@@ -92,3 +92,16 @@ class Prepared:
     # (cabinet, company or None for a bot mailbox) of each address of ours it was sent to:
     # who hears of its quarantine or rejection (gateway.storage.events.message_ended).
     reached: list[tuple[int, int | None]] = field(default_factory=list)
+
+
+def reached_by(destinations: list[Destination]) -> list[tuple[int, int | None]]:
+    """(cabinet, company) of each accepted address of ours, once each."""
+    reached: dict[tuple[int, int | None], None] = {}
+    for d in destinations:
+        if not d.accepted:
+            continue
+        if d.company is not None:
+            reached[(d.company.cabinet_id, d.company.id)] = None
+        elif d.cabinet_id is not None:
+            reached[(d.cabinet_id, None)] = None
+    return list(reached)

@@ -15,12 +15,15 @@ from __future__ import annotations
 import functools
 import resource
 import signal
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
+from gateway import metrics
 from gateway.inbound.extraction import Extraction, ExtractionLimits, extract_documents
 from gateway.inbound.extraction.run import brief
 from gateway.lifetime import die_with_parent
@@ -51,14 +54,33 @@ class Budget:
 class Sandbox:
     """`run(raw)` is `work(raw)`, in a watched child process."""
 
-    def __init__(self, work: Work, budget: Budget, warm_up: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        work: Work,
+        budget: Budget,
+        warm_up: Callable[[], None] | None = None,
+        observe: Callable[[float], None] | None = None,
+    ):
         self.work = work
         self.budget = budget
         self.warm_up = warm_up  # run in the child before it is given a message
+        self.observe = observe  # told each message's seconds, from its turn (a histogram's)
         self._child: BaseProcess | None = None
         self._connection: Connection | None = None
+        # The child works on one message at a time: the filer's threads take turns, and a
+        # message's time budget starts when its turn does.
+        self._turn = threading.Lock()
 
     def run(self, raw: bytes) -> object:
+        with self._turn:
+            started = time.perf_counter()
+            try:
+                return self._run(raw)
+            finally:
+                if self.observe is not None:
+                    self.observe(time.perf_counter() - started)
+
+    def _run(self, raw: bytes) -> object:
         budget = self.budget
         connection = self._send(raw)
         if not connection.poll(budget.timeout_seconds):
@@ -145,7 +167,8 @@ class ExtractionSandbox(Sandbox):
             "extraction.memory_limit_mb",
             "held, the message may be hostile",
         )
-        super().__init__(functools.partial(_extract, limits), budget)
+        observe = metrics.EXTRACTION_SECONDS.observe
+        super().__init__(functools.partial(_extract, limits), budget, observe=observe)
 
     def extract(self, raw: bytes) -> Extraction:
         extraction = self.run(raw)

@@ -1,12 +1,17 @@
-"""Pieces the benchmarks share: the event loop, free ports, rates."""
+"""Pieces the benchmarks share: the event loop, free ports, rates, a real S3 server."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def install_loop() -> str:
@@ -45,3 +50,18 @@ def rate(operation: Callable[[], object], seconds: float) -> float:
         now = time.perf_counter()
         if now >= deadline:
             return count / (now - start)
+
+
+@contextlib.contextmanager
+def object_store(home: Path) -> Iterator[dict[str, dict[str, Any]]]:
+    """A real S3 server on loopback (`rclone serve s3`, tests/s3_server.py) with a bucket:
+    yields the `write_config` sections of a node whose documents and raw mail go there."""
+    sys.path.insert(0, str(ROOT))
+    from tests.s3_server import S3Server, s3_storage
+
+    server = S3Server(home / "s3").start()
+    try:
+        server.make_bucket("gateway")
+        yield s3_storage(server, "gateway", home / "node")
+    finally:
+        server.close()

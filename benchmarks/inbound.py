@@ -10,6 +10,10 @@ alternating over several rounds, and prints msgs/s, p50/p99 acknowledgement late
 the ratio of the medians gateway/bare. Target: ratio >= 0.8.
 
     .venv/bin/python benchmarks/inbound.py [--messages 3000] [--connections 20] [--rounds 3]
+        [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres] [--s3]
+
+With --database-url and --s3 the gateways store raw mail as stateless nodes do (issue 14: one
+S3 object per group commit, rows in PostgreSQL).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import contextlib
 import os
 import re
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -31,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
-from common import free_port, install_loop, wait_port
+from common import ROOT, free_port, install_loop, object_store, wait_port
+from sqlalchemy import create_engine, text
 
-ROOT = Path(__file__).resolve().parent.parent
 RCPT = "compta+dupont-maconnerie@welyb.fr"
 
 
@@ -194,8 +197,16 @@ def measure_gateway(
         server.wait(60)
 
 
-def prepare_gateway(home: Path, filing_workers: int) -> tuple[Path, int]:
-    """`gateway init` on the embedded default, one company; returns (config, port)."""
+def prepare_gateway(
+    home: Path,
+    filing_workers: int,
+    database_url: str | None = None,
+    storage: dict[str, dict[str, Any]] | None = None,
+) -> tuple[Path, int]:
+    """`gateway init` on the embedded default, one company; returns (config, port). With a
+    database URL or `storage` sections (S3), a configuration with those instead."""
+    if database_url is not None or storage is not None:
+        return _prepare_configured(home, filing_workers, database_url, storage or {})
     subprocess.run(
         [sys.executable, "-m", "gateway", "init", str(home)], check=True, stdout=subprocess.DEVNULL
     )
@@ -210,9 +221,35 @@ def prepare_gateway(home: Path, filing_workers: int) -> tuple[Path, int]:
     return config, port
 
 
-def count_stored(home: Path) -> int:
-    with contextlib.closing(sqlite3.connect(home / "gateway.db")) as db:
-        return int(db.execute("select count(*) from inbound_messages").fetchone()[0])
+def _prepare_configured(
+    home: Path, workers: int, database_url: str | None, storage: dict[str, dict[str, Any]]
+) -> tuple[Path, int]:
+    sys.path.insert(0, str(ROOT))
+    from tests.conftest import write_config
+
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = write_config(
+        home,
+        database_url or f"sqlite:///{home / 'gateway.db'}",
+        smtp={"host": "127.0.0.1", "port": port, "hostname": "mx.welyb.test"},
+        filing={"workers": workers},
+        outbound={"workers": workers},
+        **storage,
+    )
+    gateway("migrate", config=config)
+    gateway("cabinet", "add", "aecconseil", config=config)
+    gateway("company", "add", "dupont-maconnerie", "--cabinet", "aecconseil", config=config)
+    return config, port
+
+
+def count_stored(database_url: str) -> int:
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as c:
+            return int(c.execute(text("select count(*) from inbound_messages")).scalar_one())
+    finally:
+        engine.dispose()
 
 
 def main() -> None:
@@ -224,6 +261,15 @@ def main() -> None:
         type=int,
         default=3,
         help="alternate the servers this many times; medians are compared",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="PostgreSQL (each gateway gets its own database there, dropped at the end)",
+    )
+    parser.add_argument(
+        "--s3",
+        action="store_true",
+        help="raw mail and documents in a real S3 server (rclone serve s3 on loopback)",
     )
     parser.add_argument("--bare-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -246,15 +292,30 @@ def main() -> None:
         "gateway, filing deferred": [],
     }
     sent = 0
-    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-bench-"))
         # As deployed: one filing worker beside the server, competing for the same CPUs as
         # this load generator. Deferred: filing.workers = 0 (filing elsewhere, or later).
         homes = {
             "gateway, filing alongside": Path(tmp, "alongside"),
             "gateway, filing deferred": Path(tmp, "deferred"),
         }
+        urls = {name: f"sqlite:///{home / 'gateway.db'}" for name, home in homes.items()}
+        storage = {}
+        if args.database_url:
+            from api_pagination import own_database
+
+            urls = {n: stack.enter_context(own_database(args.database_url)) for n in homes}
+        if args.s3:
+            storage = {n: stack.enter_context(object_store(home)) for n, home in homes.items()}
+        configured = bool(args.database_url or args.s3)
         gateways = {
-            name: prepare_gateway(home, 1 if "alongside" in name else 0)
+            name: prepare_gateway(
+                home,
+                1 if "alongside" in name else 0,
+                urls[name] if configured else None,
+                storage.get(name),
+            )
             for name, home in homes.items()
         }
         for r in range(1, args.rounds + 1):
@@ -269,10 +330,11 @@ def main() -> None:
                 else:
                     result = measure_bare(messages, args.connections)
                 rates.append(report(r, name, args.messages, *result))
-        stored = {name: count_stored(home) for name, home in homes.items()}
+        stored = {name: count_stored(urls[name]) for name in homes}
 
     bare = statistics.median(arms["bare aiosmtpd (250)"])
-    print(f"median msgs/s: bare aiosmtpd {bare:.0f}")
+    where = f"{'PostgreSQL' if args.database_url else 'SQLite'} + {'S3' if args.s3 else 'folder'}"
+    print(f"median msgs/s: bare aiosmtpd {bare:.0f}; gateway on {where}")
     for name in homes:
         rate = statistics.median(arms[name])
         ratio = rate / bare

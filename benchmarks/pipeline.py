@@ -15,6 +15,7 @@ that each message ended `filed` and that N documents were filed.
 
     .venv/bin/python benchmarks/pipeline.py [--messages 1200] [--connections 20] [--rounds 2]
         [--workers N] [--database-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres]
+        [--s3]
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from common import free_port, install_loop, wait_port
+from common import free_port, install_loop, object_store, wait_port
 from inbound import LIMITS_ON, measure_bare, run_load, sample_message
 from sqlalchemy import Engine, create_engine, text
 
@@ -54,9 +56,15 @@ WARMUP = 200
 TARGET = 0.5
 
 
-def gateway_config(home: Path, port: int, database_url: str | None, workers: int | None) -> Path:
+def gateway_config(
+    home: Path,
+    port: int,
+    database_url: str | None,
+    workers: int | None,
+    storage: dict[str, dict[str, Any]] | None = None,
+) -> Path:
     """The gateway.toml of the run: the embedded default (SQLite, local folder) unless a
-    database URL is given. Every storage option (a database, later S3) is set here."""
+    database URL is given, or `storage` sections (common.object_store: S3)."""
     home.mkdir(parents=True, exist_ok=True)
     url = database_url or f"sqlite:///{home / 'gateway.db'}"
     filing = {} if workers is None else {"workers": workers}
@@ -65,6 +73,7 @@ def gateway_config(home: Path, port: int, database_url: str | None, workers: int
         url,
         smtp={"host": "127.0.0.1", "port": port, "hostname": "mx.welyb.test"},
         filing=filing,
+        **(storage or {}),
     )
 
 
@@ -143,6 +152,11 @@ def main() -> None:
         "--database-url",
         help="a PostgreSQL server (its own database is created there and dropped at the end)",
     )
+    parser.add_argument(
+        "--s3",
+        action="store_true",
+        help="documents and raw mail in a real S3 server (rclone serve s3 on loopback)",
+    )
     args = parser.parse_args()
     loop = install_loop()
     size = statistics.mean(len(sample_message(i)) for i in range(10))
@@ -162,8 +176,9 @@ def main() -> None:
             from api_pagination import own_database
 
             url = stack.enter_context(own_database(args.database_url))
+        storage = stack.enter_context(object_store(home)) if args.s3 else None
         port = free_port()
-        config = gateway_config(home, port, url, args.workers)
+        config = gateway_config(home, port, url, args.workers, storage)
         seeded_gateway(config, SystemClock())  # type: ignore[arg-type].db.dispose()
         engine = create_engine(url or f"sqlite:///{home / 'gateway.db'}")
         stack.callback(engine.dispose)
@@ -194,6 +209,7 @@ def main() -> None:
         f"{statistics.median(accepted_rates):.0f} msgs/s (ratio {accepted_ratio:.2f}), filed end "
         f"to end {statistics.median(filed_rates):.0f} msgs/s (ratio {ratio:.2f}, {verdict} the "
         f"{TARGET:.2f} target) on {'PostgreSQL' if url else 'SQLite'}"
+        f"{' + S3' if args.s3 else ' + local folder'}"
     )
 
 

@@ -8,6 +8,7 @@ the other files everything it acknowledged, exactly once."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import smtplib
 import subprocess
@@ -18,13 +19,16 @@ import pytest
 from sqlalchemy import select
 
 from gateway.app import Gateway
+from gateway.http.health import Readiness
 from gateway.storage.listings.documents import document_content
 from gateway.storage.models import Document, InboundMessage
+from gateway.storage.probe import DatabaseProbe
 from gateway.storage.rawmail import ObjectSegments
 from tests.conftest import load, seeded_gateway, write_config
 from tests.load import SmtpLoad, assert_filed_once, wait_until_filed
 from tests.s3_server import S3Server, s3_storage
 from tests.support import FixedClock, RunningServer, file_all, message, pdf
+from tests.test_operations import _Workers
 from tests.test_serve import free_port
 from tests.test_takeover import _install, _kill_node_holding_claims, _taken_over, serving
 
@@ -190,3 +194,19 @@ def test_one_of_two_stateless_nodes_killed_and_its_folder_lost_the_other_files_i
         assert len(shas) == len(acknowledged) and all(gw.blobs.exists(sha) for sha in shas)
     finally:
         gw.db.dispose()
+
+
+def test_readiness_says_whether_the_bucket_answers(
+    tmp_path, database_url, s3_server, s3_bucket, clock
+):
+    gw = _s3_gateway(tmp_path, database_url, s3_server, s3_bucket, clock)
+    probe = DatabaseProbe(gw.config.database_url, 2.0)
+    readiness = Readiness(gw.config, gw.db, probe, _Workers([]), clock, (), gw.objects)
+    try:
+        up = {c.name: c for c in asyncio.run(readiness.checks())}["storage"]
+        with s3_server.stopped():
+            down = {c.name: c for c in asyncio.run(readiness.checks())}["storage"]
+    finally:
+        probe.dispose()
+    assert up.ok and up.detail == f"s3://{s3_bucket}/gateway/ answers", up
+    assert not down.ok and "unreachable" in down.detail and s3_server.endpoint in down.detail

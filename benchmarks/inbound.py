@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -180,9 +181,9 @@ LIMITS_ON = {
 }
 
 
-def measure_gateway(
-    config: Path, port: int, messages: list[bytes], connections: int, warmup: list[bytes]
-) -> tuple[float, list[float]]:
+@contextlib.contextmanager
+def serving(config: Path, port: int) -> Iterator[None]:
+    """`gateway serve` on `config`, from when it listens on `port` until SIGTERM."""
     server = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "-c", str(config)],
         stderr=subprocess.DEVNULL,
@@ -190,11 +191,18 @@ def measure_gateway(
     )
     try:
         wait_port(port)
-        run_load(port, warmup, connections)
-        return run_load(port, messages, connections)
+        yield
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
+
+
+def measure_gateway(
+    config: Path, port: int, messages: list[bytes], connections: int, warmup: list[bytes]
+) -> tuple[float, list[float]]:
+    with serving(config, port):
+        run_load(port, warmup, connections)
+        return run_load(port, messages, connections)
 
 
 def prepare_gateway(

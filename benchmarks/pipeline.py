@@ -23,18 +23,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from common import free_port, install_loop, object_store, wait_port
-from inbound import LIMITS_ON, measure_bare, run_load, sample_message
+from common import free_port, install_loop, object_store
+from inbound import measure_bare, run_load, sample_message, serving
 from sqlalchemy import Engine, create_engine, text
 
 from gateway.clock import SystemClock
@@ -75,21 +72,6 @@ def gateway_config(
         filing=filing,
         **(storage or {}),
     )
-
-
-@contextlib.contextmanager
-def serving(config: Path, port: int) -> Iterator[None]:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "-c", str(config)],
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **LIMITS_ON},
-    )
-    try:
-        wait_port(port)
-        yield
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(60)
 
 
 def counts(engine: Engine) -> tuple[int, int, int]:

@@ -177,15 +177,6 @@ class ClamdDaemon(ForegroundDaemon):
         """SIGTERM and wait: clamd removes its socket and exits."""
         self._terminate(grace=timeout)
 
-    @contextlib.contextmanager
-    def stopped(self) -> Iterator[None]:
-        """clamd is down inside the block and answering again after it, even on failure."""
-        self.stop()
-        try:
-            yield
-        finally:
-            self.start()
-
     def _cleanup(self) -> None:
         if self._own_socket_dir is not None:
             shutil.rmtree(self._own_socket_dir, ignore_errors=True)

@@ -15,7 +15,7 @@ import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn, Self
 
@@ -158,6 +158,20 @@ class ForegroundDaemon:
 
     def start(self) -> Self:
         raise NotImplementedError
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, up to `timeout` seconds for a clean exit, then SIGKILL."""
+        self._terminate(grace=timeout)
+
+    @contextlib.contextmanager
+    def stopped(self) -> Iterator[None]:
+        """The daemon is down inside the block and answering again after it, even on
+        failure (an outage in the middle of a test)."""
+        self.stop()
+        try:
+            yield
+        finally:
+            self.start()
 
     def _must_start(self, error: Callable[[str], Exception]) -> bool:
         """For start(), under `_lock`: False when running already, `error` once closed; a

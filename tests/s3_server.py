@@ -139,18 +139,6 @@ class S3Server(ForegroundDaemon):
         except OSError:
             return False
 
-    def stop(self, timeout: float = 5.0) -> None:
-        self._terminate(grace=timeout)
-
-    @contextlib.contextmanager
-    def stopped(self) -> Iterator[None]:
-        """The server is down inside the block and answering again after it, even on failure."""
-        self.stop()
-        try:
-            yield
-        finally:
-            self.start()
-
 
 @contextlib.contextmanager
 def running_s3(base: Path) -> Iterator[S3Server]:

@@ -85,10 +85,7 @@ class FolderBlobStore:
         return self.put_stream([content]).sha256
 
     def put_file(self, file: Path | BinaryIO) -> StoredBlob:
-        if isinstance(file, Path):
-            with open(file, "rb") as f:
-                return self.put_stream(_chunks(f))
-        return self.put_stream(_chunks(file))
+        return _put_file(self, file)
 
     def put_stream(self, chunks: Iterable[bytes]) -> StoredBlob:
         """Hash while copying into a temporary file in the store, which is then fsynced and
@@ -150,10 +147,7 @@ class ObjectBlobStore:
         return sha
 
     def put_file(self, file: Path | BinaryIO) -> StoredBlob:
-        if isinstance(file, Path):
-            with open(file, "rb") as f:
-                return self.put_stream(_chunks(f))
-        return self.put_stream(_chunks(file))
+        return _put_file(self, file)
 
     def put_stream(self, chunks: Iterable[bytes]) -> StoredBlob:
         # The key is the hash, known only once everything is read: copy into a node-local
@@ -183,6 +177,14 @@ class ObjectBlobStore:
 
     def where(self, sha256: str) -> str:
         return self.objects.describe(self.key(sha256))
+
+
+def _put_file(store: BlobStore, file: Path | BinaryIO) -> StoredBlob:
+    """Either store's put_file: its put_stream, a chunk at a time."""
+    if isinstance(file, Path):
+        with open(file, "rb") as f:
+            return store.put_stream(_chunks(f))
+    return store.put_stream(_chunks(file))
 
 
 def _copy_hashing(chunks: Iterable[bytes], out: _Writable) -> StoredBlob:

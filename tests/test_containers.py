@@ -172,14 +172,14 @@ def test_the_dockerfile_passes_hadolint() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_the_image_serves_as_compose_configures_a_node(data: Path, database_url: str) -> None:
+def test_the_image_serves_as_compose_configures_a_node(data: Path, empty_database_url: str) -> None:
     """On PostgreSQL as compose.yaml runs it (`migrate` first, then the nodes), and on the
     embedded default (`docker run` with no database named), which migrates itself."""
     env = node_environment(data)
-    if database_url.startswith("sqlite"):
+    if empty_database_url.startswith("sqlite"):
         del env["GATEWAY_DATABASE_URL"]
     else:
-        env["GATEWAY_DATABASE_URL"] = database_url
+        env["GATEWAY_DATABASE_URL"] = empty_database_url
         migrate = compose()["services"]["migrate"]
         migrated = run(image_command(*migrate["command"]), env)
         assert migrated.returncode == 0, migrated.stderr
@@ -195,7 +195,7 @@ def test_the_image_serves_as_compose_configures_a_node(data: Path, database_url:
         assert segments and all(s.name.startswith("node1-") for s in segments)
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(30) == 0
-    assert (data / "gateway.db").exists() == database_url.startswith("sqlite")
+    assert (data / "gateway.db").exists() == empty_database_url.startswith("sqlite")
 
 
 @pytest.mark.parametrize(

@@ -186,15 +186,15 @@ def test_the_dockerfile_passes_hadolint() -> None:
 
 
 def test_the_image_serves_as_compose_configures_a_node(
-    data: Path, database_url: str, bucket_of_node: dict[str, str], s3_server: S3Server
+    data: Path, empty_database_url: str, bucket_of_node: dict[str, str], s3_server: S3Server
 ) -> None:
     """On PostgreSQL as compose.yaml runs it (`migrate` first, then the nodes), and with no
     database named (SQLite in the image's /data), which migrates itself."""
     env = node_environment(data, **bucket_of_node)
-    if database_url.startswith("sqlite"):
+    if empty_database_url.startswith("sqlite"):
         del env["GATEWAY_DATABASE_URL"]
     else:
-        env["GATEWAY_DATABASE_URL"] = database_url
+        env["GATEWAY_DATABASE_URL"] = empty_database_url
         migrate = compose()["services"]["migrate"]
         migrated = run(image_command(*migrate["command"]), env)
         assert migrated.returncode == 0, migrated.stderr
@@ -215,7 +215,7 @@ def test_the_image_serves_as_compose_configures_a_node(
         assert not list((data / "storage").rglob("*.seg"))
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(30) == 0
-    assert (data / "gateway.db").exists() == database_url.startswith("sqlite")
+    assert (data / "gateway.db").exists() == empty_database_url.startswith("sqlite")
 
 
 @pytest.mark.parametrize(

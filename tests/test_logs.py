@@ -187,11 +187,11 @@ class TcpProxy:
             s.close()
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("empty_database_url", ["postgresql"], indirect=True)
 def test_a_worker_whose_database_goes_away_logs_a_bounded_number_of_one_line_errors(
-    tmp_path, database_url
+    tmp_path, empty_database_url
 ):
-    url = make_url(database_url)
+    url = make_url(empty_database_url)
     proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
     through_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(False)
     config = write_config(tmp_path, through_proxy)
@@ -202,7 +202,8 @@ def test_a_worker_whose_database_goes_away_logs_a_bounded_number_of_one_line_err
         text=True,
     )
     try:
-        assert _registered(database_url, worker.pid, 30)  # it runs passes: the database is there
+        # It runs passes: the database is there.
+        assert _registered(empty_database_url, worker.pid, 30)
         time.sleep(0.5)
         proxy.cut()
         time.sleep(5)

@@ -29,6 +29,12 @@ from tests.conftest import load, write_config
 from tests.test_queues import _forward
 
 
+@pytest.fixture
+def config_path(tmp_path, empty_database_url):
+    """Every test here starts from a database with no schema: migrating is what it tests."""
+    return write_config(tmp_path, empty_database_url)
+
+
 def _counts(gw: Gateway) -> dict[str, int]:
     """Rows per table, for the tables the database has."""
     present = set(inspect(gw.db.engine).get_table_names())
@@ -145,18 +151,18 @@ def test_two_migrations_at_once_on_an_empty_database_both_succeed(config_path):
 
 
 def test_a_schema_behind_the_code_is_refused_in_one_line_unless_migration_is_automatic(
-    tmp_path, database_url, clock
+    tmp_path, empty_database_url, clock
 ):
-    config = write_config(tmp_path, database_url)
+    config = write_config(tmp_path, empty_database_url)
     listing = _gateway("messages", "list", "-c", str(config))
-    if database_url.startswith("sqlite"):  # the embedded default migrates itself
+    if empty_database_url.startswith("sqlite"):  # the embedded default migrates itself
         assert listing.returncode == 0, listing.stderr
         return
     assert listing.returncode == 1
     assert listing.stderr.strip().splitlines() == [
         "gateway: the database has no schema yet: run `gateway migrate`"
     ]
-    auto = write_config(tmp_path, database_url, database={"migrate": "auto"})
+    auto = write_config(tmp_path, empty_database_url, database={"migrate": "auto"})
     assert _gateway("messages", "list", "-c", str(auto)).returncode == 0
     assert _gateway("messages", "list", "-c", str(config)).returncode == 0
 

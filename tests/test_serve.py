@@ -85,9 +85,9 @@ def counts(config: Path) -> tuple[dict[str, int], int]:
     return statuses, docs
 
 
-def test_crash_after_250_files_every_message_once_after_restart(tmp_path, database_url):
+def test_crash_after_250_files_every_message_once_after_restart(tmp_path, empty_database_url):
     port = free_port()
-    config = write_config(tmp_path, database_url, smtp={"port": port}, filing={"workers": 0})
+    config = write_config(tmp_path, empty_database_url, smtp={"port": port}, filing={"workers": 0})
     assert gateway_cli(config, "migrate").returncode == 0  # as an admin installs it
     assert gateway_cli(config, "cabinet", "add", "aecconseil").returncode == 0
     assert (
@@ -110,7 +110,7 @@ def test_crash_after_250_files_every_message_once_after_restart(tmp_path, databa
         proc.wait(10)
     assert counts(config) == ({"received": 5}, 0)
 
-    config = write_config(tmp_path, database_url, smtp={"port": port}, filing={"workers": 1})
+    config = write_config(tmp_path, empty_database_url, smtp={"port": port}, filing={"workers": 1})
     with serving(config) as proc:
         deadline = time.monotonic() + 30
         while counts(config) != ({"filed": 5}, 5) and time.monotonic() < deadline:

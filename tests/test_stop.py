@@ -29,11 +29,15 @@ def _wait_for(condition: Any, seconds: float) -> Any:
 
 
 def test_sigterm_after_50_connect_and_close_probes_exits_at_once_leaving_no_socket(
-    tmp_path, database_url
+    tmp_path, empty_database_url
 ):
     port = free_port()
     config = write_config(
-        tmp_path, database_url, smtp={"port": port}, filing={"workers": 1}, outbound={"workers": 1}
+        tmp_path,
+        empty_database_url,
+        smtp={"port": port},
+        filing={"workers": 1},
+        outbound={"workers": 1},
     )
     assert gateway_cli(config, "migrate").returncode == 0
     with serving(config) as proc:
@@ -58,13 +62,13 @@ def test_sigterm_after_50_connect_and_close_probes_exits_at_once_leaving_no_sock
 
 
 def test_a_transaction_in_progress_may_finish_and_a_silent_one_gets_421_after_the_grace(
-    tmp_path, database_url
+    tmp_path, empty_database_url
 ):
     port = free_port()
     grace = 3
     config = write_config(
         tmp_path,
-        database_url,
+        empty_database_url,
         smtp={"port": port, "drain_seconds": grace},
         filing={"workers": 0},
         outbound={"workers": 0},

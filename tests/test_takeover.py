@@ -89,10 +89,10 @@ def _taken_over(config: Path, detail: str) -> int:
 
 
 def test_kill_9_under_load_then_restart_files_everything_once_within_a_minute(
-    tmp_path, database_url
+    tmp_path, empty_database_url
 ):
     port = free_port()
-    config = _node(tmp_path, database_url, "n1", tmp_path / "storage", port)
+    config = _node(tmp_path, empty_database_url, "n1", tmp_path / "storage", port)
     _install(config)
     load = SmtpLoad(port)
     with serving(config) as proc:
@@ -114,13 +114,13 @@ def test_kill_9_under_load_then_restart_files_everything_once_within_a_minute(
     assert _taken_over(config, "taken over from n1:") == orphaned
 
 
-def test_one_of_two_nodes_killed_mid_load_the_other_files_its_mail(tmp_path, database_url):
-    if database_url.startswith("sqlite"):
+def test_one_of_two_nodes_killed_mid_load_the_other_files_its_mail(tmp_path, empty_database_url):
+    if empty_database_url.startswith("sqlite"):
         pytest.skip("several nodes share one PostgreSQL database")
     storage = tmp_path / "shared-storage"  # the storage every node shares (README)
     port_a, port_b = free_port(), free_port()
-    config_a = _node(tmp_path, database_url, "node-a", storage, port_a)
-    config_b = _node(tmp_path, database_url, "node-b", storage, port_b)
+    config_a = _node(tmp_path, empty_database_url, "node-a", storage, port_a)
+    config_b = _node(tmp_path, empty_database_url, "node-b", storage, port_b)
     _install(config_a)
     load = SmtpLoad(port_a)
     with serving(config_b) as node_b, serving(config_a) as node_a:

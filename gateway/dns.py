@@ -7,13 +7,23 @@ Every method raises `DnsLookupError` when there is no usable answer; its `outcom
 SERVFAIL, malformed answer, no server reachable) and from an answer too large to use. The
 three must never be confused: a timeout read as "no SPF record" would turn a DNS hiccup into
 a verdict.
+
+Answers are remembered for their TTL, as an MTA's resolver does (`AnswerCache`): the same
+sender's SPF and DMARC records are asked for every message it sends, and asking costs the
+filing stage more CPU than anything else it does per message. A "not published" answer is
+remembered for its zone's SOA minimum (RFC 2308) when the server gave an SOA, else not at
+all; a temporary failure is never remembered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from gateway.errors import GatewayError
 
@@ -24,6 +34,13 @@ if TYPE_CHECKING:
 # of 8192 bits, DMARC, MX) comes near, and a hostile zone must not make us hold megabytes.
 MAX_RECORDS = 64
 MAX_ANSWER_CHARS = 16_384
+# TTLs are cut as resolvers cut them (unbound's cache-max-ttl, cache-max-negative-ttl): a
+# record changed at its source is seen within a day, one just published within an hour.
+MAX_TTL = 86_400
+MAX_NEGATIVE_TTL = 3_600
+CACHE_ENTRIES = 10_000  # names and types remembered at most, least recently used dropped
+
+T = TypeVar("T")
 
 
 class LookupFailure(StrEnum):
@@ -81,13 +98,63 @@ class DnsLookup(Protocol):
         ...
 
 
-class DnspythonLookup:
-    """`DnsLookup` through dnspython: the system's resolver, or the given name servers."""
+@dataclass(frozen=True)
+class _NotPublished:
+    outcome: LookupFailure
+    detail: str
+
+
+class AnswerCache:
+    """Answers by (name, type) until their TTL runs out, bounded in entries; shared by the
+    threads of one process. `monotonic` is the clock the TTLs are counted on."""
 
     def __init__(
-        self, timeout: float = 5.0, nameservers: Sequence[str] = (), port: int = 53
+        self, entries: int = CACHE_ENTRIES, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._entries = entries
+        self._monotonic = monotonic
+        self._answers: OrderedDict[tuple[str, str], tuple[float, list[Any] | _NotPublished]] = (
+            OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    def get(self, name: str, rdtype: str) -> list[Any] | _NotPublished | None:
+        key = (name.lower().rstrip("."), rdtype)
+        with self._lock:
+            hit = self._answers.get(key)
+            if hit is None:
+                return None
+            if self._monotonic() >= hit[0]:
+                del self._answers[key]
+                return None
+            self._answers.move_to_end(key)
+            return hit[1]
+
+    def put(self, name: str, rdtype: str, answer: list[Any] | _NotPublished, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        key = (name.lower().rstrip("."), rdtype)
+        with self._lock:
+            self._answers[key] = (self._monotonic() + ttl, answer)
+            self._answers.move_to_end(key)
+            while len(self._answers) > self._entries:
+                self._answers.popitem(last=False)
+
+
+class DnspythonLookup:
+    """`DnsLookup` through dnspython: the system's resolver, or the given name servers;
+    answers remembered in `cache` (a fresh one unless given)."""
+
+    def __init__(
+        self,
+        timeout: float = 5.0,
+        nameservers: Sequence[str] = (),
+        port: int = 53,
+        cache: AnswerCache | None = None,
     ) -> None:
         import dns.resolver
+
+        self._cache = cache if cache is not None else AnswerCache()
 
         try:
             self._resolver = dns.resolver.Resolver(configure=not nameservers)
@@ -119,9 +186,14 @@ class DnspythonLookup:
             raise DnsLookupError(LookupFailure.NXDOMAIN, name, rdtype, str(exc)) from None
         try:
             answer = self._resolver.resolve(qname, rdtype, search=False)
-        except dns.resolver.NXDOMAIN:
+        except dns.resolver.NXDOMAIN as exc:
+            self._remember_absence(
+                name, rdtype, LookupFailure.NXDOMAIN, exc.kwargs.get("responses", {})
+            )
             raise DnsLookupError(LookupFailure.NXDOMAIN, name, rdtype) from None
-        except dns.resolver.NoAnswer:
+        except dns.resolver.NoAnswer as exc:
+            response = exc.kwargs.get("response")
+            self._remember_absence(name, rdtype, LookupFailure.NO_ANSWER, {qname: response})
             raise DnsLookupError(LookupFailure.NO_ANSWER, name, rdtype) from None
         except dns.exception.Timeout:
             raise DnsLookupError(
@@ -138,21 +210,57 @@ class DnspythonLookup:
             ) from None
         return answer
 
+    def _remember_absence(
+        self, name: str, rdtype: str, outcome: LookupFailure, responses: dict[Any, Any]
+    ) -> None:
+        """Remember "not published" for the SOA's negative TTL, if the answer had an SOA."""
+        import dns.rdatatype
+
+        for response in responses.values():
+            for rrset in getattr(response, "authority", ()):
+                if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+                    ttl = min(rrset.ttl, rrset[0].minimum, MAX_NEGATIVE_TTL)
+                    self._cache.put(name, rdtype, _NotPublished(outcome, ""), ttl)
+                    return
+
+    def _lookup(
+        self, name: str, rdtype: str, records: Callable[[dns.resolver.Answer], list[T]]
+    ) -> list[T]:
+        """The records, from the cache while their TTL lasts, else asked and remembered."""
+        cached = self._cache.get(name, rdtype)
+        if isinstance(cached, _NotPublished):
+            raise DnsLookupError(cached.outcome, name, rdtype, cached.detail)
+        if cached is not None:
+            return list(cached)
+        answer = self._resolve(name, rdtype)
+        result = records(answer)  # an answer refused here (OVERSIZED) is not remembered
+        # The least TTL on the way (a CNAME's included), as dnspython's own cache counts it.
+        ttl = min((rrset.ttl for rrset in answer.response.answer), default=0)
+        self._cache.put(name, rdtype, list(result), min(ttl, MAX_TTL))
+        return result
+
     def mx(self, name: str) -> list[tuple[int, str]]:
-        return [(int(r.preference), r.exchange.to_text()) for r in self._resolve(name, "MX")]
+        return self._lookup(
+            name, "MX", lambda answer: [(int(r.preference), r.exchange.to_text()) for r in answer]
+        )
 
     def txt(self, name: str) -> list[str]:
-        records = [b"".join(r.strings) for r in self._resolve(name, "TXT")]
-        size = sum(len(record) for record in records)
-        if size > MAX_ANSWER_CHARS:
-            raise DnsLookupError(LookupFailure.OVERSIZED, name, "TXT", f"{size} bytes")
-        return [record.decode("utf-8", "replace") for record in records]
+        def records(answer: dns.resolver.Answer) -> list[str]:
+            joined = [b"".join(r.strings) for r in answer]
+            size = sum(len(record) for record in joined)
+            if size > MAX_ANSWER_CHARS:
+                raise DnsLookupError(LookupFailure.OVERSIZED, name, "TXT", f"{size} bytes")
+            return [record.decode("utf-8", "replace") for record in joined]
+
+        return self._lookup(name, "TXT", records)
 
     def a(self, name: str) -> list[str]:
-        return [str(r.address) for r in self._resolve(name, "A")]
+        return self._lookup(name, "A", lambda answer: [str(r.address) for r in answer])
 
     def aaaa(self, name: str) -> list[str]:
-        return [str(r.address) for r in self._resolve(name, "AAAA")]
+        return self._lookup(name, "AAAA", lambda answer: [str(r.address) for r in answer])
 
     def ptr(self, name: str) -> list[str]:
-        return [r.target.to_text(omit_final_dot=True) for r in self._resolve(name, "PTR")]
+        return self._lookup(
+            name, "PTR", lambda answer: [r.target.to_text(omit_final_dot=True) for r in answer]
+        )

@@ -7,6 +7,11 @@ given as a dict, with hooks for the bad answers the gateway must survive.
 Zone keys are (name, type), the name with or without its trailing dot, any case. Values are
 lists of records in zone-file text, except TXT: each record is a `str` (cut into
 character-strings of 255 bytes, as a zone compiler does) or a tuple of character-strings.
+Every record has the server's `ttl` (300 s unless given). A "no such name" or "no record of
+this type" answer carries the SOA of the nearest enclosing name that publishes one, if any,
+in its authority section, as an authoritative server does: its TTL, the lesser of the SOA's
+own and its minimum field, is how long a resolver may remember the negative answer
+(RFC 2308).
 
 Hooks, by name (any type): `slow[name] = seconds` answers late (`None`: never),
 `servfail` answers SERVFAIL, `malformed` answers bytes that are no DNS message beyond the
@@ -45,7 +50,10 @@ def _key(name: str) -> str:
 
 
 class DnsServer:
-    def __init__(self, zone: Mapping[tuple[str, str], Iterable[ZoneValue]] | None = None) -> None:
+    def __init__(
+        self, zone: Mapping[tuple[str, str], Iterable[ZoneValue]] | None = None, ttl: int = TTL
+    ) -> None:
+        self.ttl = ttl
         self.zone: dict[tuple[str, str], list[ZoneValue]] = {}
         for (name, rdtype), values in (zone or {}).items():
             self.publish(name, rdtype, *values)
@@ -101,8 +109,21 @@ class DnsServer:
             else:
                 assert isinstance(value, str)
                 rdata = dns.rdata.from_text(dns.rdataclass.IN, rdtype, value)
-            rrset.add(rdata, TTL)
+            rrset.add(rdata, self.ttl)
         return rrset
+
+    def _soa(self, name: str) -> dns.rrset.RRset | None:
+        """The SOA of the nearest enclosing name that has one, for a negative answer."""
+        labels = name.split(".")
+        for i in range(len(labels) - 1):
+            owner = ".".join(labels[i:])
+            values = self.zone.get((owner, "SOA"))
+            if values:
+                rrset = self._rrset(owner, "SOA", values[:1])
+                minimum = rrset[0].minimum
+                rrset.update_ttl(min(self.ttl, minimum))
+                return rrset
+        return None
 
     def answer(self, wire: bytes, protocol: str) -> bytes | None:
         """The bytes to send back for one query; None to stay silent."""
@@ -133,8 +154,12 @@ class DnsServer:
             response.set_rcode(dns.rcode.SERVFAIL)
         elif (name, rdtype) in self.zone:
             response.answer.append(self._rrset(name, rdtype, self.zone[(name, rdtype)]))
-        elif not any(n == name for n, _ in self.zone):
-            response.set_rcode(dns.rcode.NXDOMAIN)
+        else:
+            if not any(n == name for n, _ in self.zone):
+                response.set_rcode(dns.rcode.NXDOMAIN)
+            soa = self._soa(name)
+            if soa is not None:
+                response.authority.append(soa)
         udp_limit = query.payload if query.edns >= 0 else 512
         limit = 65535 if protocol == "tcp" else udp_limit
         try:

@@ -1,5 +1,6 @@
 """`DnspythonLookup` (gateway/dns.py) against the tests' DNS server: each record type, and
-each way an answer can fail told apart (not published, temporary, too large)."""
+each way an answer can fail told apart (not published, temporary, too large), and answers
+remembered for their TTL (counted at the server)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.dns import MAX_RECORDS, DnsLookupError, DnspythonLookup, LookupFailure
+from gateway.dns import (
+    MAX_RECORDS,
+    AnswerCache,
+    DnsLookupError,
+    DnspythonLookup,
+    LookupFailure,
+)
 from tests.dns_server import DnsServer
 
 ZONE = {
@@ -84,3 +91,92 @@ def test_too_many_records_are_refused(lookup):
         lookup.a("many.welyb.fr")
     assert raised.value.outcome is LookupFailure.OVERSIZED
     assert not raised.value.temporary and not raised.value.not_published
+
+
+class Ticking:
+    """A monotonic clock moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+SENDER = {
+    ("example.org", "SOA"): ["ns.example.org. hostmaster.example.org. 1 7200 900 1209600 60"],
+    ("example.org", "TXT"): ["v=spf1 ip4:192.0.2.0/24 -all"],
+    ("_dmarc.example.org", "TXT"): ["v=DMARC1; p=reject"],
+}
+
+
+@pytest.fixture
+def sender_zone() -> Iterator[DnsServer]:
+    with DnsServer(SENDER, ttl=300) as server:
+        yield server
+
+
+def cached_lookup(server: DnsServer, clock: Ticking) -> DnspythonLookup:
+    cache = AnswerCache(monotonic=clock)
+    return DnspythonLookup(timeout=0.5, nameservers=["127.0.0.1"], port=server.port, cache=cache)
+
+
+def test_an_answer_is_remembered_for_its_ttl(sender_zone):
+    clock = Ticking()
+    lookup = cached_lookup(sender_zone, clock)
+    assert lookup.txt("example.org") == ["v=spf1 ip4:192.0.2.0/24 -all"]
+    clock.now += 299
+    assert lookup.txt("Example.ORG.") == ["v=spf1 ip4:192.0.2.0/24 -all"]
+    assert sender_zone.asked("example.org", "TXT") == 1
+    # Changed at the source: seen once the TTL has run out.
+    sender_zone.replace("example.org", "TXT", "v=spf1 -all")
+    clock.now += 1
+    assert lookup.txt("example.org") == ["v=spf1 -all"]
+    assert sender_zone.asked("example.org", "TXT") == 2
+    assert sender_zone.asked("_dmarc.example.org") == 0  # one name's answer, not another's
+
+
+def test_not_published_is_remembered_for_the_soa_minimum(sender_zone):
+    clock = Ticking()
+    lookup = cached_lookup(sender_zone, clock)
+    for _ in range(2):
+        with pytest.raises(DnsLookupError) as nxdomain:
+            lookup.txt("_dmarc.mail.example.org")
+        assert nxdomain.value.outcome is LookupFailure.NXDOMAIN
+        with pytest.raises(DnsLookupError) as no_answer:
+            lookup.mx("example.org")
+        assert no_answer.value.outcome is LookupFailure.NO_ANSWER
+    assert sender_zone.asked("_dmarc.mail.example.org") == 1
+    assert sender_zone.asked("example.org", "MX") == 1
+    clock.now += 60  # the SOA's minimum, shorter than its TTL of 300
+    sender_zone.publish("example.org", "MX", "10 mx.example.org.")
+    assert lookup.mx("example.org") == [(10, "mx.example.org.")]
+    with pytest.raises(DnsLookupError):
+        lookup.txt("_dmarc.mail.example.org")
+    assert sender_zone.asked("_dmarc.mail.example.org") == 2
+
+
+def test_without_an_soa_or_after_a_failure_dns_is_asked_again(server):
+    lookup = cached_lookup(server, Ticking())
+    for _ in range(2):
+        with pytest.raises(DnsLookupError):
+            lookup.a("nowhere.welyb.fr")  # NXDOMAIN without an SOA: nothing to count on
+    assert server.asked("nowhere.welyb.fr") == 2
+    server.servfail.add(server.hook("mx.welyb.fr"))
+    with pytest.raises(DnsLookupError) as failed:
+        lookup.a("mx.welyb.fr")
+    assert failed.value.temporary
+    server.servfail.clear()
+    assert lookup.a("mx.welyb.fr") == ["192.0.2.25"]
+
+
+def test_the_cache_keeps_the_most_recently_used(sender_zone):
+    clock = Ticking()
+    cache = AnswerCache(entries=1, monotonic=clock)
+    lookup = DnspythonLookup(
+        timeout=0.5, nameservers=["127.0.0.1"], port=sender_zone.port, cache=cache
+    )
+    lookup.txt("example.org")
+    lookup.txt("_dmarc.example.org")
+    lookup.txt("example.org")
+    assert sender_zone.asked("example.org", "TXT") == 2

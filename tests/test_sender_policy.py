@@ -320,6 +320,37 @@ def test_effective_policy_takes_two_queries(gw, clock):
     assert len(statements) == 2, statements
 
 
+def test_a_filing_batch_reads_each_policy_once(gw, clock):
+    """Filing reads the policies once per batch (written in one transaction, so read as of
+    one moment); the next batch sees a change, and outside a batch every question reads."""
+    dupont, _ = _ids(gw, "dupont-maconnerie")
+    recipients = gw.recipients()
+    to_dupont = recipients.resolve("compta+dupont-maconnerie@welyb.fr")
+    to_both = [to_dupont, recipients.resolve("achats+boulangerie-martin@welyb.fr")]
+    policies = gw.sender_policies()
+    batch = policies.for_batch()
+    with _counted(gw) as statements:
+        assert batch.requires_authentication([to_dupont]) is False
+        first = len(statements)
+        assert batch.refusal([to_dupont], "x@nowhere.example", None) is None
+        assert len(statements) == first  # the same policy: not read again
+        batch.in_force(to_both)
+        second = len(statements)
+        assert second > first  # the other company's policy: read once
+        batch.in_force(to_both)
+        assert len(statements) == second
+    with gw.db.write() as s:
+        set_policy(
+            s, cabinet_id=None, company_id=dupont, kind=PolicyKind.ALLOW_LIST, now=clock.now()
+        )
+    assert batch.in_force([to_dupont]) == [(gw.config.sender_policy.policy, GLOBAL_DEFAULT)]
+    assert policies.for_batch().in_force([to_dupont])[0] == (
+        SenderPolicy(PolicyKind.ALLOW_LIST, gw.config.sender_policy.policy.allowed),
+        "company dupont-maconnerie",
+    )
+    assert policies.refusal([to_dupont], "x@nowhere.example", None) is not None
+
+
 def test_wrong_changes_change_nothing(gw, clock):
     dupont, cabinet = _ids(gw, "dupont-maconnerie")
     with gw.db.write() as s:

@@ -58,9 +58,7 @@ log = structlog.get_logger("gateway.filing")
 RETRY_FIRST = timedelta(seconds=30)
 PURGE_EVERY = timedelta(hours=1)
 STORE_RETRY = 10  # seconds before a message that found the object store down is tried again
-# Messages of a batch prepared at once, in threads: a preparation is mostly waiting (DNS,
-# fsyncs, the extraction child, SQL reads); the extraction child takes one at a time.
-PREPARING_AT_ONCE = 4
+PREPARING_AT_ONCE = 4  # in threads: mostly waiting (DNS, fsyncs, the extraction child)
 # Messages claimed per pass, written in one transaction (benchmarks/pipeline.py: 50 files
 # ~10% faster than 20; the heartbeat renews the lease, so a longer batch loses nothing).
 BATCH = 50
@@ -132,9 +130,10 @@ class Filer:
         return rows
 
     def _file_batch(self, messages: list[InboundMessage]) -> None:
-        """Prepare each message (no lock held), then write them all in one transaction:
-        one commit (one fsync) for the batch instead of one per message."""
-        prepared = [p for p in self._preparing.map(self._try_prepare, messages) if p]
+        """Prepare each message (no lock held; sender policies read once for the batch), then
+        write them all in one transaction: one commit (one fsync) for the batch, not one each."""
+        batch = [self.checkpoint.for_batch()] * len(messages)
+        prepared = [p for p in self._preparing.map(self._try_prepare, messages, batch) if p]
         if not prepared:
             return
         try:
@@ -164,11 +163,11 @@ class Filer:
             else:
                 log.warning("lease_lost", queue_id=p.message.queue_id)
 
-    def _try_prepare(self, message: InboundMessage) -> Prepared | None:
+    def _try_prepare(self, message: InboundMessage, checkpoint: Checkpoint) -> Prepared | None:
         """`_prepare`, or None when the message is not to be written now: waiting for the
         checks, held over its budget, or released after a failure (each recorded here)."""
         try:
-            return self._prepare(message)
+            return self._prepare(message, checkpoint)
         except WaitForChecks as waiting:
             self._wait(message, waiting.wait)
         except ObjectStoreUnavailable as exc:
@@ -185,21 +184,21 @@ class Filer:
 
     def _file_alone(self, message: InboundMessage) -> None:
         try:
-            self._commit_counted([self._prepare(message)])
+            self._commit_counted([self._prepare(message, self.checkpoint.for_batch())])
         except Exception as exc:
             log.exception("filing_failed", queue_id=message.queue_id)
             self._release_after_failure(message, exc)
 
-    def _prepare(self, message: InboundMessage) -> Prepared:
+    def _prepare(self, message: InboundMessage, checkpoint: Checkpoint) -> Prepared:
         """Everything that can be read or decided before the write transaction, so that the
         database's write lock (one writer at a time on SQLite, shared with the SMTP server's
         commits) is held for a few inserts only."""
         started = time.perf_counter()
         raw = self.raw_mail.read(message.spool_segment, message.spool_offset, message.size)
         destinations = [self.recipients.resolve(r) for r in message.rcpt_tos]
-        results, stamped = self.checkpoint.authenticate(message, raw, destinations)
+        results, stamped = checkpoint.authenticate(message, raw, destinations)
         extraction = self.sandbox.extract(stamped)  # timed by the sandbox, from its turn
-        why_quarantined = self.checkpoint.quarantine_reason(
+        why_quarantined = checkpoint.quarantine_reason(
             message,
             raw,
             stamped,

@@ -33,6 +33,10 @@ class SenderPolicies(Protocol):
         """The first policy's refusal, or None when every policy lets the message in."""
         ...
 
+    def for_batch(self) -> SenderPolicies:
+        """The same policies, each read at most once, for the messages of one batch."""
+        ...
+
 
 class WaitForChecks(Exception):
     """The checks cannot conclude yet (see `Wait`): not a failure of filing."""
@@ -46,6 +50,10 @@ class Checkpoint:
     def __init__(self, screen: Screen, policies: SenderPolicies) -> None:
         self.screen = screen
         self.policies = policies
+
+    def for_batch(self) -> Checkpoint:
+        """This checkpoint with the sender policies read once for a batch of messages."""
+        return Checkpoint(self.screen, self.policies.for_batch())
 
     def authenticate(
         self, message: InboundMessage, raw: bytes, destinations: Sequence[Destination]

@@ -15,7 +15,8 @@ from sqlalchemy import select
 from gateway.clock import as_utc
 from gateway.storage.accounts import AccountError
 from gateway.storage.connections import add_connection, add_document, move_document, set_switch
-from gateway.storage.models import Delivery, DeliveryStatus, Document
+from gateway.storage.events import events_after
+from gateway.storage.models import Delivery, DeliveryStatus, Document, DuplicateDocument
 from gateway.storage.queues.deliveries import (
     Move,
     TransitionError,
@@ -67,6 +68,46 @@ def test_mail_filed_below_a_switched_folder_is_queued_for_the_partners_next_run(
     [d] = deliveries(meg)
     assert d.status == DeliveryStatus.QUEUED
     assert d.due_at.replace(tzinfo=UTC) == datetime(2026, 11, 22, 10, 45, tzinfo=UTC)
+
+
+def test_one_batch_of_mail_gets_each_new_document_its_delivery_event_and_duplicate(meg, clock):
+    """A filing batch inserts its documents together: each delivery, event and duplicate
+    record points at the right one, in the order the files came."""
+    set_switch(meg.db, "dupont-maconnerie", ACHATS, "meg", True, clock.now(), create_folder=True)
+    clock.advance(minutes=1)
+    a = pdf("a")
+    to = ["compta+dupont-maconnerie@welyb.fr"]
+    arrive(meg, to, message(attachments=[("a.pdf", "application/pdf", a)]), clock)
+    again = arrive(
+        meg,
+        to,
+        message(
+            subject="2",
+            attachments=[
+                ("copie.pdf", "application/pdf", a),
+                ("b.pdf", "application/pdf", pdf("b")),
+            ],
+        ),
+        clock,
+    )
+    arrive(
+        meg, to, message(subject="3", attachments=[("c.pdf", "application/pdf", pdf("c"))]), clock
+    )
+    assert file_all(meg) == 3
+    with meg.db.read() as s:
+        documents = list(s.execute(select(Document).order_by(Document.id)).scalars())
+        [duplicate] = s.execute(select(DuplicateDocument)).scalars().all()
+    assert [d.filename for d in documents] == ["a.pdf", "b.pdf", "c.pdf"]
+    by_name = {d.filename: d.id for d in documents}
+    assert (duplicate.document_id, duplicate.inbound_message_id) == (by_name["a.pdf"], again)
+    assert [(d.document_id, d.status) for d in deliveries(meg)] == [
+        (i, DeliveryStatus.QUEUED) for i in by_name.values()
+    ]
+    filed = events_after(meg.db, 0, 100, types=["document.filed"])
+    assert [(e.subject, e.payload["filename"]) for e in filed] == [
+        (i, name) for name, i in by_name.items()
+    ]
+    assert [e.payload["size"] for e in filed] == [d.size for d in documents]
 
 
 def test_documents_placed_before_the_switch_are_never_sent(meg, clock, tmp_path):

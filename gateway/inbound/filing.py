@@ -15,40 +15,35 @@ import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from gateway import metrics
 from gateway.clock import Clock, as_utc
 from gateway.config import FilingConfig
 from gateway.inbound.body_pdf import BodyPdfRenderer
 from gateway.inbound.filing_report import FilingReport, Placement, Prepared, reached_by
+from gateway.inbound.filing_write import BatchWriter
 from gateway.inbound.folders import folder_path
 from gateway.inbound.recipients import Recipients
 from gateway.inbound.sandbox import ExtractionSandbox, OverBudget
 from gateway.inbound.trust.checkpoint import Checkpoint, WaitForChecks
 from gateway.inbound.trust.screen import Wait
-from gateway.mail.dsn import BounceReport, parse_bounce
+from gateway.mail.dsn import parse_bounce
 from gateway.routing.partners import PartnerRegistry
 from gateway.runner import Backoff
-from gateway.storage import events, quarantine
+from gateway.storage import quarantine
 from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database
 from gateway.storage.folders import ensure_folder
 from gateway.storage.models import (
-    BotMail,
     Document,
-    DuplicateDocument,
     InboundMessage,
     MessageStatus,
 )
 from gateway.storage.objects import ObjectStoreUnavailable
-from gateway.storage.placement import record_placement
-from gateway.storage.queues import deliveries, forwards
 from gateway.storage.queues import inbound as inbound_queue
 from gateway.storage.queues.inbound import TransitionError
 from gateway.storage.rawmail import RawMail
@@ -295,112 +290,11 @@ class Filer:
         with self.db.write() as s:
             # Guarded first: a message whose lease another worker took over gets nothing.
             owned = inbound_queue.renew(s, [p.message.id for p in batch], self.worker_name, now)
-            filed_here: dict[tuple[int, str], int] = {}  # the same file twice in this batch
-            finished: list[inbound_queue.Finished] = []
             for p in batch:
                 p.owned = p.message.id in owned
-                if p.owned:
-                    finished.append(self._write(s, p, now, filed_here))
+            writer = BatchWriter(s, self.registry, now)
+            finished = writer.write([p for p in batch if p.owned])
             inbound_queue.finish_many(s, self.worker_name, finished, now)
-
-    def _write(
-        self, s: Session, p: Prepared, now: datetime, filed_here: dict[tuple[int, str], int]
-    ) -> inbound_queue.Finished:
-        """Write one message's rows; returns its end, which the batch writes for all."""
-        message, outcome = p.message, p.outcome
-        authentication = p.authentication.to_json() if p.authentication else None
-        if p.quarantine is not None:
-            about = _about(message, p.extraction.subject, p.quarantine)
-            events.message_ended(s, events.MESSAGE_QUARANTINED, message.id, p.reached, about, now)
-            return inbound_queue.Finished(
-                message.id,
-                MessageStatus.QUARANTINED,
-                reason=p.quarantine,
-                subject=p.extraction.subject,
-                header_message_id=_clip(p.extraction.message_id, 998),
-                authentication=authentication,
-                quarantine_sha256=p.quarantine_sha256,
-            )
-        in_message: dict[tuple[int, str], str] = {}  # filed from this message: its name
-        recorded: set[tuple[int, str]] = set()  # one duplicate row per file and company
-        for place in p.plan:
-            company = place.company
-            for doc, sha in place.docs:
-                key = (company.id, sha)
-                existing = p.known.get(key) or filed_here.get(key)
-                if existing is not None:
-                    if key not in recorded:
-                        recorded.add(key)
-                        s.add(
-                            DuplicateDocument(
-                                inbound_message_id=message.id,
-                                company_id=company.id,
-                                document_id=existing,
-                                filename=doc.filename,
-                                sha256=sha,
-                                seen_at=now,
-                            )
-                        )
-                    first = in_message.get(key)
-                    same = f", same as {first} in this message" if first else ""
-                    outcome.duplicates.append(f"{doc.filename} ({company.slug}, #{existing}{same})")
-                    continue
-                document = Document(
-                    company_id=company.id,
-                    folder_id=place.folder_id,
-                    filename=doc.filename,
-                    media_type=doc.media_type,
-                    size=len(doc.content),
-                    sha256=sha,
-                    source=message.source,
-                    source_mailbox=message.source_mailbox,
-                    origin=doc.origin,
-                    placed_at=now,
-                    inbound_message_id=message.id,
-                )
-                s.add(document)
-                s.flush()
-                filed_here[key] = document.id
-                in_message[key] = doc.filename
-                events.document_filed(s, document, place.path, company.cabinet_id, now)
-                # A document filed into a switched folder goes to the partner (R11).
-                record_placement(s, document, place.path, self.registry, now)
-                outcome.filed.append(f"{doc.filename} -> {company.slug}:{place.path}")
-            outcome.refused.extend(f"{r.filename}: {r.reason}" for r in p.extraction.refused)
-        bot_mails: list[BotMail] = []
-        for dest in p.bots:
-            bot_mail = BotMail(
-                inbound_message_id=message.id,
-                cabinet_id=dest.cabinet_id,
-                company_id=dest.company.id if dest.company else None,
-                recipient=dest.address.address,
-                partner=dest.address.partner,
-                mail_from=message.mail_from,
-                subject=p.extraction.subject,
-                received_at=p.received_at,
-            )
-            s.add(bot_mail)
-            bot_mails.append(bot_mail)
-            outcome.bot_mailboxes.append(dest.address.address)
-        if bot_mails:
-            events.bot_mails_received(s, bot_mails, message.id, now)
-            # R6: forwarded to the cabinet's contact if it asked for it; queued in this
-            # transaction, so a bot mail and its forward exist together or not at all.
-            forwards.enqueue(s, bot_mails, now, p.extraction.message_id)
-        for dest in p.bounces:
-            assert dest.delivery_id is not None
-            outcome.bounces.append(_apply_bounce(s, dest.delivery_id, p.bounce_report, now))
-        if outcome.status() is MessageStatus.REJECTED:
-            about = _about(message, p.extraction.subject, outcome.reason())
-            events.message_ended(s, events.MESSAGE_REJECTED, message.id, p.reached, about, now)
-        return inbound_queue.Finished(
-            message.id,
-            outcome.status(),
-            reason=outcome.reason(),
-            subject=p.extraction.subject,
-            header_message_id=_clip(p.extraction.message_id, 998),
-            authentication=authentication,
-        )
 
     def _folder_id(self, company_id: int, path: str, now: datetime) -> int:
         """The folder's id, created if missing (R3); remembered, since folders stay."""
@@ -478,22 +372,3 @@ class Filer:
             )
         if retry_at is None:
             metrics.FILING_MESSAGES.labels(MessageStatus.HELD.value).inc()
-
-
-def _apply_bounce(s: Session, delivery_id: int, report: BounceReport | None, now: datetime) -> str:
-    """A partner's bounce, come back to a delivery's VERP address (R17): a permanent one
-    marks the sent delivery bounced with the partner's words; a delay is only noted."""
-    if report is None:
-        return f"delivery #{delivery_id}: not a delivery report (an auto-reply?), kept only"
-    words = report.diagnostic or report.status or "bounced"
-    if not report.permanent:
-        return deliveries.note_delay(s, delivery_id, words, now)
-    return deliveries.bounce(s, delivery_id, words, now)
-
-
-def _about(message: InboundMessage, subject: str | None, reason: str | None) -> dict[str, Any]:
-    return {"mail_from": message.mail_from, "subject": subject, "reason": reason}
-
-
-def _clip(value: str | None, limit: int) -> str | None:
-    return value[:limit] if value else value

@@ -21,7 +21,7 @@ late. SQLite has one writer at a time: ids are in commit order already.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -222,23 +222,42 @@ def document_filed(
 ) -> None:
     """`document.filed`: a document placed in a company's folder for the first time (by
     the filer or an upload), in the transaction that writes it."""
-    emit(
-        session,
+    values = {name: getattr(document, name) for name in FILED_COLUMNS}
+    emit_many(session, [filed_event(document.id, values, folder, cabinet_id)], now)
+
+
+# The document's columns `filed_event` reads.
+FILED_COLUMNS = (
+    "company_id",
+    "filename",
+    "media_type",
+    "size",
+    "sha256",
+    "source",
+    "inbound_message_id",
+)
+
+
+def filed_event(
+    document_id: int, values: Mapping[str, Any], folder: str, cabinet_id: int
+) -> NewEvent:
+    """`document_filed`'s event, from the document's id and its row's values (a batch
+    inserting its documents in one statement writes their events in another)."""
+    return NewEvent(
         DOCUMENT_FILED,
-        cabinet_id=cabinet_id,
-        company_id=document.company_id,
-        subject=document.id,
-        payload={
-            "document_id": document.id,
-            "filename": document.filename,
+        cabinet_id,
+        values["company_id"],
+        document_id,
+        {
+            "document_id": document_id,
+            "filename": values["filename"],
             "folder": folder,
-            "media_type": document.media_type,
-            "size": document.size,
-            "sha256": document.sha256,
-            "source": document.source,
-            "inbound_message_id": document.inbound_message_id,
+            "media_type": values["media_type"],
+            "size": values["size"],
+            "sha256": values["sha256"],
+            "source": values["source"],
+            "inbound_message_id": values["inbound_message_id"],
         },
-        now=now,
     )
 
 
@@ -330,14 +349,15 @@ def message_ended(
     """`message.quarantined` or `message.rejected`: one event for each (cabinet, company)
     the message was addressed to (company None: a cabinet's bot mailbox), or one no cabinet
     sees (only the gateway-wide tenant) when no address of ours matched."""
+    emit_many(session, ended_events(kind, message_id, reached, payload), now)
+
+
+def ended_events(
+    kind: str, message_id: int, reached: Iterable[tuple[int, int | None]], payload: dict[str, Any]
+) -> list[NewEvent]:
+    """`message_ended`'s events, to write later in the same transaction."""
     targets: list[tuple[int | None, int | None]] = list(dict.fromkeys(reached)) or [(None, None)]
-    emit_many(
-        session,
-        [
-            NewEvent(
-                kind, cabinet, company, message_id, {"inbound_message_id": message_id, **payload}
-            )
-            for cabinet, company in targets
-        ],
-        now,
-    )
+    return [
+        NewEvent(kind, cabinet, company, message_id, {"inbound_message_id": message_id, **payload})
+        for cabinet, company in targets
+    ]

@@ -61,18 +61,40 @@ def covering_switches(
     session: Session, company_id: int, folder_path: str, placed_at: datetime
 ) -> list[Connection]:
     """Connections switched on, before `placed_at`, for this folder or one above it."""
+    switched = switches_of(session, [company_id]).get(company_id, [])
+    return covering(switched, folder_path, placed_at)
+
+
+def switches_of(
+    session: Session, company_ids: Iterable[int]
+) -> dict[int, list[tuple[Connection, str, datetime | None]]]:
+    """Each company's switches turned on, (connection, folder path, turned on at), read in
+    one query: a batch that places many documents asks `covering` of them in memory."""
     rows = session.execute(
         select(Connection, Folder.path, Switch.turned_on_at)
         .join(Switch, Switch.connection_id == Connection.id)
         .join(Folder, Switch.folder_id == Folder.id)
         .where(
-            Connection.company_id == company_id,
+            Connection.company_id.in_(list(company_ids)),
             Connection.deleted_at.is_(None),
             Switch.is_on.is_(True),
         )
     )
-    found: dict[int, Connection] = {}
+    found: dict[int, list[tuple[Connection, str, datetime | None]]] = {}
     for connection, switch_path, turned_on_at in rows:
+        found.setdefault(connection.company_id, []).append((connection, switch_path, turned_on_at))
+    return found
+
+
+def covering(
+    switched: Iterable[tuple[Connection, str, datetime | None]],
+    folder_path: str,
+    placed_at: datetime,
+) -> list[Connection]:
+    """Of a company's `switches_of`, the connections covering `folder_path` (R9), switched
+    on before `placed_at` (R10)."""
+    found: dict[int, Connection] = {}
+    for connection, switch_path, turned_on_at in switched:
         on_before = turned_on_at is not None and as_utc(turned_on_at) <= as_utc(placed_at)
         if covers(switch_path, folder_path) and on_before:
             found[connection.id] = connection
@@ -87,21 +109,43 @@ def record_placement(
     now: datetime,
 ) -> Placement:
     """Create the deliveries this placement calls for (new ones only)."""
+    connections = covering_switches(session, document.company_id, folder_path, document.placed_at)
+    return create_deliveries(
+        session,
+        document.id,
+        document.size,
+        document.media_type,
+        connections,
+        folder_path,
+        registry,
+        now,
+    )
+
+
+def create_deliveries(
+    session: Session,
+    document_id: int,
+    size: int,
+    media_type: str,
+    connections: Iterable[Connection],
+    folder_path: str,
+    registry: PartnerRegistry,
+    now: datetime,
+) -> Placement:
+    """`record_placement` once the covering `connections` are known."""
     placed = Placement()
-    for connection in covering_switches(
-        session, document.company_id, folder_path, document.placed_at
-    ):
+    for connection in connections:
         partner = registry.get(connection.partner)
         if partner is None:
             problem: str | None = f"partner {connection.partner!r} is not in the registry"
             due = now
         else:
-            problem = partner.limit_problem(document.size, document.media_type)
+            problem = partner.limit_problem(size, media_type)
             due = partner.next_run(now)
         status = DeliveryStatus.SKIPPED if problem else DeliveryStatus.QUEUED
         delivery_id = deliveries.create(
             session,
-            document.id,
+            document_id,
             connection.id,
             status,
             due,

@@ -106,7 +106,7 @@ def test_a_message_over_the_extraction_budget_is_held_and_the_others_are_filed(
         hostile, *others = _messages(gw)
         assert hostile.status == "held", hostile.reason
         assert "extraction.timeout_seconds" in (hostile.reason or "")
-        assert [m.status for m in others] == ["filed"] * 3
+        assert [m.status for m in others] == ["filed"] * 3, [(m.status, m.reason) for m in others]
         with gw.db.read() as s:
             names = sorted(d.filename for d in s.execute(select(Document)).scalars())
         assert names == ["facture-0.pdf", "facture-1.pdf", "facture-2.pdf"]

@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from gateway.app import Gateway
 from gateway.config import ConfigError, parse_config
+from gateway.errors import GatewayError
 from gateway.http.exposition import QueueCollector
 from gateway.http.health import _imap_check
 from gateway.inbound.imap import ImapProblem
@@ -277,10 +278,12 @@ def test_a_rotated_refresh_token_is_sealed_and_survives_a_restart(
     assert _sync(restarted).stored == 1
     assert len(_grants(provider, "refresh_token")) == 2
 
-    # Another node given another key cannot open it, and says which setting to fix.
+    # Another node given another key cannot open it, and says which setting to fix: the
+    # first sealed secret it needs (the VERP secret, for the addresses it resolves, or the
+    # refresh token) stops it.
     (tmp_path / "secrets-key").write_text("another-key-of-enough-length-0123456789")
     other = Gateway.from_config(load(path), clock)
-    with pytest.raises(ImapProblem, match="every node needs the same key"):
+    with pytest.raises(GatewayError, match="every node needs the same key"):
         _sync(other)
 
 

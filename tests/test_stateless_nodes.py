@@ -189,9 +189,10 @@ def test_one_of_two_stateless_nodes_killed_and_its_folder_lost_the_other_files_i
     gw = Gateway.from_config(load(config_b))
     try:
         with gw.db.read() as s:
+            # (A message node-a stored but whose 250 the kill cut off is filed too.)
             shas = s.execute(select(Document.sha256)).scalars().all()
         # Every document's bytes are in the bucket, whoever filed it.
-        assert len(shas) == len(acknowledged) and all(gw.blobs.exists(sha) for sha in shas)
+        assert len(shas) >= len(acknowledged) and all(gw.blobs.exists(sha) for sha in shas)
     finally:
         gw.db.dispose()
 

@@ -167,8 +167,24 @@ class S3Objects:
             self._fail(exc, key)
 
     def get(self, key: str) -> bytes:
+        return self._read(key)
+
+    def get_range(self, key: str, offset: int, size: int) -> bytes:
+        if size <= 0:
+            return b""
+        data = self._read(key, offset, size)
+        if len(data) != size:
+            raise ObjectMissing(
+                f"{self.describe(key)}: {size} bytes asked at offset {offset}, {len(data)} there"
+            )
+        return data
+
+    def _read(self, key: str, offset: int = 0, length: int = 0) -> bytes:
+        """One GET, whole (`length` 0) or ranged, read and its connection given back."""
         try:
-            response = self._client.get_object(self.bucket, self._name(key))
+            response = self._client.get_object(
+                self.bucket, self._name(key), offset=offset, length=length
+            )
             try:
                 return bytes(response.read())
             finally:
@@ -176,26 +192,6 @@ class S3Objects:
                 response.release_conn()
         except Exception as exc:
             self._fail(exc, key)
-
-    def get_range(self, key: str, offset: int, size: int) -> bytes:
-        if size <= 0:
-            return b""
-        try:
-            response = self._client.get_object(
-                self.bucket, self._name(key), offset=offset, length=size
-            )
-            try:
-                data = bytes(response.read())
-            finally:
-                response.close()
-                response.release_conn()
-        except Exception as exc:
-            self._fail(exc, key)
-        if len(data) != size:
-            raise ObjectMissing(
-                f"{self.describe(key)}: {size} bytes asked at offset {offset}, {len(data)} there"
-            )
-        return data
 
     def stream(self, key: str, chunk_size: int) -> Iterator[bytes]:
         """Asks at once (a missing key fails here, not at the first chunk), then reads."""

@@ -89,17 +89,18 @@ class FolderBlobStore:
 
     def put_stream(self, chunks: Iterable[bytes]) -> StoredBlob:
         """Hash while copying into a temporary file in the store, which is then fsynced and
-        renamed into place (same bytes, same file)."""
+        renamed into place (same bytes, same file: bytes already stored, durable since they
+        were, are not synced again)."""
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".upload.{secrets.token_hex(8)}.tmp"
         try:
             with open(tmp, "wb") as f:
                 stored = _copy_hashing(chunks, f)
+                final = self.path(stored.sha256)
+                if final.exists():
+                    return stored
                 f.flush()
                 os.fsync(f.fileno())
-            final = self.path(stored.sha256)
-            if final.exists():
-                return stored
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)  # atomic: a reader never sees half a file
             fsync_dir(final.parent)

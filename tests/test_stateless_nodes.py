@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from gateway.app import Gateway
 from gateway.http.health import Readiness
+from gateway.storage.accounts import NotFound
 from gateway.storage.listings.documents import document_content
 from gateway.storage.models import Document, InboundMessage
 from gateway.storage.probe import DatabaseProbe
@@ -76,6 +77,9 @@ def test_mail_taken_by_smtp_is_filed_with_every_byte_in_the_bucket(
     )
     _, chunks = document_content(gw.db, gw.blobs, document.id)
     assert b"".join(chunks) == invoice
+    gw.blobs.delete(document.sha256)  # bytes gone from the bucket: said before any chunk
+    with pytest.raises(NotFound, match="missing from the store"):
+        document_content(gw.db, gw.blobs, document.id)
     # Nothing of the mail is in the node's own folder: it could be lost without loss.
     assert _files_under(gw.config.storage_path) == []
 

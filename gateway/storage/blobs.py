@@ -166,9 +166,10 @@ class ObjectBlobStore:
             raise BlobMissing(sha256) from None
 
     def chunks(self, sha256: str) -> Iterator[bytes]:
-        if not self.exists(sha256):
-            raise BlobMissing(sha256)
-        return self.objects.stream(self.key(sha256), CHUNK)
+        try:  # stream() asks at once: one GET, a missing object said before any chunk
+            return self.objects.stream(self.key(sha256), CHUNK)
+        except ObjectMissing:
+            raise BlobMissing(sha256) from None
 
     def exists(self, sha256: str) -> bool:
         return self.objects.exists(self.key(sha256))

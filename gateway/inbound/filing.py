@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import select
@@ -24,12 +27,14 @@ from gateway import metrics
 from gateway.clock import Clock, as_utc
 from gateway.config import FilingConfig
 from gateway.inbound.body_pdf import BodyPdfRenderer
+from gateway.inbound.extraction import Extraction
 from gateway.inbound.filing_report import FilingReport, Placement, Prepared, reached_by
 from gateway.inbound.filing_write import BatchWriter
 from gateway.inbound.folders import folder_path
-from gateway.inbound.recipients import Recipients
+from gateway.inbound.recipients import Destination, Recipients
 from gateway.inbound.sandbox import ExtractionSandbox, OverBudget
 from gateway.inbound.trust.checkpoint import Checkpoint, WaitForChecks
+from gateway.inbound.trust.results import AuthenticationResults
 from gateway.inbound.trust.screen import Wait
 from gateway.mail.dsn import parse_bounce
 from gateway.routing.partners import PartnerRegistry
@@ -57,6 +62,30 @@ PREPARING_AT_ONCE = 4  # in threads: mostly waiting (DNS, fsyncs, the extraction
 # Messages claimed per pass, written in one transaction (benchmarks/pipeline.py: 50 files
 # ~10% faster than 20; the heartbeat renews the lease, so a longer batch loses nothing).
 BATCH = 50
+
+_T = TypeVar("_T")
+
+
+@dataclass
+class _Checked:
+    """A message read and authenticated, waiting for its extraction."""
+
+    message: InboundMessage
+    checkpoint: Checkpoint
+    raw: bytes
+    destinations: list[Destination]
+    results: AuthenticationResults | None
+    stamped: bytes
+    seconds: float
+
+
+class _MessageFailed(Exception):
+    """A step of preparing failed for this message only: recorded, the batch goes on."""
+
+    def __init__(self, message: InboundMessage, error: Exception) -> None:
+        super().__init__(str(error))
+        self.message = message
+        self.error = error
 
 
 class Filer:
@@ -125,19 +154,33 @@ class Filer:
         return rows
 
     def _file_batch(self, messages: list[InboundMessage]) -> None:
-        """Prepare each message (no lock held; sender policies read once for the batch), then
-        write them all in one transaction: one commit (one fsync) for the batch, not one each."""
-        batch = [self.checkpoint.for_batch()] * len(messages)
-        prepared = [p for p in self._preparing.map(self._try_prepare, messages, batch) if p]
+        """Prepare the batch (no lock held), then write it in one transaction: one commit
+        (one fsync) for the batch, not one each. Preparing goes in steps over the whole
+        batch: read and authenticate (threads: DNS), extract (back to back in the sandbox's
+        child), scan and place (threads: clamd, rspamd), then the documents' bytes made
+        durable together and the duplicates looked up in one query."""
+        checkpoint = self.checkpoint.for_batch()  # sender policies read once for the batch
+        checked = self._each(self._check, [(m, checkpoint) for m in messages])
+        extractions = self.sandbox.extract_many([c.stamped for c in checked])
+        prepared = self._each(self._place, list(zip(checked, extractions, strict=True)))
         if not prepared:
             return
         try:
+            self._store_documents(prepared)
+        except Exception as exc:
+            for p in prepared:
+                self._failed(p.message, exc)
+            return
+        try:
             self._commit_counted(prepared)
-        except IntegrityError:
+        except IntegrityError as exc:
             # Another worker filed the same bytes for the same company between our read
             # and our insert: file one by one, and they are seen as the duplicates they are.
+            if len(messages) == 1:
+                self._failed(messages[0], exc)
+                return
             for p in prepared:
-                self._file_alone(p.message)
+                self._file_batch([p.message])
             return
         except Exception as exc:
             for p in prepared:
@@ -158,41 +201,76 @@ class Filer:
             else:
                 log.warning("lease_lost", queue_id=p.message.queue_id)
 
-    def _try_prepare(self, message: InboundMessage, checkpoint: Checkpoint) -> Prepared | None:
-        """`_prepare`, or None when the message is not to be written now: waiting for the
-        checks, held over its budget, or released after a failure (each recorded here)."""
-        try:
-            return self._prepare(message, checkpoint)
-        except WaitForChecks as waiting:
-            self._wait(message, waiting.wait)
-        except ObjectStoreUnavailable as exc:
+    def _each(self, step: Callable[[Any], _T | None], items: list[Any]) -> list[_T]:
+        """`step` over the items in the preparing threads; those it failed (recorded by
+        `_failed`) are left out."""
+
+        def guarded(item: Any) -> _T | None:
+            try:
+                return step(item)
+            except _MessageFailed as failed:
+                self._failed(failed.message, failed.error)
+                return None
+
+        return [r for r in self._preparing.map(guarded, items) if r is not None]
+
+    def _failed(self, message: InboundMessage, error: Exception) -> None:
+        """Record why `message` is not written now: waiting for the checks or the object
+        store, held over its budget, or released after a failure."""
+        if isinstance(error, WaitForChecks):
+            self._wait(message, error.wait)
+        elif isinstance(error, ObjectStoreUnavailable):
             # Not the message's fault: it waits for the store without using up a try.
-            self._wait(message, Wait(f"waiting for the object store: {exc}", STORE_RETRY))
-        except OverBudget as exc:
+            self._wait(message, Wait(f"waiting for the object store: {error}", STORE_RETRY))
+        elif isinstance(error, OverBudget):
             # It would blow the budget again: held at once, with the reason.
-            log.warning("extraction_over_budget", queue_id=message.queue_id, why=str(exc))
-            self._hold(message, exc)
-        except Exception as exc:
-            log.exception("filing_failed", queue_id=message.queue_id, attempt=message.attempts)
-            self._release_after_failure(message, exc)
-        return None
+            log.warning("extraction_over_budget", queue_id=message.queue_id, why=str(error))
+            self._hold(message, error)
+        else:
+            log.error(
+                "filing_failed",
+                queue_id=message.queue_id,
+                attempt=message.attempts,
+                exc_info=error,
+            )
+            self._release_after_failure(message, error)
 
-    def _file_alone(self, message: InboundMessage) -> None:
+    def _check(self, item: tuple[InboundMessage, Checkpoint]) -> _Checked:
+        """Read the message and authenticate it (DNS)."""
+        message, checkpoint = item
+        started = time.perf_counter()
         try:
-            self._commit_counted([self._prepare(message, self.checkpoint.for_batch())])
+            raw = self.raw_mail.read(message.spool_segment, message.spool_offset, message.size)
+            destinations = [self.recipients.resolve(r) for r in message.rcpt_tos]
+            results, stamped = checkpoint.authenticate(message, raw, destinations)
         except Exception as exc:
-            log.exception("filing_failed", queue_id=message.queue_id)
-            self._release_after_failure(message, exc)
+            raise _MessageFailed(message, exc) from exc
+        seconds = time.perf_counter() - started
+        return _Checked(message, checkpoint, raw, destinations, results, stamped, seconds)
 
-    def _prepare(self, message: InboundMessage, checkpoint: Checkpoint) -> Prepared:
+    def _place(self, item: tuple[_Checked, Extraction | Exception]) -> Prepared:
+        checked, extraction = item
+        if isinstance(extraction, Exception):
+            raise _MessageFailed(checked.message, extraction)
+        started = time.perf_counter()
+        try:
+            prepared = self._prepare(checked, extraction)
+        except Exception as exc:
+            raise _MessageFailed(checked.message, exc) from exc
+        prepared.seconds += checked.seconds + time.perf_counter() - started
+        return prepared
+
+    def _prepare(self, checked: _Checked, extraction: Extraction) -> Prepared:
         """Everything that can be read or decided before the write transaction, so that the
         database's write lock (one writer at a time on SQLite, shared with the SMTP server's
         commits) is held for a few inserts only."""
-        started = time.perf_counter()
-        raw = self.raw_mail.read(message.spool_segment, message.spool_offset, message.size)
-        destinations = [self.recipients.resolve(r) for r in message.rcpt_tos]
-        results, stamped = checkpoint.authenticate(message, raw, destinations)
-        extraction = self.sandbox.extract(stamped)  # timed by the sandbox, from its turn
+        message, checkpoint, raw, stamped = (
+            checked.message,
+            checked.checkpoint,
+            checked.raw,
+            checked.stamped,
+        )
+        destinations, results = checked.destinations, checked.results
         why_quarantined = checkpoint.quarantine_reason(
             message,
             raw,
@@ -215,7 +293,7 @@ class Filer:
                 as_utc(message.received_at),
                 [],
                 None,
-                time.perf_counter() - started,
+                0.0,
                 results,
                 why_quarantined,
                 self.blobs.put(stamped),
@@ -246,33 +324,44 @@ class Filer:
             )
             docs = []
             for index, doc in enumerate(extraction.documents):
-                sha = hashlib.sha256(doc.content).hexdigest()
                 if (company.id, index) not in seen:
                     seen.add((company.id, index))
-                    docs.append((doc, sha))
-                    # Bytes first, fsync'd; rows after. A crash in between leaves an
-                    # unreferenced blob, never a row pointing at nothing.
-                    self.blobs.put(doc.content)
+                    docs.append((doc, hashlib.sha256(doc.content).hexdigest()))
             plan.append(Placement(company, path, self._folder_id(company.id, path, now), docs))
-        known = self._known_documents({(p.company.id, sha) for p in plan for _, sha in p.docs})
         bots = [d for d in destinations if d.accepted and d.address.goes_to_bot_mailbox]
         bounces = [d for d in destinations if d.accepted and d.address.is_bounce]
         report = parse_bounce(raw) if bounces else None
-        seconds = time.perf_counter() - started
         return Prepared(
             message,
             extraction,
             outcome,
             plan,
-            known,
+            {},
             bots,
             received_at,
             bounces,
             report,
-            seconds,
+            0.0,
             results,
             reached=reached,
         )
+
+    def _store_documents(self, batch: list[Prepared]) -> None:
+        """The batch's documents: bytes first, durable together; rows after (a crash in
+        between leaves unreferenced blobs, never a row pointing at nothing). Then which of
+        them each company already has: the duplicate rule, one query for the batch."""
+        contents = {sha: doc.content for p in batch for pl in p.plan for doc, sha in pl.docs}
+        self.blobs.put_many(list(contents.values()))
+        known = self._known_documents(
+            {(pl.company.id, sha) for p in batch for pl in p.plan for _, sha in pl.docs}
+        )
+        for p in batch:
+            p.known = {
+                (pl.company.id, sha): known[(pl.company.id, sha)]
+                for pl in p.plan
+                for _, sha in pl.docs
+                if (pl.company.id, sha) in known
+            }
 
     def _commit_counted(self, batch: list[Prepared]) -> None:
         """`_commit`, then count what it finished: each message's filing time is its own
@@ -312,8 +401,11 @@ class Filer:
             return {}
         with self.db.read() as s:
             rows = s.execute(
+                # Both columns, so that the (company_id, sha256) unique index answers: by
+                # sha256 alone it was a scan of every document ever filed, per message.
                 select(Document.company_id, Document.sha256, Document.id).where(
-                    Document.sha256.in_({sha for _, sha in keys})
+                    Document.company_id.in_({company for company, _ in keys}),
+                    Document.sha256.in_({sha for _, sha in keys}),
                 )
             )
             return {(c, sha): i for c, sha, i in rows if (c, sha) in keys}

@@ -17,7 +17,7 @@ import resource
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
@@ -80,11 +80,67 @@ class Sandbox:
                 if self.observe is not None:
                     self.observe(time.perf_counter() - started)
 
+    def run_many(self, raws: Sequence[bytes]) -> list[object | Exception]:
+        """`run` for each message, back to back in the child: each result, or the exception
+        `run` would have raised. The child is handed every message at once (a feeder thread
+        writes while results are read, so that neither side waits on a full pipe); it works
+        on them without waiting for the parent in between, which costs it a third less CPU
+        than one at a time between the parent's other work (cold caches: benchmarks/
+        filing.py). Each message's budget starts when the previous result arrives; one
+        that fails is the only one to fail, and the rest go to a fresh child."""
+        results: list[object | Exception] = []
+        with self._turn:
+            while len(results) < len(raws):
+                results.extend(self._run_stream(raws[len(results) :]))
+        return results
+
+    def _run_stream(self, raws: Sequence[bytes]) -> list[object | Exception]:
+        """Results of a prefix of `raws`: all of them, or up to the first failure (whose
+        child is then gone)."""
+        connection = self._connected()
+        feeder = threading.Thread(target=_feed, args=(connection, raws), daemon=True)
+        feeder.start()
+        results: list[object | Exception] = []
+        try:
+            for _ in raws:
+                started = time.perf_counter()
+                try:
+                    results.append(self._result(connection))
+                except (OverBudget, RuntimeError) as exc:
+                    results.append(exc)
+                    break
+                finally:
+                    if self.observe is not None:
+                        self.observe(time.perf_counter() - started)
+        finally:
+            failed = len(results) < len(raws) or isinstance(results[-1], Exception)
+            if failed:
+                self._stop_child()  # the feeder's next write fails on the dead peer
+            feeder.join()
+            if failed:
+                self.close()  # only now: the feeder can no longer write to the descriptor
+        return results
+
     def _run(self, raw: bytes) -> object:
-        budget = self.budget
-        connection = self._send(raw)
-        if not connection.poll(budget.timeout_seconds):
+        connection = self._connected()
+        try:
+            connection.send_bytes(raw)
+        except OSError:
+            self.close()  # it died between two messages
+            connection = self._connected()
+            connection.send_bytes(raw)
+        try:
+            return self._result(connection)
+        except Exception:
             self.close()
+            raise
+
+    def _result(self, connection: Connection) -> object:
+        """The child's answer for the message it works on; OverBudget or RuntimeError (and
+        the child stopped) when there is none."""
+        budget = self.budget
+        if not connection.poll(budget.timeout_seconds):
+            self._stop_child()
             raise OverBudget(
                 f"{budget.what} took longer than {budget.timeout_seconds:g} s "
                 f"({budget.timeout_setting}): {budget.consequence}"
@@ -95,7 +151,7 @@ class Sandbox:
             kind, value = "memory", None
         if kind == "ok":
             return value
-        self.close()
+        self._stop_child()
         if kind == "memory":
             raise OverBudget(
                 f"{budget.what} needed more than {budget.memory_limit_mb} MB "
@@ -103,17 +159,12 @@ class Sandbox:
             )
         raise RuntimeError(f"{budget.what} failed: {value}")
 
-    def _send(self, raw: bytes) -> Connection:
-        """Hand the bytes to the child, starting it when there is none or it has died."""
-        if self._connection is not None:
-            try:
-                self._connection.send_bytes(raw)
-                return self._connection
-            except OSError:
-                self.close()  # it died between two messages
-        self._start()
+    def _connected(self) -> Connection:
+        """The pipe to the child, starting one when there is none."""
+        if self._connection is None or self._child is None:
+            self.close()
+            self._start()
         assert self._connection is not None
-        self._connection.send_bytes(raw)
         return self._connection
 
     def _start(self) -> None:
@@ -144,13 +195,17 @@ class Sandbox:
 
     def close(self) -> None:
         """Stop the child (killed: it may be stuck in a parse); the next message starts one."""
+        self._stop_child()
         if self._connection is not None:
             self._connection.close()
+        self._connection = None
+
+    def _stop_child(self) -> None:
         if self._child is not None:
             self._child.kill()
             self._child.join(5)
             self._child.close()
-        self._child = self._connection = None
+        self._child = None
 
 
 class ExtractionSandbox(Sandbox):
@@ -174,6 +229,21 @@ class ExtractionSandbox(Sandbox):
         extraction = self.run(raw)
         assert isinstance(extraction, Extraction)
         return extraction
+
+    def extract_many(self, raws: Sequence[bytes]) -> list[Extraction | Exception]:
+        """`extract` for each message, back to back (`Sandbox.run_many`)."""
+        results = self.run_many(raws)
+        assert all(isinstance(r, Extraction | Exception) for r in results)
+        return results  # type: ignore[return-value]
+
+
+def _feed(connection: Connection, raws: Sequence[bytes]) -> None:
+    """Write each message to the child, until one cannot be (the child was stopped)."""
+    for raw in raws:
+        try:
+            connection.send_bytes(raw)
+        except (OSError, ValueError):  # a dead peer; ValueError: the pipe already closed
+            return
 
 
 def _serve(

@@ -6,11 +6,14 @@ them). `[storage] backend` chooses; gateway/app.py builds the one configured.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import os
 import secrets
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -22,6 +25,7 @@ HEAD = 1 << 16  # bytes of a file kept to sniff its media type (gateway/mail/sni
 # A streamed upload is hashed into a node-local temporary file (its key is its hash, known
 # only at the end); up to this size it stays in memory.
 SPOOLED_IN_MEMORY = 8 << 20
+PUTS_AT_ONCE = 4  # an ObjectBlobStore's concurrent PUTs for put_many
 
 
 class _Writable(Protocol):
@@ -42,6 +46,11 @@ class StoredBlob:
 class BlobStore(Protocol):
     def put(self, content: bytes) -> str:
         """Store `content` (once: same bytes, same object), durably. Returns its sha256."""
+        ...
+
+    def put_many(self, contents: Sequence[bytes]) -> None:
+        """Store each of `contents`, all durable when it returns (a filing batch's
+        documents: cheaper together than one `put` each)."""
         ...
 
     def put_file(self, file: Path | BinaryIO) -> StoredBlob:
@@ -83,6 +92,32 @@ class FolderBlobStore:
 
     def put(self, content: bytes) -> str:
         return self.put_stream([content]).sha256
+
+    def put_many(self, contents: Sequence[bytes]) -> None:
+        """Write each into a temporary file, sync the file system once, rename them all
+        into place, sync once more: two syncs for the batch instead of two fsyncs per file
+        (a third of the time for 50 documents, benchmarks/filing.py). Data is durable
+        before any name points at it, so a crash never leaves a blob that is not its hash."""
+        placed: dict[Path, Path] = {}  # final name -> temporary file
+        try:
+            for content in contents:
+                final = self.path(hashlib.sha256(content).hexdigest())
+                if final in placed or final.exists():
+                    continue  # durable since it was stored
+                self.root.mkdir(parents=True, exist_ok=True)
+                tmp = self.root / f".upload.{secrets.token_hex(8)}.tmp"
+                placed[final] = tmp
+                tmp.write_bytes(content)
+            if not placed:
+                return
+            sync_file_system(self.root)
+            for final, tmp in placed.items():
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, final)
+            sync_file_system(self.root)
+        finally:
+            for tmp in placed.values():
+                tmp.unlink(missing_ok=True)
 
     def put_file(self, file: Path | BinaryIO) -> StoredBlob:
         return _put_file(self, file)
@@ -147,6 +182,15 @@ class ObjectBlobStore:
         self.objects.put(self.key(sha), content)
         return sha
 
+    def put_many(self, contents: Sequence[bytes]) -> None:
+        """One PUT each, a few at once (each waits on the network, not on us)."""
+        if len(contents) <= 1:
+            for content in contents:
+                self.put(content)
+            return
+        with ThreadPoolExecutor(PUTS_AT_ONCE, thread_name_prefix="blob-put") as pool:
+            list(pool.map(self.put, contents))  # list(): the first failure is raised
+
     def put_file(self, file: Path | BinaryIO) -> StoredBlob:
         return _put_file(self, file)
 
@@ -210,6 +254,26 @@ def _chunks(f: BinaryIO) -> Iterator[bytes]:
 def _closing_chunks(f: BinaryIO) -> Iterator[bytes]:
     with f:
         yield from _chunks(f)
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_syncfs = getattr(_libc, "syncfs", None)  # Linux
+
+
+def sync_file_system(path: Path) -> None:
+    """Make every write to the file system holding `path` durable: Linux's syncfs(2), one
+    call for many files; where there is none, sync(2) (on Linux it waits as syncfs does; the
+    gateway runs on Linux, its containers too)."""
+    if _syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _syncfs(fd) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"syncfs {path}: {os.strerror(error)}")
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(directory: Path) -> None:

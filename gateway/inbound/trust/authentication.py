@@ -254,6 +254,8 @@ def _verify_one(
 
 def check_dkim(raw: bytes, lookup: _Budget) -> tuple[DkimResult, ...]:
     """One result per DKIM-Signature (topmost first); () when there is none."""
+    if not re.search(rb"(?im)^dkim-signature[ \t]*:", dmarc.header_block(raw)):
+        return ()  # unsigned: not worth dkimpy's split of the whole message into lines
     try:
         verifier = dkim.DKIM(raw, minkey=1024)
     except Exception as exc:  # a message dkimpy cannot split into header and body

@@ -160,7 +160,12 @@ class Filer:
         child), scan and place (threads: clamd, rspamd), then the documents' bytes made
         durable together and the duplicates looked up in one query."""
         checkpoint = self.checkpoint.for_batch()  # sender policies read once for the batch
-        checked = self._each(self._check, [(m, checkpoint) for m in messages])
+        raws = self.raw_mail.read_many(
+            [(m.spool_segment, m.spool_offset, m.size) for m in messages]
+        )
+        checked = self._each(
+            self._check, [(m, raw, checkpoint) for m, raw in zip(messages, raws, strict=True)]
+        )
         extractions = self.sandbox.extract_many([c.stamped for c in checked])
         prepared = self._each(self._place, list(zip(checked, extractions, strict=True)))
         if not prepared:
@@ -235,12 +240,13 @@ class Filer:
             )
             self._release_after_failure(message, error)
 
-    def _check(self, item: tuple[InboundMessage, Checkpoint]) -> _Checked:
-        """Read the message and authenticate it (DNS)."""
-        message, checkpoint = item
+    def _check(self, item: tuple[InboundMessage, bytes | Exception, Checkpoint]) -> _Checked:
+        """Authenticate the message (DNS)."""
+        message, raw, checkpoint = item
+        if isinstance(raw, Exception):
+            raise _MessageFailed(message, raw)
         started = time.perf_counter()
         try:
-            raw = self.raw_mail.read(message.spool_segment, message.spool_offset, message.size)
             destinations = [self.recipients.resolve(r) for r in message.rcpt_tos]
             results, stamped = checkpoint.authenticate(message, raw, destinations)
         except Exception as exc:

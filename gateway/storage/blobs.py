@@ -99,12 +99,12 @@ class FolderBlobStore:
         (a third of the time for 50 documents, benchmarks/filing.py). Data is durable
         before any name points at it, so a crash never leaves a blob that is not its hash."""
         placed: dict[Path, Path] = {}  # final name -> temporary file
+        self.root.mkdir(parents=True, exist_ok=True)
         try:
             for content in contents:
                 final = self.path(hashlib.sha256(content).hexdigest())
                 if final in placed or final.exists():
                     continue  # durable since it was stored
-                self.root.mkdir(parents=True, exist_ok=True)
                 tmp = self.root / f".upload.{secrets.token_hex(8)}.tmp"
                 placed[final] = tmp
                 tmp.write_bytes(content)

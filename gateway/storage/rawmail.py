@@ -32,14 +32,24 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from gateway.storage.blobs import fsync_dir
-from gateway.storage.objects import ObjectMissing, ObjectStore
+from gateway.storage.objects import ObjectMissing, ObjectStore, ObjectStoreUnavailable
 
 SEGMENT_MAX_BYTES = 64 * 1024 * 1024
+
+
+# Where one message's bytes are: (segment, offset, size).
+Place = tuple[str, int, int]
 
 
 class RawMail(Protocol):
     def read(self, segment: str, offset: int, size: int) -> bytes:
         """The `size` bytes at `offset` of `segment` (OSError when they are not all there)."""
+        ...
+
+    def read_many(self, places: Sequence[Place]) -> list[bytes | Exception]:
+        """Each message's bytes, or the exception that says why not (for that message
+        alone): a filing batch, read a segment at a time (opened, or fetched, once for all
+        of its messages in the batch)."""
         ...
 
 
@@ -77,6 +87,19 @@ class FolderSegments:
 
     def read(self, segment: str, offset: int, size: int) -> bytes:
         return read_spooled(self.directory, segment, offset, size)
+
+    def read_many(self, places: Sequence[Place]) -> list[bytes | Exception]:
+        results: dict[int, bytes | Exception] = {}
+        for segment, indexes in by_segment(places).items():
+            try:
+                with open(self.directory / segment, "rb") as f:
+                    for i in indexes:
+                        _, offset, size = places[i]
+                        f.seek(offset)
+                        results[i] = _whole(f.read(size), places[i])
+            except OSError as exc:
+                results.update((i, exc) for i in indexes if i not in results)
+        return [results[i] for i in range(len(places))]
 
     def append(self, day: datetime, contents: Sequence[bytes]) -> list[tuple[str, int]]:
         placed: list[tuple[str, int]] = []
@@ -133,9 +156,38 @@ class ObjectSegments:
 
     def read(self, segment: str, offset: int, size: int) -> bytes:
         try:
-            return self.objects.get_range(self.PREFIX + segment, offset, size)
+            data = self.objects.get_range(self.PREFIX + segment, offset, size)
         except ObjectMissing as exc:
             raise OSError(f"spool segment {segment} is missing from the object store") from exc
+        return _whole(data, (segment, offset, size))
+
+    def read_many(self, places: Sequence[Place]) -> list[bytes | Exception]:
+        """One ranged GET per segment, covering its messages in the batch (those of one
+        SMTP group lie side by side); one GET each when they are scattered, or when the
+        covering read fails (then only a message whose bytes are wrong fails)."""
+        results: dict[int, bytes | Exception] = {}
+        for segment, indexes in by_segment(places).items():
+            start = min(places[i][1] for i in indexes)
+            end = max(places[i][1] + places[i][2] for i in indexes)
+            if len(indexes) > 1 and end - start <= 2 * sum(places[i][2] for i in indexes):
+                try:
+                    span = self.read(segment, start, end - start)
+                except ObjectStoreUnavailable as exc:
+                    results.update((i, exc) for i in indexes)
+                    continue
+                except Exception:  # read them one by one: each says why
+                    pass
+                else:
+                    for i in indexes:
+                        _, offset, size = places[i]
+                        results[i] = span[offset - start : offset - start + size]
+                    continue
+            for i in indexes:
+                try:
+                    results[i] = self.read(*places[i])
+                except Exception as exc:  # the store away, the segment missing or short
+                    results[i] = exc
+        return [results[i] for i in range(len(places))]
 
     def append(self, day: datetime, contents: Sequence[bytes]) -> list[tuple[str, int]]:
         self._counter += 1
@@ -159,7 +211,19 @@ def read_spooled(directory: Path, segment: str, offset: int, size: int) -> bytes
     """The `size` bytes at `offset` of spool segment `segment` under `directory`."""
     with open(directory / segment, "rb") as f:
         f.seek(offset)
-        data = f.read(size)
+        return _whole(f.read(size), (segment, offset, size))
+
+
+def _whole(data: bytes, place: Place) -> bytes:
+    segment, offset, size = place
     if len(data) != size:
         raise OSError(f"spool segment {segment} is short: wanted {size} bytes at {offset}")
     return data
+
+
+def by_segment(places: Sequence[Place]) -> dict[str, list[int]]:
+    """The indexes of `places`, by segment."""
+    grouped: dict[str, list[int]] = {}
+    for i, (segment, _, _) in enumerate(places):
+        grouped.setdefault(segment, []).append(i)
+    return grouped

@@ -10,6 +10,7 @@ passes the policy of the bot's company, or its cabinet's for a cabinet-wide bot.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 from gateway.inbound.recipients import Destination
@@ -37,12 +38,14 @@ class StoredSenderPolicies:
         self.default = default
         self.registry = registry
         self._read = read  # what this batch has read already; None: no batch
+        # The batch's threads take turns to read: the first reads, the others find it read
+        # (before, each thread that met a company first read its policy again).
+        self._reading = threading.Lock()
 
     def for_batch(self) -> StoredSenderPolicies:
         """The same policies, each read at most once: a batch's messages are written in one
         transaction, so their policies are read as of one moment (2 to 3 queries a message
-        otherwise, benchmarks/filing.py). Shared by the batch's threads: two may read the
-        same policy at once, which only costs a read."""
+        otherwise, benchmarks/filing.py). Shared by the batch's threads, which take turns."""
         return StoredSenderPolicies(self.db, self.default, self.registry, {})
 
     def in_force(self, destinations: Sequence[Destination]) -> list[tuple[SenderPolicy, str]]:
@@ -54,14 +57,15 @@ class StoredSenderPolicies:
             elif d.address.goes_to_bot_mailbox and d.cabinet_id is not None:
                 owners[(d.company.id if d.company else None, d.cabinet_id)] = None
         read = {} if self._read is None else self._read
-        missing = [owner for owner in owners if owner not in read]
-        if missing:
-            with self.db.read() as s:
-                for company_id, cabinet_id in missing:
-                    read[(company_id, cabinet_id)] = effective_policy(
-                        s, company_id, cabinet_id, self.default, self.registry
-                    )
-        return [read[owner] for owner in owners]
+        with self._reading:
+            missing = [owner for owner in owners if owner not in read]
+            if missing:
+                with self.db.read() as s:
+                    for company_id, cabinet_id in missing:
+                        read[(company_id, cabinet_id)] = effective_policy(
+                            s, company_id, cabinet_id, self.default, self.registry
+                        )
+            return [read[owner] for owner in owners]
 
     def requires_authentication(self, destinations: Sequence[Destination]) -> bool:
         return any(p.kind.needs_authentication for p, _ in self.in_force(destinations))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 SpfOutcome = Literal["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"]
@@ -118,12 +118,14 @@ class AuthenticationResults:
     # --- storage ------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
+        # Every field is a str, bool, int or None: a copy of each result's fields is what
+        # dataclasses.asdict gives, without its deep copies (a third of a ms a message).
         return {
             "version": JSON_VERSION,
-            "spf": asdict(self.spf),
-            "dkim": [asdict(d) for d in self.dkim],
-            "dmarc": asdict(self.dmarc),
-            "arc": asdict(self.arc),
+            "spf": dict(vars(self.spf)),
+            "dkim": [dict(vars(d)) for d in self.dkim],
+            "dmarc": dict(vars(self.dmarc)),
+            "arc": dict(vars(self.arc)),
         }
 
     @classmethod

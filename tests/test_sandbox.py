@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import zipfile
 
 from gateway.inbound.extraction import Extraction, ExtractionLimits
@@ -76,3 +77,22 @@ def test_an_empty_batch_starts_nothing() -> None:
     sandbox = ExtractionSandbox(ExtractionLimits(), timeout_seconds=2, memory_limit_mb=128)
     assert sandbox.extract_many([]) == []
     assert sandbox._child is None
+
+
+def test_a_child_killed_between_batches_is_not_the_next_messages_fault() -> None:
+    """Killed by the OOM killer or by hand while idle: the next batch gets a fresh child, and
+    its first message is extracted (not held as over its memory budget)."""
+    sandbox = ExtractionSandbox(ExtractionLimits(), timeout_seconds=10, memory_limit_mb=512)
+    try:
+        assert names(sandbox.extract(invoice(0))) == ["facture-0.pdf"]
+        child = sandbox._child
+        assert child is not None and child.pid is not None
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(5)
+        results = sandbox.extract_many([invoice(1), invoice(2)])
+        assert [names(r) for r in results] == [["facture-1.pdf"], ["facture-2.pdf"]]
+        os.kill(sandbox._child.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        sandbox._child.join(5)  # type: ignore[union-attr]
+        assert names(sandbox.extract(invoice(3))) == ["facture-3.pdf"]
+    finally:
+        sandbox.close()

@@ -72,13 +72,11 @@ class Sandbox:
         self._turn = threading.Lock()
 
     def run(self, raw: bytes) -> object:
-        with self._turn:
-            started = time.perf_counter()
-            try:
-                return self._run(raw)
-            finally:
-                if self.observe is not None:
-                    self.observe(time.perf_counter() - started)
+        """`work(raw)` in the child; OverBudget (or RuntimeError) when it fails there."""
+        [result] = self.run_many([raw])
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def run_many(self, raws: Sequence[bytes]) -> list[object | Exception]:
         """`run` for each message, back to back in the child: each result, or the exception
@@ -121,20 +119,6 @@ class Sandbox:
                 self.close()  # only now: the feeder can no longer write to the descriptor
         return results
 
-    def _run(self, raw: bytes) -> object:
-        connection = self._connected()
-        try:
-            connection.send_bytes(raw)
-        except OSError:
-            self.close()  # it died between two messages
-            connection = self._connected()
-            connection.send_bytes(raw)
-        try:
-            return self._result(connection)
-        except Exception:
-            self.close()
-            raise
-
     def _result(self, connection: Connection) -> object:
         """The child's answer for the message it works on; OverBudget or RuntimeError (and
         the child stopped) when there is none."""
@@ -160,8 +144,10 @@ class Sandbox:
         raise RuntimeError(f"{budget.what} failed: {value}")
 
     def _connected(self) -> Connection:
-        """The pipe to the child, starting one when there is none."""
-        if self._connection is None or self._child is None:
+        """The pipe to the child, starting one when there is none or it has died between
+        two batches (killed by the kernel's OOM killer, or by hand): its death is not the
+        next message's fault."""
+        if self._connection is None or self._child is None or not self._child.is_alive():
             self.close()
             self._start()
         assert self._connection is not None

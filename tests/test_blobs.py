@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from gateway.storage.blobs import BlobMissing, BlobStore, FolderBlobStore, ObjectBlobStore
-from gateway.storage.s3 import S3Objects
 from tests.s3_server import S3Server
+from tests.test_s3 import objects
 
 
 @pytest.fixture(params=["folder", "s3"])
@@ -23,17 +23,7 @@ def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]
         return
     server: S3Server = request.getfixturevalue("s3_server")
     bucket: str = request.getfixturevalue("s3_bucket")
-    yield ObjectBlobStore(
-        S3Objects(
-            endpoint=server.endpoint,
-            bucket=bucket,
-            access_key=server.access_key,
-            secret_key=server.secret_key,
-            region=server.region,
-            prefix="gw/",
-            timeout_seconds=5,
-        )
-    )
+    yield ObjectBlobStore(objects(server, bucket, timeout_seconds=5))
 
 
 def sha(content: bytes) -> str:

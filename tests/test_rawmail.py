@@ -13,23 +13,10 @@ import pytest
 
 from gateway.storage.objects import ObjectStoreUnavailable
 from gateway.storage.rawmail import FolderSegments, ObjectSegments, Segments
-from gateway.storage.s3 import S3Objects
 from tests.s3_server import S3Server
+from tests.test_s3 import objects
 
 DAY = datetime(2026, 11, 30, tzinfo=UTC)
-
-
-def s3_objects(server: S3Server, bucket: str, **overrides: object) -> S3Objects:
-    settings: dict[str, object] = {
-        "endpoint": server.endpoint,
-        "bucket": bucket,
-        "access_key": server.access_key,
-        "secret_key": server.secret_key,
-        "region": server.region,
-        "prefix": "gw/",
-        "timeout_seconds": 2,
-    }
-    return S3Objects(**(settings | overrides))  # type: ignore[arg-type]
 
 
 @pytest.fixture(params=["folder", "s3"])
@@ -38,7 +25,7 @@ def segments(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Segment
         store: Segments = FolderSegments(tmp_path / "spool", "node-a")
     else:
         server: S3Server = request.getfixturevalue("s3_server")
-        store = ObjectSegments(s3_objects(server, request.getfixturevalue("s3_bucket")), "node-a")
+        store = ObjectSegments(objects(server, request.getfixturevalue("s3_bucket")), "node-a")
     yield store
     store.close()
 
@@ -72,7 +59,7 @@ def test_a_message_whose_bytes_are_missing_fails_alone(segments: Segments) -> No
 
 
 def test_the_store_away_fails_the_batch_as_unavailable(s3_server: S3Server, s3_bucket: str) -> None:
-    segments = ObjectSegments(s3_objects(s3_server, s3_bucket), "node-a")
+    segments = ObjectSegments(objects(s3_server, s3_bucket), "node-a")
     group = [os.urandom(500) for _ in range(2)]
     places = [(s, o, len(c)) for (s, o), c in zip(segments.append(DAY, group), group, strict=True)]
     with s3_server.stopped():

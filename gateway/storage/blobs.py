@@ -96,8 +96,11 @@ class FolderBlobStore:
     def put_many(self, contents: Sequence[bytes]) -> None:
         """Write each into a temporary file, sync the file system once, rename them all
         into place, sync once more: two syncs for the batch instead of two fsyncs per file
-        (a third of the time for 50 documents, benchmarks/filing.py). Data is durable
-        before any name points at it, so a crash never leaves a blob that is not its hash."""
+        (50 files of 20 KB on this project's 2-core machine: 0.25-0.48 ms a file against
+        0.7-1.2 ms). syncfs flushes everything written to that file system, the gateway's or
+        not: where a heavy writer shares it, give the storage folder a file system of its own.
+        Data is durable before any name points at it, so a crash never leaves a blob that is
+        not its hash."""
         placed: dict[Path, Path] = {}  # final name -> temporary file
         self.root.mkdir(parents=True, exist_ok=True)
         try:

@@ -8,6 +8,7 @@ import atexit
 import contextlib
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -98,10 +99,33 @@ def daemon_missing(name: str, require_env: str, hint: str) -> NoReturn:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on `host` now (a daemon binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port free on `host` now (a daemon binds it a moment later).
+
+    Drawn below the kernel's ephemeral range (bind to port 0 would draw from it): the
+    outgoing connections of the suite (database, S3, SMTP clients) take their local ports
+    there, and one of them could take a port a test just picked before its daemon bound it.
+    """
+    low = _ephemeral_ports()[0]
+    for _ in range(200):
+        port = random.randrange(_LISTEN_PORTS_FROM, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue  # taken (a daemon of this or another run)
+            return port
+    raise RuntimeError(f"no free TCP port between {_LISTEN_PORTS_FROM} and {low} on {host}")
+
+
+_LISTEN_PORTS_FROM = 20000
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 def live_processes(*, parent: int | None = None, group: int | None = None) -> list[int]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-import socket
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from gateway.app import Gateway
 from gateway.inbound.smtp import InboundServer
 from gateway.inbound.spool import Spool
 from tests.corpus.make_corpus import pdf_bytes
+from tests.processes import free_port
 
 
 class FixedClock:
@@ -159,9 +159,7 @@ class CaptureServer:
                 return reply
 
         if port is None:
-            with socket.socket() as probe:  # Controller cannot be given port 0
-                probe.bind((host, 0))
-                port = int(probe.getsockname()[1])
+            port = free_port(host)  # Controller cannot be given port 0
         self.controller = Controller(Handler(), hostname=host, port=port)
 
     def __enter__(self) -> CaptureServer:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import time
@@ -19,14 +18,8 @@ from sqlalchemy import func, select
 from gateway.app import Gateway
 from gateway.storage.models import Document, InboundMessage
 from tests.conftest import load, write_config
-from tests.processes import live_processes
+from tests.processes import free_port, live_processes
 from tests.support import message, pdf
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def gateway_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -55,14 +48,20 @@ def serving(
     try:
         assert proc.stderr is not None
         deadline = time.monotonic() + 30
+        written = [] if startup is None else startup
         line = ""
         while time.monotonic() < deadline:
             line = proc.stderr.readline()
-            if startup is not None:
-                startup.append(line)
+            written.append(line)
             if "listening on smtp://" in line or not line:
                 break
-        assert "listening on smtp://" in line, line + proc.stderr.read()
+        if "listening on smtp://" not in line:
+            ended = proc.poll()
+            raise AssertionError(
+                f"serve never said it listens (exit code {ended}); it wrote:\n"
+                + "".join(written)
+                + ("" if ended is None else proc.stderr.read())
+            )
         yield proc
     finally:
         if proc.poll() is None:

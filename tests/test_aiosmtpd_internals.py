@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import random
 import time
 import tomllib
 from collections.abc import Awaitable, Callable
@@ -393,3 +394,42 @@ def test_help_mail_answers_with_aiosmtpds_syntax_through_our_override() -> None:
         )
 
     _live(check)
+
+
+_ATEXT = "abcXYZ019!#$%&'*+/=?^_`{|}~-"
+_AFTER = ["", " ", "  SIZE=1", "\tBODY=8BITMIME", " (a) SIZE=1", "(c)", "x", " \t x", "\r\n x"]
+
+
+def _addresses(count: int) -> list[str]:
+    """MAIL/RCPT arguments, mostly plain `<local@host>`, some not (a leading dot, an
+    empty label, a quoted local part, a literal, UTF-8)."""
+    rng = random.Random(14)
+    odd = ['<"q"@b.c>', "<a@[192.0.2.1]>", "<é@b.c>", " <a@b.c>", "<@r:a@b.c>", "<a@b_c.d>"]
+    found = []
+    for _ in range(count):
+        local = ".".join(
+            "".join(rng.choice(_ATEXT) for _ in range(rng.randint(1, 6)))
+            for _ in range(rng.randint(1, 3))
+        )
+        host = ".".join(
+            "".join(rng.choice("ab-9") for _ in range(rng.randint(1, 5)))
+            for _ in range(rng.randint(1, 3))
+        )
+        address = f"<{'.' if rng.random() < 0.05 else ''}{local}@{host}>"
+        found.append((rng.choice(odd) if rng.random() < 0.05 else address) + rng.choice(_AFTER))
+    return found
+
+
+def test_our_address_reading_answers_as_aiosmtpds_parser() -> None:
+    ours = GatewaySMTP(_Handler(), set(), DataBudget(2**30), _anvil(), SmtpConfig())
+    theirs = SMTP(_Handler())
+    for limit in (0, 5):
+        ours.local_part_limit = theirs.local_part_limit = limit
+        for argument in _addresses(20_000):
+            try:
+                expected = theirs._getaddr(argument)
+            except (IndexError, ValueError, TypeError):
+                expected = (None, None)  # what our override makes of those
+            assert ours._getaddr(argument) == expected, (
+                f"{AIOSMTPD}: MAIL/RCPT argument {argument!r} read differently"
+            )

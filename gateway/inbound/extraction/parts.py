@@ -6,7 +6,6 @@ Also which Content-IDs the HTML of a message references (those images are not do
 import binascii
 import re
 from email.message import Message
-from email.parser import BytesParser
 from typing import Final
 
 from gateway.inbound.extraction.decoding import b64decode_lenient
@@ -16,6 +15,7 @@ from gateway.inbound.extraction.headers import (
     header_text,
     normalise_cid,
 )
+from gateway.inbound.extraction.mime import parse_message
 from gateway.inbound.extraction.run import Run, brief, guard
 
 MAX_MIME_DEPTH: Final = 50  # multipart levels opened; deeper parts are ignored
@@ -47,9 +47,7 @@ def repair_multipart(run: Run, part: Message, ctype: str, label: str) -> Message
     run.boundary_repairs += 1
     head = f'Content-Type: {ctype}; boundary="{boundary}"\r\n\r\n'.encode("ascii", "replace")
     try:
-        repaired = BytesParser(policy=PARSING_POLICY).parsebytes(
-            head + payload.encode("utf-8", "surrogateescape")
-        )
+        repaired = parse_message(head + payload.encode("utf-8", "surrogateescape"), PARSING_POLICY)
     except Exception as exc:
         run.note(f"{label}: multipart boundary could not be repaired ({brief(exc)})")
         return None

@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterable
 from email import policy as email_policy
 from email.generator import BytesGenerator
 from email.message import Message
-from email.parser import BytesParser
 from email.policy import Policy
 from typing import Final
 
@@ -30,6 +29,7 @@ from gateway.inbound.extraction.headers import (
     sender_of,
     subject_of,
 )
+from gateway.inbound.extraction.mime import parse_message
 from gateway.inbound.extraction.model import ExtractedDocument, Extraction, ExtractionLimits
 from gateway.inbound.extraction.names import (
     BINHEX_TYPE,
@@ -80,7 +80,7 @@ def extract_documents(raw: bytes, limits: ExtractionLimits = _DEFAULT_LIMITS) ->
     run = Run(limits=limits)
     msg: Message | None = None
     try:
-        msg = BytesParser(policy=PARSING_POLICY).parsebytes(data)
+        msg = parse_message(data, PARSING_POLICY)
     except RecursionError:
         run.note("message: MIME structure nested too deeply to be parsed; kept whole")
     except Exception as exc:
@@ -310,7 +310,7 @@ def _inner_message(run: Run, part: Message, label: str) -> Message | None:
         return inner
     run.note(f"{label}: forwarded message was {encoding or 'oddly'} encoded; decoded it")
     try:
-        return BytesParser(policy=PARSING_POLICY).parsebytes(decoded)
+        return parse_message(decoded, PARSING_POLICY)
     except Exception as exc:
         run.note(f"{label}: forwarded message could not be parsed ({brief(exc)})")
         return inner

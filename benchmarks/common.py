@@ -1,9 +1,11 @@
-"""Pieces the benchmarks share: the event loop, free ports, rates, a real S3 server."""
+"""Pieces the benchmarks share: the event loop, free ports, rates, CPU used by a process
+tree, a real S3 server."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import sys
 import time
@@ -50,6 +52,35 @@ def rate(operation: Callable[[], object], seconds: float) -> float:
         now = time.perf_counter()
         if now >= deadline:
             return count / (now - start)
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user and system) used so far by process `root` and its descendants: the
+    live ones, and those they have reaped (read from /proc). A difference of two readings
+    is what the tree spent between them, whatever else the machine was doing: a figure
+    that the noise of a shared machine moves far less than a rate."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    used: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        # After the command name in parentheses: state, ppid, ... utime (14th field),
+        # stime, cutime, cstime.
+        fields = stat.rpartition(")")[2].split()
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        used[pid] = sum(int(f) for f in fields[11:15]) / tick
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += used.get(pid, 0.0)
+        todo.extend(children.get(pid, []))
+    return total
 
 
 @contextlib.contextmanager

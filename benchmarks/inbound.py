@@ -182,7 +182,7 @@ LIMITS_ON = {
 
 
 @contextlib.contextmanager
-def serving(config: Path, port: int) -> Iterator[None]:
+def serving(config: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
     """`gateway serve` on `config`, from when it listens on `port` until SIGTERM."""
     server = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "-c", str(config)],
@@ -191,7 +191,7 @@ def serving(config: Path, port: int) -> Iterator[None]:
     )
     try:
         wait_port(port)
-        yield
+        yield server
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)

@@ -8,7 +8,9 @@ bare company address, in turn):
   2. to a real `gateway serve` process (SQLite + local folder, the embedded default; or
      PostgreSQL with `--database-url`) with its filing workers as configured: the msgs/s of
      acceptance (first send to last 250) and end to end (first send until the database says
-     every message has left `received`/`filing`), both as ratios to the bare rate.
+     every message has left `received`/`filing`), both as ratios to the bare rate, and
+     the CPU the gateway's processes (serve, its workers, their extraction children) spent
+     a message over that time: the figure to compare changes by on a noisy machine.
 A warm-up (200 messages, filed) comes first in each round. Authentication asks a DNS server
 on loopback (never this machine's resolver) that publishes the senders' domain as real
 senders do: an SPF record naming the client's address, a DMARC record and an SOA, with TTLs.
@@ -32,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from common import free_port, install_loop, object_store
+from common import free_port, install_loop, object_store, tree_cpu_seconds
 from inbound import measure_bare, run_load, sample_message, serving
 from sqlalchemy import Engine, create_engine, text
 
@@ -128,21 +130,23 @@ def one_round(
     sent: int,
     messages: list[bytes],
     args: argparse.Namespace,
-) -> tuple[float, float]:
-    """(acceptance msgs/s, end-to-end msgs/s) of one round on the gateway."""
+) -> tuple[float, float, float]:
+    """(acceptance msgs/s, end-to-end msgs/s, gateway CPU ms a message) of one round."""
     n = len(messages)
     rcpts = [ADDRESSES[i % len(ADDRESSES)] for i in range(n)]
     warm = [sample_message(10_000_000 + sent + i) for i in range(WARMUP)]
-    with serving(config, port):
+    with serving(config, port) as server:
         run_load(port, warm, args.connections, rcpts=rcpts)
         wait_filed(engine, sent + WARMUP)
+        cpu_before = tree_cpu_seconds(server.pid)
         began = time.perf_counter()
         accepted, _ = run_load(port, messages, args.connections, rcpts=rcpts)
         done = wait_filed(engine, sent + WARMUP + n)
+        cpu = tree_cpu_seconds(server.pid) - cpu_before
     total, _, filed = counts(engine)
     if filed != total:
         raise SystemExit(f"{total - filed} of {total} messages not filed: no figures")
-    return n / accepted, n / (done - began)
+    return n / accepted, n / (done - began), cpu / n * 1000
 
 
 def main() -> None:
@@ -168,10 +172,14 @@ def main() -> None:
         f"{len(ADDRESSES)} addresses, {args.rounds} rounds, event loop {loop}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
     )
-    print(f"{'round':<6} {'bare/s':>8} {'accepted/s':>11} {'ratio':>6} {'filed/s':>8} {'ratio':>6}")
+    print(
+        f"{'round':<6} {'bare/s':>8} {'accepted/s':>11} {'ratio':>6} {'filed/s':>8} {'ratio':>6}"
+        f" {'CPU ms/msg':>11}"
+    )
     bare_rates: list[float] = []
     accepted_rates: list[float] = []
     filed_rates: list[float] = []
+    cpu_costs: list[float] = []
     with contextlib.ExitStack() as stack:
         home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-pipeline-")))
         url = None
@@ -192,14 +200,15 @@ def main() -> None:
             rcpts = [ADDRESSES[i % len(ADDRESSES)] for i in range(len(messages))]
             elapsed, _ = measure_bare(messages, args.connections, rcpts=rcpts)
             bare = len(messages) / elapsed
-            accepted, filed = one_round(config, port, engine, sent, messages, args)
+            accepted, filed, cpu = one_round(config, port, engine, sent, messages, args)
             sent += WARMUP + len(messages)
             bare_rates.append(bare)
             accepted_rates.append(accepted)
             filed_rates.append(filed)
+            cpu_costs.append(cpu)
             print(
                 f"{r:<6} {bare:>8.0f} {accepted:>11.0f} {accepted / bare:>6.2f} {filed:>8.0f} "
-                f"{filed / bare:>6.2f}",
+                f"{filed / bare:>6.2f} {cpu:>11.2f}",
                 flush=True,
             )
     bare = statistics.median(bare_rates)
@@ -213,7 +222,8 @@ def main() -> None:
         f"{statistics.median(accepted_rates):.0f} msgs/s (ratio {accepted_ratio:.2f}), filed end "
         f"to end {statistics.median(filed_rates):.0f} msgs/s (ratio {ratio:.2f}, {verdict} the "
         f"{TARGET:.2f} target) on {'PostgreSQL' if url else 'SQLite'}"
-        f"{' + S3' if args.s3 else ' + local folder'}"
+        f"{' + S3' if args.s3 else ' + local folder'}; the gateway's processes spent "
+        f"{statistics.median(cpu_costs):.2f} ms of CPU a message"
     )
 
 

@@ -23,7 +23,7 @@ from gateway.inbound.trust.authentication import (
     with_results,
     without_our_results,
 )
-from gateway.inbound.trust.dmarc import organisational_domain
+from gateway.inbound.trust.dmarc import header_block, organisational_domain
 from gateway.inbound.trust.results import AuthenticationResults
 from tests.authmail import Key, ed25519_key, message, rsa_key, sign
 from tests.dns_server import DnsServer
@@ -315,6 +315,19 @@ def test_organisational_domain_by_the_public_suffix_list():
     assert organisational_domain("mail.example.co.uk") == "example.co.uk"
     assert organisational_domain("a.b.example.com") == "example.com"
     assert organisational_domain("co.uk") == "co.uk"
+
+
+@pytest.mark.parametrize(
+    ("raw", "header"),
+    [
+        (b"From: a@b.example\r\n\r\nbody\n\nmore\r\n", b"From: a@b.example\r\n"),
+        (b"From: a@b.example\n\nbody\r\n\r\nmore", b"From: a@b.example\n\n"),
+        (b"From: a@b.example\r\nX: y\n\nbody\r\n\r\n", b"From: a@b.example\r\nX: y\n\n"),
+        (b"From: a@b.example\r\n", b"From: a@b.example\r\n"),  # no body: all header
+    ],
+)
+def test_the_header_block_ends_at_the_first_blank_line_of_either_kind(raw, header):
+    assert header_block(raw) == header
 
 
 def test_dmarc_of_a_subdomain_uses_the_organisational_record_and_sp(lookup):

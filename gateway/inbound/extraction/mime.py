@@ -2,9 +2,9 @@
 
 `email.feedparser` compiles a regular expression for every multipart boundary it meets
 (`re.compile('(?P<sep>' + re.escape(separator) + ...)`). A boundary is unique to its
-message, so each multipart compiles a new one (the `re` cache never hits): 0.44 ms of the
-2.04 ms it took to extract a 20 KB message with a PDF, measured with
-benchmarks/inbound.py's message (1.59 ms without it).
+message, so each multipart compiles a new one (the `re` cache never hits): measured on
+benchmarks/inbound.py's message (20 KB with a PDF), extraction took a median 1.97 ms with
+it and 1.80 ms without (alternating rounds; single runs ranged from 0.2 to 0.4 ms saved).
 
 So extraction parses with a private copy of `email.feedparser` (loaded from the standard
 library's own source; the module everyone else imports is left alone) whose `re.compile`

@@ -131,3 +131,35 @@ def test_fuzzed_messages_parse_to_the_same_tree(raw: bytes) -> None:
 )
 def test_fuzzed_boundaries_parse_the_same(boundary: str, ending: str, trailer: str) -> None:
     assert_same_tree(_multipart(boundary, ending, trailer))
+
+
+def test_a_body_ending_in_any_run_of_line_ends_parses_the_same() -> None:
+    """The last-line-end search starts two characters from the end: bodies (and the
+    epilogue of a nested multipart) ending in every run of CR, LF and CRLF, and in none."""
+    tails = ["", "x", "\r", "\n", "\r\n", "\n\r", "\r\r", "\n\n", "\r\n\r\n", "\r\r\n", "x\r"]
+    checked = 0
+    for ending in ("\r\n", "\n", "\r"):
+        for tail in tails:
+            inner = (
+                f'Content-Type: multipart/mixed; boundary="in"{ending}{ending}'
+                f"--in{ending}{ending}inner{tail}{ending}--in--{ending}epi{tail}"
+            )
+            raw = (
+                f'Content-Type: multipart/mixed; boundary="out"{ending}{ending}'
+                f"pre{tail}{ending}--out{ending}{ending}body{tail}{ending}"
+                f"--out{ending}{inner}{ending}--out{ending}{ending}{tail}{ending}--out--"
+            )
+            assert_same_tree(raw.encode())
+            checked += 1
+    assert checked == 33
+
+
+def test_the_line_end_search_starts_at_the_end() -> None:
+    """feedparser's `(\\r\\n|\\r|\\n)\\Z` is searched from two characters before the end
+    (were the standard library to change the pattern, this fails and it is searched as before)."""
+    eol = mime._feedparser.NLCRE_eol
+    assert isinstance(eol, mime._EndOfLine)
+    standard = sys.modules["email.feedparser"].NLCRE_eol
+    for text in ["", "\n", "ab\r\n", "\r\n\n", "a\r", "\n\r\n", "x" * 50_000 + "\r\n", "abc"]:
+        found, expected = eol.search(text), standard.search(text)
+        assert (found and found.group(0)) == (expected and expected.group(0)), repr(text[-4:])

@@ -1,4 +1,4 @@
-"""The MIME parser extraction uses: the standard library's, with one cost taken out.
+r"""The MIME parser extraction uses: the standard library's, with two costs taken out.
 
 `email.feedparser` compiles a regular expression for every multipart boundary it meets
 (`re.compile('(?P<sep>' + re.escape(separator) + ...)`). A boundary is unique to its
@@ -12,6 +12,11 @@ answers that one pattern with `_BoundaryPattern`, which matches what the compile
 matches: the separator at the start of the line, then the pattern's tail, compiled once.
 Any other pattern is compiled as before. tests/test_mime_parser.py holds the trees the
 two parsers build equal on the test corpus, malformed messages and fuzzed ones.
+
+The other cost: to drop the line end a part's body ends with, feedparser searches the whole
+body for `(\r\n|\r|\n)\Z`, a scan of every character (125 µs for a 20 KB part, 6 ms for a
+megabyte). `_EndOfLine` starts that same search two characters before the end, where any
+match has to start; the match found is the same.
 """
 
 from __future__ import annotations
@@ -46,6 +51,18 @@ class _BoundaryPattern:
         return _TAIL.match(line, len(self._separator))
 
 
+class _EndOfLine:
+    r"""feedparser's NLCRE_eol (`(\r\n|\r|\n)\Z`), searched only where it can match."""
+
+    __slots__ = ("_pattern",)
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self._pattern = pattern
+
+    def search(self, text: str) -> re.Match[str] | None:
+        return self._pattern.search(text, max(0, len(text) - 2))
+
+
 class _Patterns:
     """`re` as the private feedparser sees it: all of it, with `compile` as above."""
 
@@ -74,6 +91,9 @@ def _private_feedparser() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.re = _Patterns()  # type: ignore[attr-defined]
+    end_of_line = module.NLCRE_eol  # type: ignore[attr-defined]
+    if end_of_line.pattern == r"(\r\n|\r|\n)\Z":  # else left as it is; the tests say so
+        module.NLCRE_eol = _EndOfLine(end_of_line)  # type: ignore[attr-defined]
     return module
 
 

@@ -91,7 +91,7 @@ def _private_feedparser() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.re = _Patterns()  # type: ignore[attr-defined]
-    end_of_line = module.NLCRE_eol  # type: ignore[attr-defined]
+    end_of_line = module.NLCRE_eol
     if end_of_line.pattern == r"(\r\n|\r|\n)\Z":  # else left as it is; the tests say so
         module.NLCRE_eol = _EndOfLine(end_of_line)  # type: ignore[attr-defined]
     return module

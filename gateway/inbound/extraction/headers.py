@@ -34,23 +34,25 @@ class _CachingPolicy(email_policy.EmailPolicy):
     """
 
     def header_fetch_parse(self, name: str, value: str) -> Any:
-        if hasattr(value, "name"):  # already a header object (as the email package checks)
-            return value
-        plain = simple_header(name, "".join(_LINE_BREAK_RE.split(value)))
-        if plain is not None:
-            return plain
         if len(value) > _CACHED_HEADER_MAX:
-            return super().header_fetch_parse(name, value)
-        return _parsed_header(self, name, value)
+            return _read_header(self, name, value)
+        return _remembered_header(self, name, value)
 
 
 _CACHED_HEADER_MAX = 1024
 _LINE_BREAK_RE: Final = re.compile(r"\n|\r")  # how EmailPolicy unfolds a value it reads
 
 
-@functools.lru_cache(maxsize=2048)
-def _parsed_header(policy: _CachingPolicy, name: str, value: str) -> Any:
+def _read_header(policy: _CachingPolicy, name: str, value: str) -> Any:
+    if hasattr(value, "name"):  # already a header object (as the email package checks)
+        return value
+    plain = simple_header(name, "".join(_LINE_BREAK_RE.split(value)))
+    if plain is not None:
+        return plain
     return email_policy.EmailPolicy.header_fetch_parse(policy, name, value)
+
+
+_remembered_header = functools.lru_cache(maxsize=2048)(_read_header)
 
 
 PARSING_POLICY = _CachingPolicy()

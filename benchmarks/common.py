@@ -54,11 +54,13 @@ def rate(operation: Callable[[], object], seconds: float) -> float:
             return count / (now - start)
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds (user and system) used so far by process `root` and its descendants: the
-    live ones, and those they have reaped (read from /proc). A difference of two readings
-    is what the tree spent between them, whatever else the machine was doing: a figure
-    that the noise of a shared machine moves far less than a rate."""
+def tree_cpu_seconds(root: int) -> tuple[float, float, float]:
+    """CPU seconds (user and system) used so far by process `root`, its children, and their
+    descendants (three figures: for `gateway serve`, the server, its workers, and the
+    workers' extraction children): the live ones and those they have reaped (read from
+    /proc). A difference of two readings is what the tree spent between them, whatever else
+    the machine was doing: a figure that the noise of a shared machine moves far less than
+    a rate."""
     tick = os.sysconf("SC_CLK_TCK")
     children: dict[int, list[int]] = {}
     used: dict[int, float] = {}
@@ -75,12 +77,13 @@ def tree_cpu_seconds(root: int) -> float:
         pid = int(entry.name)
         children.setdefault(int(fields[1]), []).append(pid)
         used[pid] = sum(int(f) for f in fields[11:15]) / tick
-    total, todo = 0.0, [root]
+    totals = [0.0, 0.0, 0.0]
+    todo = [(root, 0)]
     while todo:
-        pid = todo.pop()
-        total += used.get(pid, 0.0)
-        todo.extend(children.get(pid, []))
-    return total
+        pid, depth = todo.pop()
+        totals[min(depth, 2)] += used.get(pid, 0.0)
+        todo.extend((child, depth + 1) for child in children.get(pid, []))
+    return totals[0], totals[1], totals[2]
 
 
 @contextlib.contextmanager

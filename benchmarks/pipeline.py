@@ -130,8 +130,9 @@ def one_round(
     sent: int,
     messages: list[bytes],
     args: argparse.Namespace,
-) -> tuple[float, float, float]:
-    """(acceptance msgs/s, end-to-end msgs/s, gateway CPU ms a message) of one round."""
+) -> tuple[float, float, tuple[float, ...]]:
+    """(acceptance msgs/s, end-to-end msgs/s, gateway CPU ms a message: all, serve, its
+    workers, their extraction children) of one round."""
     n = len(messages)
     rcpts = [ADDRESSES[i % len(ADDRESSES)] for i in range(n)]
     warm = [sample_message(10_000_000 + sent + i) for i in range(WARMUP)]
@@ -142,11 +143,12 @@ def one_round(
         began = time.perf_counter()
         accepted, _ = run_load(port, messages, args.connections, rcpts=rcpts)
         done = wait_filed(engine, sent + WARMUP + n)
-        cpu = tree_cpu_seconds(server.pid) - cpu_before
+        cpu_after = tree_cpu_seconds(server.pid)
     total, _, filed = counts(engine)
     if filed != total:
         raise SystemExit(f"{total - filed} of {total} messages not filed: no figures")
-    return n / accepted, n / (done - began), cpu / n * 1000
+    per_message = [(a - b) / n * 1000 for a, b in zip(cpu_after, cpu_before, strict=True)]
+    return n / accepted, n / (done - began), (sum(per_message), *per_message)
 
 
 def main() -> None:
@@ -174,12 +176,12 @@ def main() -> None:
     )
     print(
         f"{'round':<6} {'bare/s':>8} {'accepted/s':>11} {'ratio':>6} {'filed/s':>8} {'ratio':>6}"
-        f" {'CPU ms/msg':>11}"
+        f" {'CPU ms/msg':>11} {'(serve':>6} {'workers':>7} {'extraction)':>11}"
     )
     bare_rates: list[float] = []
     accepted_rates: list[float] = []
     filed_rates: list[float] = []
-    cpu_costs: list[float] = []
+    cpu_costs: list[tuple[float, ...]] = []
     with contextlib.ExitStack() as stack:
         home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-pipeline-")))
         url = None
@@ -208,7 +210,8 @@ def main() -> None:
             cpu_costs.append(cpu)
             print(
                 f"{r:<6} {bare:>8.0f} {accepted:>11.0f} {accepted / bare:>6.2f} {filed:>8.0f} "
-                f"{filed / bare:>6.2f} {cpu:>11.2f}",
+                f"{filed / bare:>6.2f} {cpu[0]:>11.2f} {cpu[1]:>6.2f} {cpu[2]:>7.2f} "
+                f"{cpu[3]:>11.2f}",
                 flush=True,
             )
     bare = statistics.median(bare_rates)
@@ -223,7 +226,10 @@ def main() -> None:
         f"to end {statistics.median(filed_rates):.0f} msgs/s (ratio {ratio:.2f}, {verdict} the "
         f"{TARGET:.2f} target) on {'PostgreSQL' if url else 'SQLite'}"
         f"{' + S3' if args.s3 else ' + local folder'}; the gateway's processes spent "
-        f"{statistics.median(cpu_costs):.2f} ms of CPU a message"
+        f"{statistics.median(c[0] for c in cpu_costs):.2f} ms of CPU a message (serve "
+        f"{statistics.median(c[1] for c in cpu_costs):.2f}, workers "
+        f"{statistics.median(c[2] for c in cpu_costs):.2f}, extraction children "
+        f"{statistics.median(c[3] for c in cpu_costs):.2f})"
     )
 
 

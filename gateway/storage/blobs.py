@@ -6,6 +6,7 @@ them). `[storage] backend` chooses; gateway/app.py builds the one configured.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
@@ -101,26 +102,40 @@ class FolderBlobStore:
         not: where a heavy writer shares it, give the storage folder a file system of its own.
         Data is durable before any name points at it, so a crash never leaves a blob that is
         not its hash."""
-        placed: dict[Path, Path] = {}  # final name -> temporary file
-        self.root.mkdir(parents=True, exist_ok=True)
+        # Plain os calls on str paths, one random prefix for the batch's temporary files, a
+        # sub-folder made only when a rename finds it missing: pathlib's exists, mkdir and
+        # unlink (each raising and catching on the common path) were half of this method.
+        placed: dict[str, str] = {}  # final name -> temporary file
+        root = str(self.root)
+        os.makedirs(root, exist_ok=True)
+        prefix = os.path.join(root, f".upload.{secrets.token_hex(8)}.")
         try:
             for content in contents:
-                final = self.path(hashlib.sha256(content).hexdigest())
-                if final in placed or final.exists():
+                digest = hashlib.sha256(content).hexdigest()
+                final = os.path.join(root, digest[:2], digest[2:4], digest)
+                if final in placed or os.path.exists(final):
                     continue  # durable since it was stored
-                tmp = self.root / f".upload.{secrets.token_hex(8)}.tmp"
+                tmp = f"{prefix}{len(placed)}.tmp"
                 placed[final] = tmp
-                tmp.write_bytes(content)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                try:
+                    with memoryview(content) as view:
+                        written = 0
+                        while written < len(view):
+                            written += os.write(fd, view[written:])
+                finally:
+                    os.close(fd)
             if not placed:
                 return
             sync_file_system(self.root)
-            for final, tmp in placed.items():
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp, final)
+            for final in list(placed):
+                _rename_into_place(placed[final], final)
+                del placed[final]
             sync_file_system(self.root)
         finally:
             for tmp in placed.values():
-                tmp.unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
 
     def put_file(self, file: Path | BinaryIO) -> StoredBlob:
         return _put_file(self, file)
@@ -277,6 +292,15 @@ def sync_file_system(path: Path) -> None:
             raise OSError(error, f"syncfs {path}: {os.strerror(error)}")
     finally:
         os.close(fd)
+
+
+def _rename_into_place(tmp: str, final: str) -> None:
+    """`os.replace`, making the blob's sub-folders when they are not there yet."""
+    try:
+        os.replace(tmp, final)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        os.replace(tmp, final)
 
 
 def fsync_dir(directory: Path) -> None:

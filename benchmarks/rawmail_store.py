@@ -62,7 +62,8 @@ Writer = Callable[[psycopg.Connection, list[bytes]], None]
 def with_segments(segments: FolderSegments | ObjectSegments) -> Writer:
     def write(conn: psycopg.Connection, group: list[bytes]) -> None:
         now = datetime.now(UTC)
-        placed = segments.append(now, group)
+        placed, make_durable = segments.lay_out(now, group)
+        make_durable()
         with conn.transaction(), conn.cursor() as cur:
             cur.executemany(
                 'INSERT INTO rows (segment, "offset", size, received_at) VALUES (%s, %s, %s, %s)',

@@ -4,7 +4,10 @@ A message is acknowledged only once its bytes are fsync'd in a spool segment and
 `inbound_messages` is committed. Doing that once per message caps a Python server at about
 half of what aiosmtpd can accept, so the writer commits in groups: while one batch is being
 written and fsync'd (in a dedicated thread, off the event loop), new arrivals queue up, and
-the next batch covers all of them with one fsync and one database commit.
+the next batch covers all of them with one fsync and one database commit. Within a batch,
+the bytes are made durable (fsync, or the PUT of an object) while its rows are inserted,
+and the rows commit once both are done: measured on PostgreSQL + S3, the PUT (~5.7 ms) and
+the insert (~5.5 ms) had been two thirds of a batch's time one after the other.
 
 A batch holds at most BATCH_BYTES (but always at least the oldest waiting message): the
 oldest first, then the smallest of the others. One client sending large messages back to
@@ -14,7 +17,7 @@ sent 1 MB messages over 20 connections; benchmarks/abuse.py). Taking the oldest 
 every message moving, however many small ones keep arriving.
 
 Where a group's bytes go is the segment store's business (gateway/storage/rawmail.py: files
-in the node's folder, or one object per group in S3-compatible storage). A row is inserted
+in the node's folder, or one object per group in S3-compatible storage). A row is committed
 only after the bytes it points at are durable, so a row never points at missing data; bytes
 written without a row (a crash between the write and the commit) were never acknowledged and
 the sender retries. Segments are kept: the raw message is always kept (R4).
@@ -28,9 +31,11 @@ import hashlib
 import secrets
 import threading
 from collections.abc import Callable, Sequence
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -75,57 +80,72 @@ BatchHook = Callable[[Session, list[int]], None]
 
 
 class SpoolWriter:
-    """Synchronous part: stores a batch's bytes in its segment store (durably), then inserts
-    the rows and commits."""
+    """Synchronous part: lays a batch's bytes out in its segment store and inserts the rows
+    while the bytes are made durable (an fsync, a PUT: in a thread of their own, since
+    both wait on something else), then commits once both are done."""
 
     def __init__(self, db: Database, segments: Segments) -> None:
         self.db = db
         self.segments = segments
         self._lock = threading.Lock()
+        self._durability = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-sync")
 
     def store_batch(self, arrivals: Sequence[Arrival], also: BatchHook | None = None) -> list[int]:
         """Durably store every arrival; returns their row ids in order."""
         with self._lock:
             try:
-                placed = self.segments.append(
+                placed, make_durable = self.segments.lay_out(
                     arrivals[0].received_at, [a.content for a in arrivals]
                 )
             except (OSError, ObjectStoreError):
-                # Disk full, I/O error, object store down: what was half-written is never
-                # referenced; the next batch starts somewhere fresh.
                 self.segments.abandon()
                 raise
-            rows = [
-                {
-                    "queue_id": a.queue_id,
-                    "source": a.source,
-                    "source_mailbox": a.source_mailbox,
-                    "received_at": a.received_at,
-                    "peer": a.peer,
-                    # A HELO name past its column (no hostname is that long) is kept cut:
-                    # refusing the row would answer 451 to a message we can store.
-                    "helo": a.helo[:HELO_COLUMN_LENGTH] if a.helo else a.helo,
-                    "mail_from": a.mail_from,
-                    "rcpt_tos": list(a.rcpt_tos),
-                    "size": len(a.content),
-                    "sha256": a.sha256 or hashlib.sha256(a.content).hexdigest(),
-                    "spool_segment": segment,
-                    "spool_offset": offset,
-                    "reason": a.rejected_reason,  # refused at intake: stored `rejected`
-                    "subject": a.subject,
-                    "header_message_id": a.header_message_id,
-                }
-                for a, (segment, offset) in zip(arrivals, placed, strict=True)
-            ]
-            with self.db.write() as session:
-                ids = inbound_queue.enqueue(session, rows)
-                if also is not None:
-                    also(session, ids)
+            durable = self._durability.submit(make_durable)
+            try:
+                with self.db.write() as session:
+                    ids = inbound_queue.enqueue(session, _rows(arrivals, placed))
+                    if also is not None:
+                        also(session, ids)
+                    durable.result()  # the bytes are durable before the rows commit
                 return ids
+            except BaseException:
+                # Disk full, I/O error, object store down: what was half-written is never
+                # referenced; the next batch starts somewhere fresh (once this one's sync,
+                # which may still run after a failed insert, has ended).
+                futures.wait([durable])
+                if isinstance(durable.exception(), OSError | ObjectStoreError):
+                    self.segments.abandon()
+                raise
 
     def close(self) -> None:
         with self._lock:
+            self._durability.shutdown(wait=True)
             self.segments.close()
+
+
+def _rows(arrivals: Sequence[Arrival], placed: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "queue_id": a.queue_id,
+            "source": a.source,
+            "source_mailbox": a.source_mailbox,
+            "received_at": a.received_at,
+            "peer": a.peer,
+            # A HELO name past its column (no hostname is that long) is kept cut: refusing
+            # the row would answer 451 to a message we can store.
+            "helo": a.helo[:HELO_COLUMN_LENGTH] if a.helo else a.helo,
+            "mail_from": a.mail_from,
+            "rcpt_tos": list(a.rcpt_tos),
+            "size": len(a.content),
+            "sha256": a.sha256 or hashlib.sha256(a.content).hexdigest(),
+            "spool_segment": segment,
+            "spool_offset": offset,
+            "reason": a.rejected_reason,  # refused at intake: stored `rejected`
+            "subject": a.subject,
+            "header_message_id": a.header_message_id,
+        }
+        for a, (segment, offset) in zip(arrivals, placed, strict=True)
+    ]
 
 
 # The bytes one group commit carries at most (see the module's docstring).

@@ -16,7 +16,7 @@ Two backends, as for documents (gateway/storage/blobs.py):
   immutable, so a segment cannot grow: one per group. Why an object per group and not the
   bytes in PostgreSQL: see benchmarks/rawmail_store.py and the README ("Stateless nodes").
 
-Either way a row is inserted only after the bytes it points at are durable, so a row never
+Either way a row is committed only after the bytes it points at are durable, so a row never
 points at missing data; bytes stored without a row (a crash between the write and the commit)
 were never acknowledged and the sender retries.
 """
@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -56,8 +56,12 @@ class RawMail(Protocol):
 class Segments(RawMail, Protocol):
     """Where one writer (one spool) puts its groups; used from one thread at a time."""
 
-    def append(self, day: datetime, contents: Sequence[bytes]) -> list[tuple[str, int]]:
-        """Store `contents` durably; (segment, offset) of each, in order."""
+    def lay_out(
+        self, day: datetime, contents: Sequence[bytes]
+    ) -> tuple[list[tuple[str, int]], Callable[[], None]]:
+        """Place `contents`: (segment, offset) of each, in order, and the call that makes
+        them durable (an fsync, a PUT). The spool runs that call while it inserts the rows
+        that point at them, and commits the rows only once it has returned."""
         ...
 
     def abandon(self) -> None:
@@ -66,6 +70,15 @@ class Segments(RawMail, Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def _make_durable(ended: list[BinaryIO], current: BinaryIO) -> None:
+    """fsync a group's segments: those it ended (then closed) and the one it goes on in."""
+    for segment in ended:
+        segment.flush()
+        os.fsync(segment.fileno())
+        segment.close()
+    os.fsync(current.fileno())
 
 
 def segment_name(node_name: str, counter: int) -> str:
@@ -101,27 +114,27 @@ class FolderSegments:
                 results.update((i, exc) for i in indexes if i not in results)
         return [results[i] for i in range(len(places))]
 
-    def append(self, day: datetime, contents: Sequence[bytes]) -> list[tuple[str, int]]:
+    def lay_out(
+        self, day: datetime, contents: Sequence[bytes]
+    ) -> tuple[list[tuple[str, int]], Callable[[], None]]:
+        """Written here (to the page cache); durable once the returned call has fsynced
+        every segment the group was written to (a group may end one and start the next)."""
         placed: list[tuple[str, int]] = []
         day_name = day.strftime("%Y-%m-%d")
-        f = self._current_file(day_name)
+        if self._file is not None and day_name != self._segment_day:
+            self.close()  # yesterday's segment: durable since its last group
+        f = self._file or self._open_next(day_name)
+        ended: list[BinaryIO] = []
         for content in contents:
             if f.tell() > SEGMENT_MAX_BYTES:
-                f = self._rotate(day_name)
+                ended.append(f)
+                f = self._open_next(day_name)
             placed.append((self._segment, f.tell()))
             f.write(content)
         f.flush()
-        os.fsync(f.fileno())
-        return placed
+        return placed, lambda: _make_durable(ended, f)
 
-    def _current_file(self, day: str) -> BinaryIO:
-        if self._file is None or day != self._segment_day:
-            return self._rotate(day)
-        return self._file
-
-    def _rotate(self, day: str) -> BinaryIO:
-        if self._file is not None:
-            self._file.close()
+    def _open_next(self, day: str) -> BinaryIO:
         folder = self.directory / day
         new_folder = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
@@ -189,7 +202,10 @@ class ObjectSegments:
                     results[i] = exc
         return [results[i] for i in range(len(places))]
 
-    def append(self, day: datetime, contents: Sequence[bytes]) -> list[tuple[str, int]]:
+    def lay_out(
+        self, day: datetime, contents: Sequence[bytes]
+    ) -> tuple[list[tuple[str, int]], Callable[[], None]]:
+        """One object for the group, durable once its PUT has returned."""
         self._counter += 1
         segment = f"{day.strftime('%Y-%m-%d')}/{segment_name(self.node_name, self._counter)}"
         placed = []
@@ -197,8 +213,7 @@ class ObjectSegments:
         for content in contents:
             placed.append((segment, offset))
             offset += len(content)
-        self.objects.put(self.PREFIX + segment, b"".join(contents))
-        return placed
+        return placed, lambda: self.objects.put(self.PREFIX + segment, b"".join(contents))
 
     def abandon(self) -> None:
         pass  # nothing half-written is ever visible: a failed PUT stores nothing

@@ -345,3 +345,44 @@ def test_a_held_message_is_queued_again_by_hand(gw, clock, config_path):
     # Only a held message: a second retry finds it received and says so.
     again = CliRunner().invoke(cli, ["messages", "retry", queue_id, "-c", str(config_path)])
     assert again.exit_code != 0 and "is received" in str(again.exception)
+
+
+def test_enqueue_stores_every_column_as_given_and_returns_ids_in_order(gw, clock):
+    """The spool's insert (gateway/storage/bulk.py: arrays unnested on PostgreSQL, the ORM's
+    bulk insert on SQLite) keeps each value, None and JSON lists included, and gives each
+    row its own id, in the order of the rows (not the order of their unique key)."""
+    now = clock.now()
+    rows = [
+        {
+            "queue_id": f"Q{(i * 7919) % 101:04d}",  # unique, not in the rows' order
+            "source": "imap" if i % 3 else "smtp",
+            "source_mailbox": f"INBOX/{i}" if i % 3 else None,
+            "received_at": now + timedelta(seconds=i),
+            "peer": None if i % 4 == 0 else f"192.0.2.{i}",
+            "helo": f"mx{i}.example.org",
+            "mail_from": "" if i == 5 else f"fournisseur{i}@example.org",
+            "rcpt_tos": [f"compta+dupont-{j}@welyb.fr" for j in range(i % 3 + 1)],
+            "size": 1000 + i,
+            "sha256": f"{i:064x}",
+            "spool_segment": "2026-11-30/node-1.seg",
+            "spool_offset": 1000 * i,
+            "reason": "no address of ours" if i == 7 else None,
+            "subject": "Façture é ✓" if i == 2 else None,
+            "header_message_id": f"<{i}@example.org>",
+        }
+        for i in range(30)
+    ]
+    with gw.db.write() as s:
+        ids = inbound_queue.enqueue(s, rows)
+    assert len(set(ids)) == 30
+    with gw.db.read() as s:
+        stored = {m.id: m for m in s.scalars(select(InboundMessage))}
+    for row_id, row in zip(ids, rows, strict=True):
+        message = stored[row_id]
+        for column, value in row.items():
+            got = getattr(message, column)
+            if column == "received_at":
+                got = got.replace(tzinfo=value.tzinfo)
+            assert got == value, (column, got, value)
+        expected = MessageStatus.REJECTED if row["reason"] else MessageStatus.RECEIVED
+        assert (message.status, message.attempts) == (expected, 0)

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.storage import events
+from gateway.storage.bulk import insert_rows
 from gateway.storage.models import (
     FINAL_STATUSES,
     InboundMessage,
@@ -72,8 +73,9 @@ def enqueue(session: Session, rows: Sequence[dict[str, Any]]) -> list[int]:
     """Insert the rows of messages just made durable (`received`), or taken and refused at
     intake (`rejected`: the row has a `reason`, and a `message.rejected` event no cabinet
     sees: no address of ours matched); their ids, in order."""
-    result = session.execute(
-        insert(InboundMessage).returning(InboundMessage.id, sort_by_parameter_order=True),
+    ids = insert_rows(
+        session,
+        cast(Table, InboundMessage.__table__),
         [
             {
                 **row,
@@ -82,8 +84,8 @@ def enqueue(session: Session, rows: Sequence[dict[str, Any]]) -> list[int]:
             }
             for row in rows
         ],
+        key="queue_id",
     )
-    ids = [row[0] for row in result]
     for i, row in zip(ids, rows, strict=True):
         if row.get("reason"):
             when = row["received_at"]

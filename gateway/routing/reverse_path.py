@@ -32,9 +32,12 @@ _LABEL_UTF8 = re.compile(r"[\w\u0080-\U0010ffff](?:[\w\u0080-\U0010ffff-]*[\w\u0
 _GENERAL_LITERAL = re.compile(r"[A-Za-z0-9-]*[A-Za-z0-9]:[\x21-\x5a\x5e-\x7e]+")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def has_control_characters(text: str) -> bool:
     """NUL, CR, LF, the other C0 controls or DEL: never in a command's argument."""
-    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+    return _CONTROL.search(text) is not None
 
 
 def is_reverse_path(address: str, utf8: bool = False) -> bool:

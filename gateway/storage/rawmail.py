@@ -73,11 +73,12 @@ class Segments(RawMail, Protocol):
 
 
 def _make_durable(ended: list[BinaryIO], current: BinaryIO) -> None:
-    """fsync a group's segments: those it ended (then closed) and the one it goes on in."""
+    """fsync a group's segments: those it ended (then closed, even when their fsync
+    fails) and the one it goes on in."""
     for segment in ended:
-        segment.flush()
-        os.fsync(segment.fileno())
-        segment.close()
+        with segment:
+            segment.flush()
+            os.fsync(segment.fileno())
     os.fsync(current.fileno())
 
 

@@ -11,6 +11,14 @@ and the rows commit once both are done. Measured on PostgreSQL + S3 under load, 
 side (the insert slows while the PUT's thread holds the GIL); the insert's own cost is what
 gateway/storage/bulk.py then cut.
 
+One group at a time, even where each group is an object of its own (S3), measured on
+PostgreSQL + S3 (issue 14): three groups at once made groups smaller and PUTs three times
+as many, and acceptance fell (684-825 msgs/s against 864-983 in alternating runs); the
+group commit in a process of its own, off the SMTP server's GIL, took the same 0.6 of a core
+between the two processes and no more messages (653-674 against 685-743). Under that load
+the server is at ~0.6 of a core and waits on a group's PUT and commit (~7 ms), which
+durability before the 250 requires.
+
 A batch holds at most BATCH_BYTES (but always at least the oldest waiting message): the
 oldest first, then the smallest of the others. One client sending large messages back to
 back would otherwise make every other sender's 250 wait behind group commits carrying tens

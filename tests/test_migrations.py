@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.app import Gateway
 from gateway.storage import events
-from gateway.storage.accounts import add_cabinet, add_company
+from gateway.storage.accounts import add_cabinet
 from gateway.storage.db import head_revision
 from gateway.storage.folders import ensure_folder
 from gateway.storage.models import (
@@ -57,9 +57,14 @@ def test_status_checks_are_added_to_a_database_that_has_rows(
     try:
         gw.db.migrate("0004")
         add_cabinet(gw.db, "aecconseil", "AEC Conseil", "contact@aecconseil.fr", clock.now())
-        add_company(
-            gw.db, gw.grammar, "dupont-maconnerie", "aecconseil", "Dupont", "12-31", clock.now()
-        )
+        with gw.db.write() as s:  # its columns of 0004 (SIREN and the rest came in 0016)
+            s.execute(
+                text(
+                    "INSERT INTO companies (slug, cabinet_id, name, fiscal_year_end, created_at)"
+                    " SELECT 'dupont-maconnerie', id, 'Dupont', '12-31', :now FROM cabinets"
+                ),
+                {"now": clock.now()},
+            )
         _outbound_rows_at_0004(gw, clock)
         _forward(gw, clock)  # an inbound message, its bot mail and a queued forward
         before = _counts(gw)

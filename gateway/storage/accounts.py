@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from gateway.einvoice.identifiers import CompanyIdentity, IdentifierError
 from gateway.errors import GatewayError
 from gateway.routing.addresses import AddressGrammar, split_address
 from gateway.routing.slugs import slug_problem
@@ -83,11 +84,13 @@ def add_company(
     fiscal_year_end: str,
     now: datetime,
     tenant: Tenant = ALL,
+    identity: CompanyIdentity | None = None,
 ) -> Company:
     problem = slug_problem(slug, "company") or grammar.reserved_slug_problem(slug)
     if problem:
         raise AccountError(problem, field="slug")
     check_fiscal_year_end(fiscal_year_end)
+    identity = identity or CompanyIdentity()
     try:
         with db.write() as s:
             cabinet_id = s.execute(
@@ -105,10 +108,68 @@ def add_company(
                 name=name or slug,
                 fiscal_year_end=fiscal_year_end,
                 created_at=now,
+                siren=identity.siren,
+                siret=identity.siret,
+                vat_number=identity.vat_number,
             )
             s.add(company)
     except IntegrityError as exc:
         raise Conflict(f"a company {slug!r} already exists", field="slug") from exc
+    return company
+
+
+def company_identity(
+    siren: str | None, siret: str | None, vat_number: str | None
+) -> CompanyIdentity:
+    """The identity a person typed, checked; AccountError naming the field when wrong."""
+    try:
+        return CompanyIdentity.checked(siren, siret, vat_number)
+    except IdentifierError as exc:
+        raise AccountError(str(exc), field=exc.field) from exc
+
+
+# A change to one of a company's settings: None leaves it as it is; "" clears an identifier.
+Change = str | None
+
+
+def set_company(
+    db: Database,
+    slug: str,
+    *,
+    name: Change = None,
+    fiscal_year_end: Change = None,
+    siren: Change = None,
+    siret: Change = None,
+    vat_number: Change = None,
+    tenant: Tenant = ALL,
+) -> Company:
+    """Change a company's name, fiscal year end or identity (`company set`, PATCH). The
+    identity is checked as a whole after the change: a new SIREN must still own the SIRET
+    and the VAT number kept, or they are changed (or cleared) with it."""
+    if fiscal_year_end is not None:
+        check_fiscal_year_end(fiscal_year_end)
+    if name is not None and not name.strip():
+        raise AccountError("a company's name cannot be empty", field="name")
+    with db.write() as s:
+        company = s.execute(
+            tenant.companies(select(Company).where(Company.slug == slug))
+        ).scalar_one_or_none()
+        if company is None:
+            raise NotFound(f"no company {slug!r} (see `gateway company list`)", field="slug")
+        identity = company_identity(
+            company.siren if siren is None else siren,
+            company.siret if siret is None else siret,
+            company.vat_number if vat_number is None else vat_number,
+        )
+        company.siren, company.siret, company.vat_number = (
+            identity.siren,
+            identity.siret,
+            identity.vat_number,
+        )
+        if name is not None:
+            company.name = name.strip()
+        if fiscal_year_end is not None:
+            company.fiscal_year_end = fiscal_year_end
     return company
 
 

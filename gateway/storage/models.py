@@ -80,6 +80,10 @@ class Company(Base):
     name: Mapped[str] = mapped_column(String(200))
     fiscal_year_end: Mapped[str] = mapped_column(String(5))  # "MM-DD"
     created_at: Mapped[datetime]
+    # What e-invoices know it by (gateway/einvoice/identifiers.py), compact; optional.
+    siren: Mapped[str | None] = mapped_column(String(9))
+    siret: Mapped[str | None] = mapped_column(String(14))
+    vat_number: Mapped[str | None] = mapped_column(String(20))
 
 
 class Folder(Base):
@@ -157,6 +161,9 @@ class Document(Base):
         Index("ix_documents_company_placed", "company_id", "placed_at", "id"),
         Index("ix_documents_folder_placed", "folder_id", "placed_at", "id"),
         Index("ix_documents_placed", "placed_at", "id"),
+        # The duplicate rule for e-invoices: the same invoice is filed once per company,
+        # whatever its bytes (NULL for every other document: never equal).
+        Index("ux_documents_company_invoice", "company_id", "invoice_key", unique=True),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     company_id: Mapped[int] = mapped_column(ForeignKey("companies.id"))
@@ -172,6 +179,11 @@ class Document(Base):
     inbound_message_id: Mapped[int | None] = mapped_column(
         ForeignKey("inbound_messages.id"), index=True
     )
+    # An e-invoice: what it says (gateway.einvoice.model.Invoice.to_json), the checks made
+    # against the company, or why it could not be read.
+    invoice: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # seller|number|type|issue date (gateway.einvoice.filing.invoice_key); see the index.
+    invoice_key: Mapped[str | None] = mapped_column(String(400))
 
 
 class DuplicateDocument(Base):
@@ -186,6 +198,8 @@ class DuplicateDocument(Base):
     filename: Mapped[str] = mapped_column(String(255))
     sha256: Mapped[str] = mapped_column(String(64))
     seen_at: Mapped[datetime]
+    # Why it is the same document (NULL: the same bytes): "same invoice F-1 of SIREN …".
+    reason: Mapped[str | None] = mapped_column(String(400))
 
 
 class BotMail(Base):

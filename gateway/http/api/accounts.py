@@ -10,7 +10,13 @@ from pydantic import BaseModel, Field
 from gateway.app import Gateway
 from gateway.http.api.access import Admin, Gw, Reader, Writer
 from gateway.http.api.schemas import Moment, Strict, refusals
-from gateway.storage.accounts import NotFound, add_cabinet, add_company
+from gateway.storage.accounts import (
+    NotFound,
+    add_cabinet,
+    add_company,
+    company_identity,
+    set_company,
+)
 from gateway.storage.listings.accounts import CompanyRow, list_cabinets, list_companies
 
 router = APIRouter()
@@ -41,6 +47,9 @@ class Company(BaseModel):
     cabinet: str
     fiscal_year_end: str
     created_at: Moment
+    siren: str | None = Field(description="9 digits: what e-invoices name it by")
+    siret: str | None
+    vat_number: str | None = Field(examples=["FR40303265045"])
     collection_addresses: list[CollectionAddress]
 
 
@@ -49,6 +58,19 @@ class NewCompany(Strict):
     cabinet: str = Field(min_length=1, max_length=63)
     name: str | None = Field(default=None, max_length=200)
     fiscal_year_end: str = Field(default="12-31", pattern=r"^\d\d-\d\d$", examples=["12-31"])
+    siren: str | None = Field(default=None, max_length=20, examples=["732829320"])
+    siret: str | None = Field(default=None, max_length=30)
+    vat_number: str | None = Field(default=None, max_length=30, examples=["FR40303265045"])
+
+
+class CompanyChange(Strict):
+    """Only what is given changes; an empty string clears an identifier."""
+
+    name: str | None = Field(default=None, max_length=200)
+    fiscal_year_end: str | None = Field(default=None, pattern=r"^\d\d-\d\d$")
+    siren: str | None = Field(default=None, max_length=20)
+    siret: str | None = Field(default=None, max_length=30)
+    vat_number: str | None = Field(default=None, max_length=30)
 
 
 @router.get("/cabinets", tags=["cabinets"], responses=refusals())
@@ -119,8 +141,16 @@ def create_company(
         body.fiscal_year_end,
         gw.clock.now(),
         who.tenant,
+        identity=company_identity(body.siren, body.siret, body.vat_number),
     )
     return company(body.slug, who, gw)
+
+
+@router.patch("/companies/{slug}", tags=["companies"], responses=refusals(422, 404))
+def change_company(slug: str, body: CompanyChange, who: Writer, gw: Gw) -> Company:
+    """Change a company's name, fiscal year end, SIREN, SIRET or VAT number."""
+    set_company(gw.db, slug, tenant=who.tenant, **body.model_dump(exclude_unset=True))
+    return company(slug, who, gw)
 
 
 def _company(gw: Gateway, row: CompanyRow) -> Company:
@@ -133,5 +163,8 @@ def _company(gw: Gateway, row: CompanyRow) -> Company:
         cabinet=row.cabinet,
         fiscal_year_end=row.fiscal_year_end,
         created_at=row.created_at,
+        siren=row.siren,
+        siret=row.siret,
+        vat_number=row.vat_number,
         collection_addresses=addresses,
     )

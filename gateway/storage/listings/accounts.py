@@ -46,6 +46,9 @@ class CompanyRow:
     cabinet: str
     fiscal_year_end: str
     created_at: datetime
+    siren: str | None = None
+    siret: str | None = None
+    vat_number: str | None = None
 
 
 def list_companies(db: Database, tenant: Tenant = ALL, slug: str | None = None) -> list[CompanyRow]:
@@ -65,6 +68,9 @@ def list_companies(db: Database, tenant: Tenant = ALL, slug: str | None = None) 
                 cabinet=cabinet,
                 fiscal_year_end=co.fiscal_year_end,
                 created_at=co.created_at,
+                siren=co.siren,
+                siret=co.siret,
+                vat_number=co.vat_number,
             )
             for co, cabinet in s.execute(query)
         ]

@@ -85,6 +85,22 @@ def children_cpu() -> float:
     return total
 
 
+def timed_filing(filer: Filer) -> tuple[float, float, float]:
+    """File everything waiting: (seconds, this process's CPU seconds, the extraction
+    child's), the child started before the clock (its start-up is not per message)."""
+    filer.sandbox.close()  # a fresh child: its CPU is all this round's
+    filer.sandbox.extract(sample_message(0))
+    started_children = children_cpu()
+    cpu = time.process_time()
+    began = time.perf_counter()
+    file_all(filer)
+    elapsed = time.perf_counter() - began
+    cpu = time.process_time() - cpu
+    children = children_cpu() - started_children
+    filer.sandbox.close()
+    return elapsed, cpu, children
+
+
 def one_round(home: Path, dns_port: int, n: int) -> tuple[float, float, float]:
     """(msgs/s, this process's CPU ms per message, the extraction child's)."""
     config = gateway_config(home, free_port(), None, None, dns_port)
@@ -94,16 +110,7 @@ def one_round(home: Path, dns_port: int, n: int) -> tuple[float, float, float]:
         fill(gw, 0, WARMUP)
         file_all(filer)
         fill(gw, WARMUP, n)
-        filer.sandbox.close()  # a fresh child: its CPU is all this round's
-        filer.sandbox.extract(sample_message(0))  # started: its start-up is not per message
-        started_children = children_cpu()
-        cpu = time.process_time()
-        began = time.perf_counter()
-        file_all(filer)
-        elapsed = time.perf_counter() - began
-        cpu = time.process_time() - cpu
-        children = children_cpu() - started_children
-        filer.sandbox.close()
+        elapsed, cpu, children = timed_filing(filer)
         total, waiting, filed = counts(gw.db.engine)
         with gw.db.read() as s:
             documents = s.scalar(select(func.count()).select_from(Document))

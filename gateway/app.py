@@ -46,6 +46,7 @@ from gateway.outbound.verp import BounceAddresses
 from gateway.outbound.webhooks import Dispatcher as WebhookDispatcher
 from gateway.outbound.webhooks import Hook, Resolver, resolve
 from gateway.routing.addresses import AddressGrammar
+from gateway.routing.einvoice_filing import EinvoiceFiling, load_rules
 from gateway.routing.partners import PartnerRegistry, load_registry
 from gateway.storage.accounts import NotFound
 from gateway.storage.blobs import BlobStore, FolderBlobStore, ObjectBlobStore
@@ -200,7 +201,15 @@ class Gateway:
     def extraction_limits(self) -> ExtractionLimits:
         return ExtractionLimits.from_config(self.config.extraction)
 
+    @cached_property
+    def einvoice_rules(self) -> EinvoiceFiling | None:
+        """Where e-invoices are filed by what they say; None: [einvoice] is off."""
+        if not self.config.einvoice.enabled:
+            return None
+        return load_rules(self.config.einvoice.rules, self.config.filing.journals)
+
     def filer(self, worker_name: str | None = None) -> Filer:
+        einvoice = self.config.einvoice
         return Filer(
             db=self.db,
             config=self.config.filing,
@@ -208,7 +217,9 @@ class Gateway:
                 self.extraction_limits(),
                 self.config.extraction.timeout_seconds,
                 self.config.extraction.memory_limit_mb,
+                einvoice.max_xml_bytes if einvoice.enabled else None,
             ),
+            einvoice_rules=self.einvoice_rules,
             recipients=self.recipients(),
             registry=self.registry,
             blobs=self.blobs,

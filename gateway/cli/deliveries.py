@@ -31,7 +31,8 @@ def deliveries_list(
     """List deliveries with their state and reason."""
     gw = Context(config_path).gateway
     rows = [asdict(row) for row in list_deliveries(gw.db, company_slug, status)]
-    emit(rows, as_json, ["id", "company", "partner", "filename", "status", "due_at", "reason"])
+    columns = ["id", "company", "partner", "filename", "invoice_number", "status", "due_at"]
+    emit(rows, as_json, [*columns, "reason"])
 
 
 @deliveries.command("retry")

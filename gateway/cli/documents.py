@@ -9,10 +9,10 @@ from typing import Any
 import click
 
 from gateway.cli.context import Context, config_option, json_option
-from gateway.cli.output import emit
+from gateway.cli.output import emit, print_json
 from gateway.inbound.trust.results import AuthenticationResults
 from gateway.storage.connections import add_document, move_document
-from gateway.storage.listings.documents import list_documents
+from gateway.storage.listings.documents import document_detail, list_documents
 
 
 @click.group()
@@ -76,3 +76,61 @@ def documents_move(config_path: str | None, document_id: int, folder_path: str) 
     _, placed = move_document(gw.db, gw.grammar, document_id, folder_path, gw.clock.now())
     said = placed.summary()
     click.echo(f"document #{document_id} moved to {folder_path}" + (f"; {said}" if said else ""))
+
+
+@documents.command("show")
+@config_option
+@json_option
+@click.argument("document_id", type=int)
+def documents_show(config_path: str | None, as_json: bool, document_id: int) -> None:
+    """One document: where it is, where it came from, its e-invoice (what it says and the
+    checks made), its deliveries and its duplicates."""
+    gw = Context(config_path).gateway
+    detail = document_detail(gw.db, document_id)
+    shown = _shown(asdict(detail.document))
+    if as_json:
+        whole = asdict(detail)
+        print_json({**shown, "deliveries": whole["deliveries"], "duplicates": whole["duplicates"]})
+        return
+    d = detail.document
+    lines = [
+        f"document #{d.id} {d.filename} ({d.media_type}, {d.size} bytes)",
+        f"  company {d.company}, folder {d.folder}, placed {d.placed_at:%Y-%m-%d %H:%M:%S}",
+        f"  from {d.source} {d.queue_id or ''} {d.origin}; sender {shown['sender'] or '-'}",
+        f"  sha256 {d.sha256}",
+        *_invoice_lines(d.invoice),
+    ]
+    lines += [
+        f"  delivery #{x.id} to {x.partner}: {x.status}" + (f" ({x.reason})" if x.reason else "")
+        for x in detail.deliveries
+    ]
+    lines += [
+        f"  duplicate {x.filename} in {x.queue_id} at {x.seen_at:%Y-%m-%d %H:%M:%S}: "
+        + (x.reason or "the same bytes")
+        for x in detail.duplicates
+    ]
+    click.echo("\n".join(lines))
+
+
+def _invoice_lines(invoice: dict[str, Any] | None) -> list[str]:
+    if invoice is None:
+        return []
+    if "problem" in invoice:
+        return [f"  e-invoice not read: {invoice['problem']}"]
+    seller, buyer = invoice.get("seller") or {}, invoice.get("buyer") or {}
+
+    def party(p: dict[str, Any]) -> str:
+        ids = ", ".join(f"{k} {p[k]}" for k in ("siren", "vat_number") if p.get(k))
+        return f"{p.get('name') or '-'}" + (f" ({ids})" if ids else "")
+
+    currency = invoice.get("currency") or ""
+    lines = [
+        f"  e-invoice {invoice.get('format')} {invoice.get('profile') or ''}: "
+        f"{invoice.get('kind')} {invoice.get('number')} of {invoice.get('issue_date')}"
+        f" (type {invoice.get('type_code')}), due {invoice.get('due_date') or '-'}",
+        f"    seller {party(seller)}; buyer {party(buyer)}; company is {invoice.get('role')}",
+        f"    total {invoice.get('total_without_tax')} + tax {invoice.get('total_tax')} = "
+        f"{invoice.get('total_with_tax')} {currency}, due {invoice.get('amount_due')}",
+    ]
+    lines += [f"    check: {check}" for check in invoice.get("checks") or []]
+    return lines

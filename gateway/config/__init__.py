@@ -10,6 +10,7 @@ machinery in `declare.py`); `parse.py` reads the file through those declarations
 
 from gateway.config.checks import DEFAULT_JOURNALS
 from gateway.config.declare import ConfigError
+from gateway.config.einvoice import EinvoiceConfig
 from gateway.config.imap_oauth import ImapOAuth2Config
 from gateway.config.parse import (
     CONFIG_ENV,
@@ -48,6 +49,7 @@ __all__ = [
     "TABLES",
     "ClamavConfig",
     "ConfigError",
+    "EinvoiceConfig",
     "ExtractionConfig",
     "FilingConfig",
     "GatewayConfig",

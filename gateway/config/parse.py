@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from gateway.config.api import ApiConfig
 from gateway.config.declare import ConfigError, TableReader
+from gateway.config.einvoice import EinvoiceConfig
 from gateway.config.environment import lay_over
 from gateway.config.imap_oauth import ImapOAuth2Config
 from gateway.config.settings import (
@@ -38,6 +39,7 @@ from gateway.config.storage import S3Config
 from gateway.config.trust import ClamavConfig, RspamdConfig, TrustConfig
 from gateway.config.webhooks import WebhookConfig
 from gateway.routing.addresses import split_address
+from gateway.routing.einvoice_filing import RulesError, load_rules
 from gateway.routing.slugs import SLUG_RE
 
 CONFIG_ENV = "GATEWAY_CONFIG"
@@ -103,6 +105,11 @@ def parse_config(
     smtp = _smtp(root.table("smtp"), base)
     filing = _read(root.table("filing"), FilingConfig, base)
     extraction = _read(root.table("extraction"), ExtractionConfig, base)
+    einvoice = _read(root.table("einvoice"), EinvoiceConfig, base)
+    try:  # checked now, against the journals: a wrong file is one line at start
+        load_rules(einvoice.rules, filing.journals)
+    except RulesError as exc:
+        raise ConfigError(f"einvoice.rules: {exc}") from exc
     outbound = _outbound(root.table("outbound"), base)
     imap_sources = _imap(root.table("imap"), base, top["domains"])
     for source in imap_sources.values():
@@ -127,6 +134,7 @@ def parse_config(
         smtp=smtp,
         filing=filing,
         extraction=extraction,
+        einvoice=einvoice,
         logging=logging,
         http=http,
         api=api,

@@ -32,6 +32,7 @@ from gateway.config.declare import (
     required,
     setting,
 )
+from gateway.config.einvoice import EinvoiceConfig
 from gateway.config.imap_oauth import ImapOAuth2Config
 from gateway.config.storage import S3Config
 from gateway.config.trust import ClamavConfig, RspamdConfig, TrustConfig
@@ -636,6 +637,7 @@ class GatewayConfig:
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     filing: FilingConfig = field(default_factory=FilingConfig)
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    einvoice: EinvoiceConfig = field(default_factory=EinvoiceConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
@@ -780,6 +782,7 @@ TABLES: tuple[Table, ...] = (
     ),
     Table("sender_policy", SenderPolicyConfig, "Who may file mail: the global default."),
     Table("extraction", ExtractionConfig, "Limits on what one message may expand to."),
+    Table("einvoice", EinvoiceConfig, "E-invoices read at filing (Factur-X, UBL, CII)."),
     Table("trust", TrustConfig, "Sender authentication and quarantine (after the 250)."),
     Table("clamav", ClamavConfig, "Malware scanning with clamd."),
     Table("rspamd", RspamdConfig, "Spam scoring with rspamd."),

@@ -27,16 +27,25 @@ from gateway import metrics
 from gateway.clock import Clock, as_utc
 from gateway.config import FilingConfig
 from gateway.inbound.body_pdf import BodyPdfRenderer
+from gateway.inbound.duplicates import duplicate_keys, known_documents
 from gateway.inbound.extraction import Extraction
-from gateway.inbound.filing_report import FilingReport, Placement, Prepared, reached_by
+from gateway.inbound.filing_report import (
+    FilingReport,
+    Placement,
+    PlannedDocument,
+    Prepared,
+    reached_by,
+)
 from gateway.inbound.filing_write import BatchWriter
 from gateway.inbound.folders import folder_path
+from gateway.inbound.invoices import file_invoice
 from gateway.inbound.recipients import Destination, Recipients
 from gateway.inbound.sandbox import ExtractionSandbox, OverBudget
 from gateway.inbound.trust.checkpoint import Checkpoint, WaitForChecks
 from gateway.inbound.trust.results import AuthenticationResults
 from gateway.inbound.trust.screen import Wait
 from gateway.mail.dsn import parse_bounce
+from gateway.routing.einvoice_filing import EinvoiceFiling
 from gateway.routing.partners import PartnerRegistry
 from gateway.runner import Backoff
 from gateway.storage import quarantine
@@ -44,7 +53,6 @@ from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database
 from gateway.storage.folders import ensure_folder
 from gateway.storage.models import (
-    Document,
     InboundMessage,
     MessageStatus,
 )
@@ -102,8 +110,11 @@ class Filer:
         worker_name: str,
         checkpoint: Checkpoint,
         body_pdf: BodyPdfRenderer | None = None,
+        einvoice_rules: EinvoiceFiling | None = None,
     ) -> None:
         self.db = db
+        # Where e-invoices go and how they are checked; None: [einvoice] off (not read).
+        self.einvoice_rules = einvoice_rules
         self.checkpoint = checkpoint  # authentication, malware, spam, policy (issue 11)
         self.config = config
         self.sandbox = sandbox  # extraction under a time and memory budget
@@ -322,18 +333,34 @@ class Filer:
         # One company reached twice in one message gets its documents once; the same bytes
         # twice in the message are both kept here, the second becoming a duplicate record.
         seen: set[tuple[int, int]] = set()
+        shas = [hashlib.sha256(doc.content).hexdigest() for doc in extraction.documents]
         for dest in ged:
             company = dest.company
             assert company is not None
-            path = folder_path(
-                self.config, dest.address.journal, company.fiscal_year_end, received_at
-            )
-            docs = []
+            by_path: dict[str, list[PlannedDocument]] = {}
             for index, doc in enumerate(extraction.documents):
-                if (company.id, index) not in seen:
-                    seen.add((company.id, index))
-                    docs.append((doc, hashlib.sha256(doc.content).hexdigest()))
-            plan.append(Placement(company, path, self._folder_id(company.id, path, now), docs))
+                if (company.id, index) in seen:
+                    continue
+                seen.add((company.id, index))
+                journal, invoice = dest.address.journal, None
+                if doc.einvoice is not None and self.einvoice_rules is not None:
+                    invoice = file_invoice(doc.einvoice, company, journal, self.einvoice_rules)
+                    journal = invoice.journal
+                    outcome.notes.extend(
+                        f"{doc.filename} ({invoice.label}, {company.slug}): {note}"
+                        for note in invoice.notes
+                    )
+                path = folder_path(self.config, journal, company.fiscal_year_end, received_at)
+                by_path.setdefault(path, []).append(PlannedDocument(doc, shas[index], invoice))
+            if not by_path:  # nothing to file, but the company was reached: it hears why
+                journal = dest.address.journal
+                by_path[
+                    folder_path(self.config, journal, company.fiscal_year_end, received_at)
+                ] = []
+            plan.extend(
+                Placement(company, path, self._folder_id(company.id, path, now), docs)
+                for path, docs in by_path.items()
+            )
         bots = [d for d in destinations if d.accepted and d.address.goes_to_bot_mailbox]
         bounces = [d for d in destinations if d.accepted and d.address.is_bounce]
         report = parse_bounce(raw) if bounces else None
@@ -356,17 +383,16 @@ class Filer:
         """The batch's documents: bytes first, durable together; rows after (a crash in
         between leaves unreferenced blobs, never a row pointing at nothing). Then which of
         them each company already has: the duplicate rule, one query for the batch."""
-        contents = {sha: doc.content for p in batch for pl in p.plan for doc, sha in pl.docs}
+        contents = {d.sha256: d.doc.content for p in batch for pl in p.plan for d in pl.docs}
         self.blobs.put_many(list(contents.values()))
-        known = self._known_documents(
-            {(pl.company.id, sha) for p in batch for pl in p.plan for _, sha in pl.docs}
-        )
+        keys = {(pl.company.id, k) for p in batch for pl in p.plan for k in duplicate_keys(pl)}
+        known = known_documents(self.db, keys)
         for p in batch:
             p.known = {
-                (pl.company.id, sha): known[(pl.company.id, sha)]
+                (pl.company.id, k): known[(pl.company.id, k)]
                 for pl in p.plan
-                for _, sha in pl.docs
-                if (pl.company.id, sha) in known
+                for k in duplicate_keys(pl)
+                if (pl.company.id, k) in known
             }
 
     def _commit_counted(self, batch: list[Prepared]) -> None:
@@ -400,21 +426,6 @@ class Filer:
                 folder_id = ensure_folder(s, company_id, path, now)
             self._folders[key] = folder_id
         return folder_id
-
-    def _known_documents(self, keys: set[tuple[int, str]]) -> dict[tuple[int, str], int]:
-        """Which of these (company, sha256) are already filed: the duplicate rule."""
-        if not keys:
-            return {}
-        with self.db.read() as s:
-            rows = s.execute(
-                # Both columns, so that the (company_id, sha256) unique index answers: by
-                # sha256 alone it was a scan of every document ever filed, per message.
-                select(Document.company_id, Document.sha256, Document.id).where(
-                    Document.company_id.in_({company for company, _ in keys}),
-                    Document.sha256.in_({sha for _, sha in keys}),
-                )
-            )
-            return {(c, sha): i for c, sha, i in rows if (c, sha) in keys}
 
     def _purge_when_due(self) -> None:
         """Hourly: quarantined mail past its retention period loses its copy (the record

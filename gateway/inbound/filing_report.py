@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from gateway.inbound.extraction import ExtractedDocument, Extraction
+from gateway.inbound.invoices import FiledInvoice
 from gateway.inbound.recipients import Destination
 from gateway.inbound.trust.results import AuthenticationResults
 from gateway.mail.dsn import BounceReport
@@ -61,14 +62,24 @@ class FilingReport:
         return " | ".join(parts) or None
 
 
+@dataclass(frozen=True)
+class PlannedDocument:
+    """One document to file for one company."""
+
+    doc: ExtractedDocument
+    sha256: str
+    invoice: FiledInvoice | None = None  # what its e-invoice says and makes of it
+
+
 @dataclass
 class Placement:
-    """Where one message's documents go for one company."""
+    """Where some of one message's documents go for one company (an e-invoice may go to
+    another folder than the rest: gateway/inbound/invoices.py)."""
 
     company: CompanyRef
     path: str
     folder_id: int
-    docs: list[tuple[ExtractedDocument, str]]  # (document, sha256)
+    docs: list[PlannedDocument]
 
 
 @dataclass
@@ -79,7 +90,7 @@ class Prepared:
     extraction: Extraction
     outcome: FilingReport
     plan: list[Placement]
-    known: dict[tuple[int, str], int]
+    known: dict[tuple[int, str], int]  # (company, sha256 or invoice key) -> document filed
     bots: list[Destination]
     received_at: datetime
     bounces: list[Destination]

@@ -10,15 +10,16 @@ they report. The switches of the batch's companies are read once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
+from gateway.inbound.duplicates import as_duplicate_key
 from gateway.inbound.extraction import ExtractedDocument
-from gateway.inbound.filing_report import Placement, Prepared
+from gateway.inbound.filing_report import Placement, PlannedDocument, Prepared
 from gateway.mail.dsn import BounceReport
 from gateway.routing.partners import PartnerRegistry
 from gateway.storage import events
@@ -40,11 +41,34 @@ class _File:
     """One file of one message for one company, as decided before the batch's INSERT."""
 
     place: Placement
-    doc: ExtractedDocument
-    sha: str
+    planned: PlannedDocument
     known: int | None  # the document already filed before this batch, if any
     row: int | None  # its row in the batch's INSERT: its own (new) or its first copy's
     new: bool
+    same_invoice: bool = False  # a duplicate by what its e-invoice says, not by its bytes
+
+    @property
+    def doc(self) -> ExtractedDocument:
+        return self.planned.doc
+
+    @property
+    def sha(self) -> str:
+        return self.planned.sha256
+
+
+@dataclass
+class _NewRows:
+    """The batch's new document rows so far, by (company, sha256) and, for an e-invoice,
+    by (company, invoice key) too: a later file with either is a duplicate of that row."""
+
+    rows: dict[tuple[int, str], int] = field(default_factory=dict)
+    count: int = 0
+
+    def add(self, keys: list[tuple[int, str]]) -> int:
+        row, self.count = self.count, self.count + 1
+        for key in keys:
+            self.rows[key] = row
+        return row
 
 
 class BatchWriter:
@@ -59,7 +83,7 @@ class BatchWriter:
 
     def write(self, batch: list[Prepared]) -> list[Finished]:
         """Every message's rows; returns their ends, which the caller writes for all."""
-        planned: dict[tuple[int, str], int] = {}
+        planned = _NewRows()
         files = [self._decide(p, planned) for p in batch]
         rows = [
             _document_row(f, p, self.now)
@@ -80,21 +104,24 @@ class BatchWriter:
         self._emit()
         return finished
 
-    def _decide(self, p: Prepared, planned: dict[tuple[int, str], int]) -> list[_File]:
+    def _decide(self, p: Prepared, planned: _NewRows) -> list[_File]:
         """Which of the message's files are new, which are duplicates (filed before, or
         earlier in this batch: `planned`, the batch's new rows by company and sha256)."""
         if p.quarantine is not None:
             return []
         files = []
         for place in p.plan:
-            for doc, sha in place.docs:
-                key = (place.company.id, sha)
-                known = p.known.get(key)
-                row = planned.get(key) if known is None else None
-                new = known is None and row is None
-                if new:
-                    row = planned[key] = len(planned)
-                files.append(_File(place, doc, sha, known, row, new))
+            for d in place.docs:
+                keys = [(place.company.id, d.sha256)]
+                if d.invoice is not None and d.invoice.key is not None:
+                    keys.append((place.company.id, as_duplicate_key(d.invoice.key)))
+                known = next((p.known[k] for k in keys if k in p.known), None)
+                row = next((planned.rows[k] for k in keys if k in planned.rows), None)
+                if known is None and row is None:
+                    files.append(_File(place, d, None, planned.add(keys), True))
+                    continue
+                same_bytes = keys[0] in p.known or keys[0] in planned.rows
+                files.append(_File(place, d, known, row, False, not same_bytes))
         return files
 
     def _write(
@@ -127,6 +154,7 @@ class BatchWriter:
                 key = (company.id, f.sha)
                 if not f.new:
                     existing = f.known if f.known is not None else ids[_row(f)]
+                    why = _same_invoice(f) if f.same_invoice else None
                     if key not in recorded:
                         recorded.add(key)
                         self.s.add(
@@ -137,10 +165,12 @@ class BatchWriter:
                                 filename=f.doc.filename,
                                 sha256=f.sha,
                                 seen_at=self.now,
+                                reason=why,
                             )
                         )
                     first = in_message.get(key)
                     same = f", same as {first} in this message" if first else ""
+                    same = f", {why}" if why else same
                     name = f.doc.filename
                     outcome.duplicates.append(f"{name} ({company.slug}, #{existing}{same})")
                     continue
@@ -148,6 +178,7 @@ class BatchWriter:
                 in_message[key] = f.doc.filename
                 self._filed(document_id, row, place)
                 outcome.filed.append(f"{f.doc.filename} -> {company.slug}:{place.path}")
+        if p.plan:  # what was refused was the GED's to file: said once for the message
             outcome.refused.extend(f"{r.filename}: {r.reason}" for r in p.extraction.refused)
         bot_mails: list[BotMail] = []
         for dest in p.bots:
@@ -220,8 +251,15 @@ def _row(f: _File) -> int:
     return f.row
 
 
+def _same_invoice(f: _File) -> str:
+    invoice = f.planned.invoice
+    assert invoice is not None
+    return f"same {invoice.label} of the same seller, other bytes"
+
+
 def _document_row(f: _File, p: Prepared, now: datetime) -> dict[str, Any]:
     message = p.message
+    invoice = f.planned.invoice
     return {
         "company_id": f.place.company.id,
         "folder_id": f.place.folder_id,
@@ -234,6 +272,8 @@ def _document_row(f: _File, p: Prepared, now: datetime) -> dict[str, Any]:
         "origin": f.doc.origin,
         "placed_at": now,
         "inbound_message_id": message.id,
+        "invoice": invoice.record if invoice else None,
+        "invoice_key": invoice.key if invoice else None,
     }
 
 

@@ -26,6 +26,7 @@ from multiprocessing.process import BaseProcess
 from gateway import metrics
 from gateway.inbound.extraction import Extraction, ExtractionLimits, extract_documents
 from gateway.inbound.extraction.run import brief
+from gateway.inbound.invoices import read_invoices
 from gateway.lifetime import die_with_parent
 
 START_SECONDS = 30  # for a child to start: imports on a loaded machine
@@ -198,7 +199,15 @@ class ExtractionSandbox(Sandbox):
     """`extract(raw)` as `extract_documents` does, in a watched child process; a message
     over its budget is held."""
 
-    def __init__(self, limits: ExtractionLimits, timeout_seconds: float, memory_limit_mb: int):
+    def __init__(
+        self,
+        limits: ExtractionLimits,
+        timeout_seconds: float,
+        memory_limit_mb: int,
+        einvoice_max_xml_bytes: int | None = None,
+    ):
+        """`einvoice_max_xml_bytes`: e-invoices are read too, beside the documents (under
+        the same budget: they are untrusted XML and PDF); None: they are not."""
         self.limits = limits
         budget = Budget(
             "extraction",
@@ -209,7 +218,8 @@ class ExtractionSandbox(Sandbox):
             "held, the message may be hostile",
         )
         observe = metrics.EXTRACTION_SECONDS.observe
-        super().__init__(functools.partial(_extract, limits), budget, observe=observe)
+        work = functools.partial(_extract, limits, einvoice_max_xml_bytes)
+        super().__init__(work, budget, observe=observe)
 
     def extract(self, raw: bytes) -> Extraction:
         extraction = self.run(raw)
@@ -260,10 +270,14 @@ def _serve(
             return  # a fresh process for the next message, not a fragmented heap
 
 
-def _extract(limits: ExtractionLimits, raw: bytes) -> Extraction:
+def _extract(
+    limits: ExtractionLimits, einvoice_max_xml_bytes: int | None, raw: bytes
+) -> Extraction:
     extraction = extract_documents(raw, limits)
     if _ran_out_of_memory(extraction):
         raise MemoryError
+    if einvoice_max_xml_bytes is not None:
+        extraction = read_invoices(extraction, einvoice_max_xml_bytes)
     return extraction
 
 

@@ -26,6 +26,9 @@ class CompanyRef:
     slug: str
     cabinet_id: int
     fiscal_year_end: str  # "MM-DD"
+    # What its e-invoices name it by (gateway/inbound/invoices.py).
+    siren: str | None = None
+    vat_number: str | None = None
 
 
 class Directory:
@@ -93,7 +96,7 @@ class Directory:
             row = s.execute(select(Company).where(Company.slug == slug)).scalar_one_or_none()
             if row is None:
                 return None
-            return CompanyRef(row.id, row.slug, row.cabinet_id, row.fiscal_year_end)
+            return _company_ref(row)
 
     def _fetch_alias_owner(self, local_part: str) -> CompanyRef | None:
         pattern = local_part.lower().replace("\\", "").replace("%", "").replace("_", "\\_")
@@ -107,12 +110,18 @@ class Directory:
             ).scalar_one_or_none()
             if row is None:
                 return None
-            return CompanyRef(row.id, row.slug, row.cabinet_id, row.fiscal_year_end)
+            return _company_ref(row)
 
     def _fetch_cabinet(self, slug: str) -> CabinetRef | None:
         with self.db.read() as s:
             row = s.execute(select(Cabinet).where(Cabinet.slug == slug)).scalar_one_or_none()
             return None if row is None else CabinetRef(row.id, row.slug, row.contact_email)
+
+
+def _company_ref(row: Company) -> CompanyRef:
+    return CompanyRef(
+        row.id, row.slug, row.cabinet_id, row.fiscal_year_end, row.siren, row.vat_number
+    )
 
 
 class CachedDirectory:

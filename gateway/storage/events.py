@@ -257,6 +257,8 @@ def filed_event(
             "sha256": values["sha256"],
             "source": values["source"],
             "inbound_message_id": values["inbound_message_id"],
+            # An e-invoice's fields and checks (gateway/inbound/invoices.py), or None.
+            "invoice": values.get("invoice"),
         },
     )
 

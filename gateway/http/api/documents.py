@@ -7,7 +7,7 @@ The same service functions as `gateway documents` and `gateway folder`."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
@@ -44,6 +44,11 @@ class Document(BaseModel):
     placed_at: Moment
     message_id: str | None = Field(description="Message-ID of the mail it came in")
     queue_id: str | None
+    invoice: dict[str, Any] | None = Field(
+        default=None,
+        description="an e-invoice's fields (number, issue_date, seller, buyer, totals…), "
+        "the company's role, the checks made; or `problem`: why it could not be read",
+    )
 
 
 class Page(BaseModel):
@@ -61,8 +66,16 @@ class Delivery(BaseModel):
     sent_at: Moment | None
 
 
+class Duplicate(BaseModel):
+    queue_id: str
+    filename: str
+    seen_at: Moment
+    reason: str | None = Field(description="null: the same bytes; else e.g. the same invoice")
+
+
 class DocumentDetail(Document):
     deliveries: list[Delivery]
+    duplicates: list[Duplicate] = Field(description="later arrivals of the same document")
 
 
 class Skipped(BaseModel):
@@ -147,6 +160,7 @@ def document(document_id: Id, who: Reader, gw: Gw) -> DocumentDetail:
     return DocumentDetail(
         **Document.model_validate(detail.document, from_attributes=True).model_dump(),
         deliveries=[Delivery.model_validate(d, from_attributes=True) for d in detail.deliveries],
+        duplicates=[Duplicate.model_validate(d, from_attributes=True) for d in detail.duplicates],
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.config import ExtractionConfig
+from gateway.einvoice.model import Reading
 from gateway.mail.names import MAX_NAME_BYTES
 
 _DECLARED = ExtractionConfig()  # the declared defaults of [extraction]
@@ -45,6 +46,8 @@ class ExtractedDocument:
     media_type: str
     content: bytes
     origin: str
+    # Its e-invoice, read in the extraction child when [einvoice] is on (None: not one).
+    einvoice: Reading | None = None
 
 
 @dataclass(frozen=True)

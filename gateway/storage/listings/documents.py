@@ -7,7 +7,7 @@ import base64
 import binascii
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +23,7 @@ from gateway.storage.models import (
     Connection,
     Delivery,
     Document,
+    DuplicateDocument,
     Folder,
     InboundMessage,
 )
@@ -74,6 +75,9 @@ class DocumentRow:
     queue_id: str | None
     # That message's SPF, DKIM, DMARC and ARC results (issue 11), as stored.
     authentication: dict[str, Any] | None = None
+    # Its e-invoice (issue 15): what it says, the company's role, the checks; or why it
+    # could not be read (gateway/inbound/invoices.py).
+    invoice: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,9 +173,20 @@ class DeliveryLine:
 
 
 @dataclass(frozen=True, slots=True)
+class DuplicateLine:
+    """A later arrival of the same document (same bytes, or the same e-invoice)."""
+
+    queue_id: str
+    filename: str
+    seen_at: datetime
+    reason: str | None  # None: the same bytes
+
+
+@dataclass(frozen=True, slots=True)
 class DocumentDetail:
     document: DocumentRow
     deliveries: list[DeliveryLine]  # to each connected partner, oldest first
+    duplicates: list[DuplicateLine] = field(default_factory=list)  # oldest first
 
 
 def document_detail(db: Database, document_id: int, tenant: Tenant = ALL) -> DocumentDetail:
@@ -187,7 +202,16 @@ def document_detail(db: Database, document_id: int, tenant: Tenant = ALL) -> Doc
                 .order_by(Delivery.id)
             )
         ]
-    return DocumentDetail(row, deliveries)
+        duplicates = [
+            DuplicateLine(queue_id, d.filename, d.seen_at, d.reason)
+            for d, queue_id in s.execute(
+                select(DuplicateDocument, InboundMessage.queue_id)
+                .join(InboundMessage, DuplicateDocument.inbound_message_id == InboundMessage.id)
+                .where(DuplicateDocument.document_id == document_id)
+                .order_by(DuplicateDocument.id)
+            )
+        ]
+    return DocumentDetail(row, deliveries, duplicates)
 
 
 def document_content(
@@ -269,6 +293,7 @@ def _row(
         message_id=message_id,
         queue_id=queue_id,
         authentication=authentication,
+        invoice=d.invoice,
     )
 
 

@@ -92,6 +92,7 @@ class DeliveryRow:
     attempts: int
     reason: str | None
     sent_at: datetime | None
+    invoice_number: str | None = None  # when the document is an e-invoice (BT-1)
 
 
 def list_deliveries(
@@ -103,7 +104,7 @@ def list_deliveries(
 ) -> list[DeliveryRow]:
     """The delivery ledger, oldest first; optionally one company's, in one status, or one."""
     query = tenant.companies(
-        select(Delivery, Connection, Company.slug, Document.filename)
+        select(Delivery, Connection, Company.slug, Document.filename, Document.invoice)
         .join(Connection, Delivery.connection_id == Connection.id)
         .join(Company, Connection.company_id == Company.id)
         .join(Document, Delivery.document_id == Document.id)
@@ -129,6 +130,7 @@ def list_deliveries(
                 attempts=d.attempts,
                 reason=d.reason,
                 sent_at=d.sent_at,
+                invoice_number=(invoice or {}).get("number"),
             )
-            for d, c, slug, filename in s.execute(query)
+            for d, c, slug, filename, invoice in s.execute(query)
         ]

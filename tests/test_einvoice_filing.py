@@ -326,11 +326,27 @@ def test_documents_show_and_list_give_the_invoice(buyer: Gateway, server: Runnin
     shown = CliRunner().invoke(cli, ["documents", "show", str(doc.id), *c])
     assert shown.exit_code == 0, shown.output
     assert "invoice F-2026-0042 of 2026-11-02" in shown.output
-    assert f"buyer Dupont Maçonnerie (siren {BUYER_SIREN}" in shown.output
-    assert "company is buyer" in shown.output
+    assert f"buyer Dupont Maçonnerie (SIREN {BUYER_SIREN}" in shown.output
+    assert "the company is buyer" in shown.output
     as_json = json.loads(
         CliRunner().invoke(cli, ["documents", "show", str(doc.id), "--json", *c]).output
     )
     assert as_json["invoice"]["total_with_tax"] == "120.00"
     listed = json.loads(CliRunner().invoke(cli, ["documents", "list", "--json", *c]).output)
     assert listed[0]["invoice"]["seller"]["siren"] == SELLER_SIREN
+
+
+def test_a_siren_set_while_the_worker_runs_counts_for_the_next_message(
+    gw: Gateway, server: RunningServer
+) -> None:
+    """The worker's directory keeps companies for a minute; their identity is read fresh."""
+    filer = gw.filer("one-worker")
+    for number, siren in (("F-1", None), ("F-2", BUYER_SIREN)):
+        if siren:
+            set_company(gw.db, "dupont-maconnerie", siren=siren)
+        code, _ = send(server, BARE, _mail(BARE, _facturx(number=number), subject=number))
+        assert code == 250
+        while filer.run_once():
+            pass
+    folders = {d.invoice["number"]: d.folder for d in list_documents(gw.db) if d.invoice}
+    assert folders == {"F-1": "A classer", "F-2": f"{YEAR}/Achats/11"}

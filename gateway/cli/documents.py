@@ -120,7 +120,8 @@ def _invoice_lines(invoice: dict[str, Any] | None) -> list[str]:
     seller, buyer = invoice.get("seller") or {}, invoice.get("buyer") or {}
 
     def party(p: dict[str, Any]) -> str:
-        ids = ", ".join(f"{k} {p[k]}" for k in ("siren", "vat_number") if p.get(k))
+        labels = (("SIREN", "siren"), ("VAT", "vat_number"))
+        ids = ", ".join(f"{label} {p[key]}" for label, key in labels if p.get(key))
         return f"{p.get('name') or '-'}" + (f" ({ids})" if ids else "")
 
     currency = invoice.get("currency") or ""
@@ -128,7 +129,8 @@ def _invoice_lines(invoice: dict[str, Any] | None) -> list[str]:
         f"  e-invoice {invoice.get('format')} {invoice.get('profile') or ''}: "
         f"{invoice.get('kind')} {invoice.get('number')} of {invoice.get('issue_date')}"
         f" (type {invoice.get('type_code')}), due {invoice.get('due_date') or '-'}",
-        f"    seller {party(seller)}; buyer {party(buyer)}; company is {invoice.get('role')}",
+        f"    seller {party(seller)}; buyer {party(buyer)}; "
+        f"the company is {invoice.get('role') or 'neither party (see the checks)'}",
         f"    total {invoice.get('total_without_tax')} + tax {invoice.get('total_tax')} = "
         f"{invoice.get('total_with_tax')} {currency}, due {invoice.get('amount_due')}",
     ]

@@ -51,6 +51,7 @@ from gateway.runner import Backoff
 from gateway.storage import quarantine
 from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database
+from gateway.storage.directory import with_identity
 from gateway.storage.folders import ensure_folder
 from gateway.storage.models import (
     InboundMessage,
@@ -334,9 +335,14 @@ class Filer:
         # twice in the message are both kept here, the second becoming a duplicate record.
         seen: set[tuple[int, int]] = set()
         shas = [hashlib.sha256(doc.content).hexdigest() for doc in extraction.documents]
+        invoices = self.einvoice_rules is not None and any(
+            doc.einvoice for doc in extraction.documents
+        )
         for dest in ged:
             company = dest.company
             assert company is not None
+            if invoices:  # checked against what the company is now
+                company = with_identity(self.db, company)
             by_path: dict[str, list[PlannedDocument]] = {}
             for index, doc in enumerate(extraction.documents):
                 if (company.id, index) in seen:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import func, select
 
@@ -26,7 +26,8 @@ class CompanyRef:
     slug: str
     cabinet_id: int
     fiscal_year_end: str  # "MM-DD"
-    # What its e-invoices name it by (gateway/inbound/invoices.py).
+    # What its e-invoices name it by (gateway/inbound/invoices.py): not kept by the
+    # directory's cache, read fresh by `with_identity` (a `company set` counts at once).
     siren: str | None = None
     vat_number: str | None = None
 
@@ -119,9 +120,16 @@ class Directory:
 
 
 def _company_ref(row: Company) -> CompanyRef:
-    return CompanyRef(
-        row.id, row.slug, row.cabinet_id, row.fiscal_year_end, row.siren, row.vat_number
-    )
+    return CompanyRef(row.id, row.slug, row.cabinet_id, row.fiscal_year_end)
+
+
+def with_identity(db: Database, company: CompanyRef) -> CompanyRef:
+    """`company` with its SIREN and VAT number as they are now."""
+    with db.read() as s:
+        siren, vat_number = s.execute(
+            select(Company.siren, Company.vat_number).where(Company.id == company.id)
+        ).one()
+    return replace(company, siren=siren, vat_number=vat_number)
 
 
 class CachedDirectory:

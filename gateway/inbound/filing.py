@@ -11,7 +11,6 @@ keeps failing is moved aside (`held`) after `filing.max_attempts` tries instead 
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,14 +30,12 @@ from gateway.inbound.duplicates import duplicate_keys, known_documents
 from gateway.inbound.extraction import Extraction
 from gateway.inbound.filing_report import (
     FilingReport,
-    Placement,
-    PlannedDocument,
     Prepared,
     reached_by,
 )
 from gateway.inbound.filing_write import BatchWriter
 from gateway.inbound.folders import folder_path
-from gateway.inbound.invoices import file_invoice
+from gateway.inbound.placing import plan_placements
 from gateway.inbound.recipients import Destination, Recipients
 from gateway.inbound.sandbox import ExtractionSandbox, OverBudget
 from gateway.inbound.trust.checkpoint import Checkpoint, WaitForChecks
@@ -51,7 +48,7 @@ from gateway.runner import Backoff
 from gateway.storage import quarantine
 from gateway.storage.blobs import BlobStore
 from gateway.storage.db import Database
-from gateway.storage.directory import with_identity
+from gateway.storage.directory import Identities, company_identities
 from gateway.storage.folders import ensure_folder
 from gateway.storage.models import (
     InboundMessage,
@@ -179,7 +176,10 @@ class Filer:
             self._check, [(m, raw, checkpoint) for m, raw in zip(messages, raws, strict=True)]
         )
         extractions = self.sandbox.extract_many([c.stamped for c in checked])
-        prepared = self._each(self._place, list(zip(checked, extractions, strict=True)))
+        identities = self._identities(checked, extractions)
+        prepared = self._each(
+            self._place, [(c, e, identities) for c, e in zip(checked, extractions, strict=True)]
+        )
         if not prepared:
             return
         try:
@@ -266,19 +266,37 @@ class Filer:
         seconds = time.perf_counter() - started
         return _Checked(message, checkpoint, raw, destinations, results, stamped, seconds)
 
-    def _place(self, item: tuple[_Checked, Extraction | Exception]) -> Prepared:
-        checked, extraction = item
+    def _identities(
+        self, checked: list[_Checked], extractions: list[Extraction | Exception]
+    ) -> Identities:
+        """The identity of each company the batch's e-invoices go to, read now: the
+        directory's cache would be a minute late after a `company set`."""
+        if self.einvoice_rules is None:
+            return {}
+        companies = {
+            d.company.id
+            for c, e in zip(checked, extractions, strict=True)
+            if isinstance(e, Extraction) and any(doc.einvoice for doc in e.documents)
+            for d in c.destinations
+            if d.company is not None
+        }
+        return company_identities(self.db, companies)
+
+    def _place(self, item: tuple[_Checked, Extraction | Exception, Identities]) -> Prepared:
+        checked, extraction, identities = item
         if isinstance(extraction, Exception):
             raise _MessageFailed(checked.message, extraction)
         started = time.perf_counter()
         try:
-            prepared = self._prepare(checked, extraction)
+            prepared = self._prepare(checked, extraction, identities)
         except Exception as exc:
             raise _MessageFailed(checked.message, exc) from exc
         prepared.seconds += checked.seconds + time.perf_counter() - started
         return prepared
 
-    def _prepare(self, checked: _Checked, extraction: Extraction) -> Prepared:
+    def _prepare(
+        self, checked: _Checked, extraction: Extraction, identities: Identities
+    ) -> Prepared:
         """Everything that can be read or decided before the write transaction, so that the
         database's write lock (one writer at a time on SQLite, shared with the SMTP server's
         commits) is held for a few inserts only."""
@@ -330,43 +348,17 @@ class Filer:
         ged = [d for d in destinations if d.accepted and d.address.files_into_ged]
         now = self.clock.now()
         received_at = as_utc(message.received_at)
-        plan: list[Placement] = []
-        # One company reached twice in one message gets its documents once; the same bytes
-        # twice in the message are both kept here, the second becoming a duplicate record.
-        seen: set[tuple[int, int]] = set()
-        shas = [hashlib.sha256(doc.content).hexdigest() for doc in extraction.documents]
-        invoices = self.einvoice_rules is not None and any(
-            doc.einvoice for doc in extraction.documents
+        plan = plan_placements(
+            extraction,
+            ged,
+            identities,
+            lambda journal, company: folder_path(
+                self.config, journal, company.fiscal_year_end, received_at
+            ),
+            lambda company, path: self._folder_id(company.id, path, now),
+            self.einvoice_rules,
+            outcome.notes,
         )
-        for dest in ged:
-            company = dest.company
-            assert company is not None
-            if invoices:  # checked against what the company is now
-                company = with_identity(self.db, company)
-            by_path: dict[str, list[PlannedDocument]] = {}
-            for index, doc in enumerate(extraction.documents):
-                if (company.id, index) in seen:
-                    continue
-                seen.add((company.id, index))
-                journal, invoice = dest.address.journal, None
-                if doc.einvoice is not None and self.einvoice_rules is not None:
-                    invoice = file_invoice(doc.einvoice, company, journal, self.einvoice_rules)
-                    journal = invoice.journal
-                    outcome.notes.extend(
-                        f"{doc.filename} ({invoice.label}, {company.slug}): {note}"
-                        for note in invoice.notes
-                    )
-                path = folder_path(self.config, journal, company.fiscal_year_end, received_at)
-                by_path.setdefault(path, []).append(PlannedDocument(doc, shas[index], invoice))
-            if not by_path:  # nothing to file, but the company was reached: it hears why
-                journal = dest.address.journal
-                by_path[
-                    folder_path(self.config, journal, company.fiscal_year_end, received_at)
-                ] = []
-            plan.extend(
-                Placement(company, path, self._folder_id(company.id, path, now), docs)
-                for path, docs in by_path.items()
-            )
         bots = [d for d in destinations if d.accepted and d.address.goes_to_bot_mailbox]
         bounces = [d for d in destinations if d.accepted and d.address.is_bounce]
         report = parse_bounce(raw) if bounces else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
@@ -27,7 +27,7 @@ class CompanyRef:
     cabinet_id: int
     fiscal_year_end: str  # "MM-DD"
     # What its e-invoices name it by (gateway/inbound/invoices.py): not kept by the
-    # directory's cache, read fresh by `with_identity` (a `company set` counts at once).
+    # directory's cache, read fresh for each filing batch (`company_identities`).
     siren: str | None = None
     vat_number: str | None = None
 
@@ -123,13 +123,19 @@ def _company_ref(row: Company) -> CompanyRef:
     return CompanyRef(row.id, row.slug, row.cabinet_id, row.fiscal_year_end)
 
 
-def with_identity(db: Database, company: CompanyRef) -> CompanyRef:
-    """`company` with its SIREN and VAT number as they are now."""
+# A company's id -> its SIREN and VAT number.
+Identities = dict[int, tuple[str | None, str | None]]
+
+
+def company_identities(db: Database, company_ids: set[int]) -> Identities:
+    """The SIREN and VAT number of these companies, as they are now."""
+    if not company_ids:
+        return {}
     with db.read() as s:
-        siren, vat_number = s.execute(
-            select(Company.siren, Company.vat_number).where(Company.id == company.id)
-        ).one()
-    return replace(company, siren=siren, vat_number=vat_number)
+        rows = s.execute(
+            select(Company.id, Company.siren, Company.vat_number).where(Company.id.in_(company_ids))
+        )
+        return {i: (siren, vat) for i, siren, vat in rows}
 
 
 class CachedDirectory:

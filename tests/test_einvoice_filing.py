@@ -22,9 +22,11 @@ from gateway.app import Gateway
 from gateway.cli import cli
 from gateway.storage.accounts import set_company
 from gateway.storage.connections import set_switch
+from gateway.storage.events import DOCUMENT_FILED, events_after
 from gateway.storage.listings.documents import DocumentRow, document_detail, list_documents
 from gateway.storage.listings.outbound import list_deliveries
 from gateway.storage.models import DuplicateDocument, InboundMessage
+from tests.api_server import running_api
 from tests.conftest import custom_server
 from tests.einvoice_samples import (
     BUYER_SIREN,
@@ -350,3 +352,29 @@ def test_a_siren_set_while_the_worker_runs_counts_for_the_next_message(
             pass
     folders = {d.invoice["number"]: d.folder for d in list_documents(gw.db) if d.invoice}
     assert folders == {"F-1": "A classer", "F-2": f"{YEAR}/Achats/11"}
+
+
+def test_an_invoice_and_a_credit_note_of_the_same_number_are_two_documents(
+    buyer: Gateway, server: RunningServer
+) -> None:
+    _filed(buyer, server, PURCHASES, _facturx())
+    _filed(buyer, server, PURCHASES, _facturx(type_code="381"))
+    kinds = sorted(d.invoice["kind"] for d in list_documents(buyer.db) if d.invoice)
+    assert kinds == ["credit_note", "invoice"]
+
+
+def test_the_filed_event_and_the_api_carry_the_invoice(
+    tmp_path: Path, database_url: str, clock: FixedClock
+) -> None:
+    with custom_server(tmp_path, database_url, clock) as (gw, server):
+        set_company(gw.db, "dupont-maconnerie", siren=BUYER_SIREN)
+        _filed(gw, server, PURCHASES, _facturx())
+        _filed(gw, server, BARE, _facturx(seller_name="Martin"))  # the same, re-rendered
+        [event] = events_after(gw.db, 0, 100, types=[DOCUMENT_FILED])
+        assert event.payload["invoice"]["number"] == "F-2026-0042"
+        assert event.payload["invoice"]["role"] == "buyer"
+        with running_api(gw) as api:
+            doc = api.get(f"/documents/{event.subject}", api.token("read")).json()
+    assert doc["invoice"]["total_with_tax"] == "120.00"
+    [duplicate] = doc["duplicates"]
+    assert duplicate["reason"] == "same invoice F-2026-0042 of the same seller, other bytes"

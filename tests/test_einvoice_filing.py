@@ -6,6 +6,7 @@ once per company whatever its bytes; partners get the same bytes, the ledger its
 from __future__ import annotations
 
 import email
+import hashlib
 import io
 import json
 import zipfile
@@ -230,6 +231,9 @@ def test_the_same_invoice_in_other_bytes_is_filed_once_and_recorded_as_a_duplica
     assert "already filed 1: facture-bis.pdf" in _reason(buyer)
     [line] = document_detail(buyer.db, doc.id).duplicates
     assert line.reason == duplicate.reason
+    # Its bytes, filed as nothing, are not kept either (once the first is known).
+    again_sha = hashlib.sha256(again).hexdigest()
+    assert buyer.blobs.exists(doc.sha256) and buyer.blobs.exists(again_sha) is together
     # Another invoice number from the same seller is another invoice.
     _filed(buyer, server, PURCHASES, _facturx(number="F-2026-0043"))
     assert len(list_documents(buyer.db)) == 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from gateway.inbound.filing_report import Placement
+from gateway.inbound.invoices import FiledInvoice
 from gateway.storage.db import Database
 from gateway.storage.models import Document
 
@@ -24,6 +25,11 @@ def as_duplicate_key(invoice_key: str) -> str:
 
 def is_invoice_key(key: str) -> bool:
     return key.startswith(_INVOICE)
+
+
+def invoice_duplicate_key(invoice: FiledInvoice) -> str:
+    assert invoice.key is not None
+    return as_duplicate_key(invoice.key)
 
 
 def duplicate_keys(placement: Placement) -> list[str]:

@@ -26,7 +26,7 @@ from gateway import metrics
 from gateway.clock import Clock, as_utc
 from gateway.config import FilingConfig
 from gateway.inbound.body_pdf import BodyPdfRenderer
-from gateway.inbound.duplicates import duplicate_keys, known_documents
+from gateway.inbound.duplicates import duplicate_keys, invoice_duplicate_key, known_documents
 from gateway.inbound.extraction import Extraction
 from gateway.inbound.filing_report import (
     FilingReport,
@@ -378,11 +378,10 @@ class Filer:
         )
 
     def _store_documents(self, batch: list[Prepared]) -> None:
-        """The batch's documents: bytes first, durable together; rows after (a crash in
-        between leaves unreferenced blobs, never a row pointing at nothing). Then which of
-        them each company already has: the duplicate rule, one query for the batch."""
-        contents = {d.sha256: d.doc.content for p in batch for pl in p.plan for d in pl.docs}
-        self.blobs.put_many(list(contents.values()))
+        """Which of the batch's documents each company already has (the duplicate rules,
+        one query for the batch); then the bytes of the others, durable together, before
+        any row (a crash in between leaves unreferenced blobs, never a row pointing at
+        nothing). An e-invoice filed before in other bytes has nothing to store."""
         keys = {(pl.company.id, k) for p in batch for pl in p.plan for k in duplicate_keys(pl)}
         known = known_documents(self.db, keys)
         for p in batch:
@@ -392,6 +391,18 @@ class Filer:
                 for k in duplicate_keys(pl)
                 if (pl.company.id, k) in known
             }
+        contents = {
+            d.sha256: d.doc.content
+            for p in batch
+            for pl in p.plan
+            for d in pl.docs
+            if not (
+                d.invoice
+                and d.invoice.key
+                and (pl.company.id, invoice_duplicate_key(d.invoice)) in known
+            )
+        }
+        self.blobs.put_many(list(contents.values()))
 
     def _commit_counted(self, batch: list[Prepared]) -> None:
         """`_commit`, then count what it finished: each message's filing time is its own

@@ -7,7 +7,7 @@ The same service functions as `gateway documents` and `gateway folder`."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
@@ -30,6 +30,36 @@ from gateway.storage.placement import Placement
 router = APIRouter()
 
 
+class InvoiceParty(BaseModel):
+    name: str | None = None
+    siren: str | None = None
+    vat_number: str | None = None
+
+
+class Invoice(BaseModel):
+    """A document's e-invoice: what it says (gateway/einvoice/model.py), the company's role
+    and the checks made at filing; or only `problem`, why it could not be read."""
+
+    problem: str | None = Field(default=None, description="why it could not be read")
+    format: str | None = Field(default=None, description="factur-x, cii or ubl")
+    profile: str | None = Field(default=None, examples=["EN 16931"])
+    number: str | None = Field(default=None, description="BT-1")
+    issue_date: str | None = Field(default=None, description="BT-2, YYYY-MM-DD")
+    type_code: str | None = Field(default=None, description="BT-3, e.g. 380, 381")
+    kind: str | None = Field(default=None, description="invoice or credit_note")
+    currency: str | None = Field(default=None, description="BT-5")
+    seller: InvoiceParty | None = Field(default=None, description="BT-27, BT-30, BT-31")
+    buyer: InvoiceParty | None = Field(default=None, description="BT-44, BT-47, BT-48")
+    total_without_tax: str | None = Field(default=None, description="BT-109, a decimal")
+    total_tax: str | None = Field(default=None, description="BT-110")
+    total_with_tax: str | None = Field(default=None, description="BT-112")
+    amount_due: str | None = Field(default=None, description="BT-115")
+    due_date: str | None = Field(default=None, description="BT-9, YYYY-MM-DD")
+    schema_error: str | None = Field(default=None, description="why it fails its XSD")
+    role: str | None = Field(default=None, description="the company's: buyer, seller or null")
+    checks: list[str] = Field(default_factory=list, description="what filing found")
+
+
 class Document(BaseModel):
     id: int
     company: str
@@ -44,11 +74,7 @@ class Document(BaseModel):
     placed_at: Moment
     message_id: str | None = Field(description="Message-ID of the mail it came in")
     queue_id: str | None
-    invoice: dict[str, Any] | None = Field(
-        default=None,
-        description="an e-invoice's fields (number, issue_date, seller, buyer, totals…), "
-        "the company's role, the checks made; or `problem`: why it could not be read",
-    )
+    invoice: Invoice | None = Field(default=None, description="when it is an e-invoice")
 
 
 class Page(BaseModel):

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common import free_port
-from filing import file_all, timed_filing
+from filing import file_all, spool, timed_filing
 from inbound import sample_message
 from pipeline import ADDRESSES, counts, senders_dns
 from sqlalchemy import func, select
@@ -35,7 +35,6 @@ from sqlalchemy import func, select
 from gateway.app import Gateway
 from gateway.clock import SystemClock
 from gateway.einvoice.reader import read_einvoice
-from gateway.inbound.spool import Arrival, SpoolWriter, new_queue_id
 from gateway.logs import configure_logging
 from gateway.storage.accounts import set_company
 from gateway.storage.models import Document
@@ -44,7 +43,6 @@ from tests.einvoice_samples import BUYER_SIREN, cii_xml, facturx_pdf, ubl_xml
 from tests.support import message, pdf
 
 WARMUP = 50
-SPOOL_BATCH = 50
 MAX_XML_BYTES = 8 * 1024 * 1024
 
 
@@ -60,26 +58,7 @@ def facturx_message(i: int) -> bytes:
 
 
 def fill(gw: Gateway, contents: list[bytes]) -> None:
-    writer = SpoolWriter(gw.db, gw.segments("bench"))
-    try:
-        for start in range(0, len(contents), SPOOL_BATCH):
-            writer.store_batch(
-                [
-                    Arrival(
-                        queue_id=new_queue_id(),
-                        source="smtp",
-                        received_at=gw.clock.now(),
-                        mail_from="fournisseur@example.org",
-                        rcpt_tos=[ADDRESSES[0]],
-                        content=content,
-                        peer="127.0.0.1",
-                        helo="client.example.org",
-                    )
-                    for content in contents[start : start + SPOOL_BATCH]
-                ]
-            )
-    finally:
-        writer.close()
+    spool(gw, [(ADDRESSES[0], content) for content in contents])
 
 
 def one_round(

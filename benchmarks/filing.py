@@ -46,9 +46,14 @@ SPOOL_BATCH = 50
 
 def fill(gw: Gateway, first: int, n: int) -> None:
     """Store messages first..first+n through the spool, as the SMTP server does."""
+    spool(gw, [(ADDRESSES[i % len(ADDRESSES)], sample_message(i)) for i in range(first, first + n)])
+
+
+def spool(gw: Gateway, messages: list[tuple[str, bytes]]) -> None:
+    """Store (recipient, content) messages through the spool, in batches of SPOOL_BATCH."""
     writer = SpoolWriter(gw.db, gw.segments("bench"))
     try:
-        for start in range(first, first + n, SPOOL_BATCH):
+        for start in range(0, len(messages), SPOOL_BATCH):
             writer.store_batch(
                 [
                     Arrival(
@@ -56,12 +61,12 @@ def fill(gw: Gateway, first: int, n: int) -> None:
                         source="smtp",
                         received_at=gw.clock.now(),
                         mail_from="fournisseur@example.org",
-                        rcpt_tos=[ADDRESSES[i % len(ADDRESSES)]],
-                        content=sample_message(i),
+                        rcpt_tos=[rcpt],
+                        content=content,
                         peer="127.0.0.1",
                         helo="client.example.org",
                     )
-                    for i in range(start, min(start + SPOOL_BATCH, first + n))
+                    for rcpt, content in messages[start : start + SPOOL_BATCH]
                 ]
             )
     finally:

@@ -10,6 +10,7 @@ prefix (`FR40303265045`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from stdnum import exceptions
@@ -43,20 +44,21 @@ def _why(exc: exceptions.ValidationError, length: str) -> str:
 
 def check_siren(value: str) -> str:
     """The SIREN, compact; IdentifierError naming what is wrong."""
-    try:
-        return str(siren_number.validate(value))
-    except exceptions.ValidationError as exc:
-        raise IdentifierError(
-            f"SIREN {value!r} is not valid: {_why(exc, '9 digits')}", field="siren"
-        ) from exc
+    return _validated(siren_number.validate, value, "SIREN", "9 digits", "siren")
 
 
 def check_siret(value: str) -> str:
+    return _validated(siret_number.validate, value, "SIRET", "14 digits (SIREN + 5)", "siret")
+
+
+def _validated(
+    validate: Callable[[str], str], value: str, label: str, length: str, field: str
+) -> str:
     try:
-        return str(siret_number.validate(value))
+        return str(validate(value))
     except exceptions.ValidationError as exc:
         raise IdentifierError(
-            f"SIRET {value!r} is not valid: {_why(exc, '14 digits (SIREN + 5)')}", field="siret"
+            f"{label} {value!r} is not valid: {_why(exc, length)}", field=field
         ) from exc
 
 

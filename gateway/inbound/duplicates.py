@@ -11,40 +11,41 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from gateway.inbound.filing_report import Placement
-from gateway.inbound.invoices import FiledInvoice
+from gateway.inbound.filing_report import Placement, PlannedDocument
 from gateway.storage.db import Database
 from gateway.storage.models import Document
 
 _INVOICE = "invoice "
 
 
-def as_duplicate_key(invoice_key: str) -> str:
-    return _INVOICE + invoice_key
-
-
-def is_invoice_key(key: str) -> bool:
+def _is_invoice_key(key: str) -> bool:
     return key.startswith(_INVOICE)
 
 
-def invoice_duplicate_key(invoice: FiledInvoice) -> str:
-    assert invoice.key is not None
-    return as_duplicate_key(invoice.key)
+def invoice_key(document: PlannedDocument) -> str | None:
+    """The key of the document's e-invoice, marked; None when it is none (or has no key)."""
+    invoice = document.invoice
+    return None if invoice is None or invoice.key is None else _INVOICE + invoice.key
+
+
+def document_keys(document: PlannedDocument) -> list[str]:
+    """What makes the document a duplicate: its bytes, then its invoice when it is one."""
+    key = invoice_key(document)
+    return [document.sha256] if key is None else [document.sha256, key]
 
 
 def duplicate_keys(placement: Placement) -> list[str]:
-    """What makes each of the placement's documents a duplicate: its bytes, and its
-    invoice when it is one."""
-    keys = [d.sha256 for d in placement.docs]
-    keys += [as_duplicate_key(d.invoice.key) for d in placement.docs if d.invoice and d.invoice.key]
-    return keys
+    """`document_keys` of each of the placement's documents."""
+    return [key for document in placement.docs for key in document_keys(document)]
 
 
 def known_documents(db: Database, keys: set[tuple[int, str]]) -> dict[tuple[int, str], int]:
     """Which of these (company, sha256 or invoice key) are filed already, and as what."""
+    if not keys:
+        return {}
     companies = {company for company, _ in keys}
-    shas = {k for _, k in keys if not is_invoice_key(k)}
-    invoices = {k.removeprefix(_INVOICE) for _, k in keys if is_invoice_key(k)}
+    shas = {k for _, k in keys if not _is_invoice_key(k)}
+    invoices = {k.removeprefix(_INVOICE) for _, k in keys if _is_invoice_key(k)}
     found: dict[tuple[int, str], int] = {}
     with db.read() as s:
         if shas:
@@ -62,5 +63,5 @@ def known_documents(db: Database, keys: set[tuple[int, str]]) -> dict[tuple[int,
                     Document.company_id.in_(companies), Document.invoice_key.in_(invoices)
                 )
             )
-            found.update(((c, as_duplicate_key(key)), i) for c, key, i in rows)
+            found.update(((c, _INVOICE + key), i) for c, key, i in rows)
     return {k: i for k, i in found.items() if k in keys}

@@ -26,7 +26,7 @@ from gateway import metrics
 from gateway.clock import Clock, as_utc
 from gateway.config import FilingConfig
 from gateway.inbound.body_pdf import BodyPdfRenderer
-from gateway.inbound.duplicates import duplicate_keys, invoice_duplicate_key, known_documents
+from gateway.inbound.duplicates import duplicate_keys, invoice_key, known_documents
 from gateway.inbound.extraction import Extraction
 from gateway.inbound.filing_report import (
     FilingReport,
@@ -396,11 +396,7 @@ class Filer:
             for p in batch
             for pl in p.plan
             for d in pl.docs
-            if not (
-                d.invoice
-                and d.invoice.key
-                and (pl.company.id, invoice_duplicate_key(d.invoice)) in known
-            )
+            if (key := invoice_key(d)) is None or (pl.company.id, key) not in known
         }
         self.blobs.put_many(list(contents.values()))
 

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from gateway.inbound.duplicates import as_duplicate_key
+from gateway.inbound.duplicates import document_keys
 from gateway.inbound.extraction import ExtractedDocument
 from gateway.inbound.filing_report import Placement, PlannedDocument, Prepared
 from gateway.mail.dsn import BounceReport
@@ -112,9 +112,7 @@ class BatchWriter:
         files = []
         for place in p.plan:
             for d in place.docs:
-                keys = [(place.company.id, d.sha256)]
-                if d.invoice is not None and d.invoice.key is not None:
-                    keys.append((place.company.id, as_duplicate_key(d.invoice.key)))
+                keys = [(place.company.id, key) for key in document_keys(d)]
                 known = next((p.known[k] for k in keys if k in p.known), None)
                 row = next((planned.rows[k] for k in keys if k in planned.rows), None)
                 if known is None and row is None:

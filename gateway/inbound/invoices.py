@@ -88,9 +88,9 @@ def role_of(invoice: Invoice, company: CompanyRef) -> Role | None:
     """The company's part in the invoice, by SIREN or VAT number; None when neither."""
 
     def is_company(siren: str | None, vat_number: str | None) -> bool:
+        # Both sides' VAT numbers are upper-case already (the reader's, and the checked one).
         return bool(
-            (siren and siren == company.siren)
-            or (vat_number and vat_number.upper() == (company.vat_number or "").upper())
+            (siren and siren == company.siren) or (vat_number and vat_number == company.vat_number)
         )
 
     if is_company(invoice.buyer.siren, invoice.buyer.vat_number):
@@ -137,15 +137,11 @@ def totals_problem(invoice: Invoice) -> str | None:
 def invoice_key(invoice: Invoice) -> str | None:
     """The duplicate rule's key: the same invoice from the same seller, whatever the bytes
     (a re-sent or re-rendered PDF); None when a part is missing (no dedupe by content)."""
-    seller = (
-        f"siren:{invoice.seller.siren}"
-        if invoice.seller.siren
-        else f"vat:{invoice.seller.vat_number.upper()}"
-        if invoice.seller.vat_number
-        else None
-    )
-    parts = (seller, invoice.number, invoice.type_code, invoice.issue_date)
-    if any(p is None or p == "" for p in parts) or invoice.issue_date is None:
+    seller = invoice.seller
+    who = f"siren:{seller.siren}" if seller.siren else f"vat:{seller.vat_number}"
+    if not (seller.siren or seller.vat_number) or not invoice.number or not invoice.type_code:
         return None
-    number = " ".join(str(invoice.number).split())[:KEY_PART_CHARS]
-    return f"{seller}|{number}|{invoice.type_code}|{invoice.issue_date.isoformat()}"
+    if invoice.issue_date is None:
+        return None
+    number = " ".join(invoice.number.split())[:KEY_PART_CHARS]
+    return f"{who}|{number}|{invoice.type_code}|{invoice.issue_date.isoformat()}"

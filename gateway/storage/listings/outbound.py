@@ -104,7 +104,13 @@ def list_deliveries(
 ) -> list[DeliveryRow]:
     """The delivery ledger, oldest first; optionally one company's, in one status, or one."""
     query = tenant.companies(
-        select(Delivery, Connection, Company.slug, Document.filename, Document.invoice)
+        select(
+            Delivery,
+            Connection,
+            Company.slug,
+            Document.filename,
+            Document.invoice["number"].as_string(),  # not the whole e-invoice: its BT-1
+        )
         .join(Connection, Delivery.connection_id == Connection.id)
         .join(Company, Connection.company_id == Company.id)
         .join(Document, Delivery.document_id == Document.id)
@@ -130,7 +136,7 @@ def list_deliveries(
                 attempts=d.attempts,
                 reason=d.reason,
                 sent_at=d.sent_at,
-                invoice_number=(invoice or {}).get("number"),
+                invoice_number=invoice_number,
             )
-            for d, c, slug, filename, invoice in s.execute(query)
+            for d, c, slug, filename, invoice_number in s.execute(query)
         ]
